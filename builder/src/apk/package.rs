@@ -1,0 +1,589 @@
+//! `.apk` packages: three gzip members — signature, control (`.PKGINFO` and scripts), data —
+//! read as a stream with every link checked, and written byte-for-byte deterministically.
+//!
+//! Reading never holds the data member in memory: it is decompressed entry by entry while its
+//! raw bytes are hashed for `datahash`, and each file is hashed as the caller reads it.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Component, Path};
+
+use sha1::{Digest, Sha1};
+use sha2::Sha256;
+
+use super::archive::{self, DataEntry, EntryKind, TarWriter, CHECKSUM_RECORD};
+use super::pkginfo::PkgInfo;
+use super::sign::{Keyring, SigAlgo, Signature, SigningKey, Verdict};
+use super::stream::{self, LimitedReader, Tap, TappedReader};
+use super::{Error, Result, Q1};
+
+/// Size limits that turn hostile inputs into errors instead of memory or disk exhaustion.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Decompressed size of the signature and control members, each.
+    pub control_bytes: u64,
+    /// Decompressed size of the data member (headers and content).
+    pub data_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { control_bytes: 16 << 20, data_bytes: 16 << 30 }
+    }
+}
+
+impl Limits {
+    /// Limits for a package whose index record declares `installed_size`: content can't
+    /// exceed what the index promised by more than tar overhead and slack.
+    pub fn for_installed_size(installed_size: u64) -> Self {
+        Limits { data_bytes: installed_size.saturating_mul(2).saturating_add(64 << 20), ..Limits::default() }
+    }
+}
+
+/// Install scripts and other control files apk knows.
+pub const SCRIPT_NAMES: &[&str] = &[
+    ".pre-install",
+    ".post-install",
+    ".pre-upgrade",
+    ".post-upgrade",
+    ".pre-deinstall",
+    ".post-deinstall",
+    ".trigger",
+];
+
+/// What the signature and control members said.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub signatures: Vec<Signature>,
+    pub info: PkgInfo,
+    /// `(name, content)` of `.pre-install` etc., in archive order.
+    pub scripts: Vec<(String, Vec<u8>)>,
+    /// Identity: SHA-1 of the raw control member.
+    pub q1: Q1,
+    /// Raw bytes of the control member (the signed bytes).
+    control_raw: Vec<u8>,
+}
+
+impl Control {
+    pub fn verify_signature(&self, keyring: &Keyring) -> Verdict {
+        keyring.verify(&self.signatures, &self.control_raw)
+    }
+
+    pub fn control_member_len(&self) -> usize {
+        self.control_raw.len()
+    }
+}
+
+/// Facts about the data member after it was read to its end and checked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DataSummary {
+    /// SHA-256 of the raw data member, which matched `.PKGINFO datahash`.
+    pub datahash: String,
+    pub compressed_size: u64,
+    pub entries: u64,
+    pub content_bytes: u64,
+}
+
+/// A package opened for reading: control already parsed, data still to stream.
+pub struct PackageReader<R: BufRead> {
+    origin: String,
+    input: TappedReader<R>,
+    limits: Limits,
+    pub control: Control,
+}
+
+impl<R: BufRead> PackageReader<R> {
+    /// Reads the signature and control members. `origin` names the file or URL in errors.
+    pub fn open(input: R, origin: &str, limits: Limits) -> Result<Self> {
+        let mut input = TappedReader::new(input);
+        let io_err = |source| Error::Io { origin: origin.to_string(), source };
+        if input.fill_buf().map_err(io_err)?.starts_with(b"ADB") {
+            return Err(Error::V3Unsupported { origin: origin.to_string(), what: "package" });
+        }
+        let (first_raw, first) = read_raw_member(&mut input, origin, "first gzip member", limits.control_bytes)?;
+        let first_entries = parse_tar(&first, origin, "first gzip member")?;
+        let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
+        let (signatures, control_raw, control_entries) = if is_signature_member {
+            let mut sigs = Vec::new();
+            for (name, _, data) in first_entries {
+                match Signature::parse_entry_name(&name) {
+                    Some((algo, key)) => sigs.push(Signature { algo, key_name: key.to_string(), bytes: data }),
+                    None if name.starts_with(".SIGN.") => {} // DSA or future types: ignored, as apk does
+                    None => return Err(format_err(origin, format!("unexpected entry {name:?} in the signature member"))),
+                }
+            }
+            let (raw, control) = read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
+            (sigs, raw, parse_tar(&control, origin, "control member")?)
+        } else {
+            (Vec::new(), first_raw, first_entries)
+        };
+
+        let q1 = Q1(Sha1::digest(&control_raw).into());
+        let mut pkginfo = None;
+        let mut scripts = Vec::new();
+        for (name, _, data) in control_entries {
+            if name == ".PKGINFO" {
+                let text = String::from_utf8(data).map_err(|_| format_err(origin, ".PKGINFO is not UTF-8".into()))?;
+                pkginfo = Some(PkgInfo::parse(&text, origin)?);
+            } else if name.starts_with('.') {
+                scripts.push((name, data));
+            } else {
+                return Err(format_err(origin, format!("control member holds {name:?}; only dot-files belong there (is the member order wrong?)")));
+            }
+        }
+        let info = pkginfo.ok_or_else(|| format_err(origin, "control member has no .PKGINFO".into()))?;
+        if info.datahash.is_none() {
+            return Err(format_err(origin, ".PKGINFO has no datahash; packages from abuild before 2.x are not supported".into()));
+        }
+        Ok(PackageReader {
+            origin: origin.to_string(),
+            input,
+            limits,
+            control: Control { signatures, info, scripts, q1, control_raw },
+        })
+    }
+
+    /// Trust link 3: the control member is the one the signed index names.
+    pub fn check_q1(&self, expected: Q1) -> Result<()> {
+        if self.control.q1 != expected {
+            return Err(Error::Q1Mismatch { origin: self.origin.clone(), expected, actual: self.control.q1 });
+        }
+        Ok(())
+    }
+
+    /// Streams the data member. `visit` sees each entry and may read its content (it is
+    /// hashed as it is read, and the rest is drained and hashed after `visit` returns).
+    /// Every file's SHA-1 and finally the member's datahash are checked; an error from any
+    /// of them means nothing `visit` saw may be used.
+    pub fn read_data<F>(mut self, mut visit: F) -> Result<DataSummary>
+    where
+        F: FnMut(&DataEntry, &mut dyn Read) -> Result<()>,
+    {
+        let origin = self.origin.clone();
+        let expected = self.control.info.datahash.clone().expect("checked in open");
+        let start = self.input.consumed();
+        self.input.set_tap(Tap::Sha256(Box::default()));
+        let member = "data member";
+        let map_io = |e: io::Error| -> Error {
+            if let Some(limit) = stream::limit_exceeded(&e) {
+                return Error::TooLarge { origin: origin.clone(), member, limit };
+            }
+            classify_io(&origin, member, e)
+        };
+        let mut limited = LimitedReader::new(flate2::bufread::GzDecoder::new(&mut self.input), self.limits.data_bytes);
+        let mut entries = 0u64;
+        let mut content_bytes = 0u64;
+        {
+            let mut archive = tar::Archive::new(&mut limited);
+            for entry in archive.entries().map_err(map_io)? {
+                let mut entry = entry.map_err(map_io)?;
+                let Some(data_entry) = describe_entry(&mut entry, &origin).map_err(|e| match e {
+                    Error::Io { source, .. } => map_io(source),
+                    other => other,
+                })?
+                else {
+                    continue;
+                };
+                entries += 1;
+                content_bytes += data_entry.size;
+                let mut hashing = HashingReader { inner: &mut entry, hasher: Sha1::new() };
+                visit(&data_entry, &mut hashing)?;
+                io::copy(&mut hashing, &mut io::sink()).map_err(map_io)?;
+                let actual: [u8; 20] = hashing.hasher.finalize().into();
+                check_entry_checksum(&data_entry, actual, &origin)?;
+            }
+        }
+        // Drain padding and trailing zero blocks so the whole member is hashed and its CRC
+        // checked.
+        io::copy(&mut limited, &mut io::sink()).map_err(map_io)?;
+        drop(limited);
+        let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else { unreachable!("tap set above") };
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            return Err(Error::DataHashMismatch { origin, expected, actual });
+        }
+        if !self.input.at_eof().map_err(|source| Error::Io { origin: origin.clone(), source })? {
+            return Err(format_err(&origin, "unexpected bytes after the data member".into()));
+        }
+        Ok(DataSummary { datahash: actual, compressed_size: self.input.consumed() - start, entries, content_bytes })
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha1,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn format_err(origin: &str, detail: String) -> Error {
+    Error::Format { origin: origin.to_string(), detail }
+}
+
+/// Corrupt compressed data surfaces as InvalidInput/InvalidData/UnexpectedEof from flate2,
+/// and tar structure errors as `Other`; tell the user which.
+fn classify_io(origin: &str, member: &'static str, e: io::Error) -> Error {
+    let origin = origin.to_string();
+    match e.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            Error::Gzip { origin, member, detail: e.to_string() }
+        }
+        _ if e.get_ref().is_some() && e.raw_os_error().is_none() => Error::Tar { origin, member, detail: e.to_string() },
+        _ => Error::Io { origin, source: e },
+    }
+}
+
+/// Decompresses one small member, returning (raw compressed bytes, decompressed bytes).
+fn read_raw_member<R: BufRead>(
+    input: &mut TappedReader<R>,
+    origin: &str,
+    member: &'static str,
+    limit: u64,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    if input.at_eof().map_err(|source| Error::Io { origin: origin.to_string(), source })? {
+        return Err(Error::Gzip { origin: origin.to_string(), member, detail: "the file ends before it".into() });
+    }
+    input.set_tap(Tap::Record(Vec::new()));
+    let result = stream::read_member(input, limit);
+    let Tap::Record(raw) = input.set_tap(Tap::Off) else { unreachable!("tap set above") };
+    match result {
+        Ok(data) => Ok((raw, data)),
+        Err(e) if stream::limit_exceeded(&e).is_some() => Err(Error::TooLarge { origin: origin.to_string(), member, limit }),
+        Err(e) => Err(classify_io(origin, member, e)),
+    }
+}
+
+fn parse_tar(bytes: &[u8], origin: &str, member: &'static str) -> Result<Vec<(String, u8, Vec<u8>)>> {
+    archive::read_small_tar(bytes).map_err(|e| Error::Tar { origin: origin.to_string(), member, detail: e.to_string() })
+}
+
+/// Turns a tar entry into a checked `DataEntry`; `None` for entries apk skips (global PAX).
+fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Option<DataEntry>> {
+    use tar::EntryType as T;
+    let raw_path = entry.path_bytes().into_owned();
+    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let unsafe_entry = |reason: &str| Error::UnsafeEntry { origin: origin.to_string(), path: shown.clone(), reason: reason.to_string() };
+    let path = String::from_utf8(raw_path).map_err(|_| unsafe_entry("the path is not UTF-8"))?;
+    let path = normalize_entry_path(&path).map_err(|reason| unsafe_entry(reason))?;
+    let header = entry.header();
+    let io_err = |source| Error::Io { origin: origin.to_string(), source };
+    let link_target = || -> Result<String> {
+        let t = entry.link_name_bytes().ok_or_else(|| unsafe_entry("link without a target"))?;
+        String::from_utf8(t.into_owned()).map_err(|_| unsafe_entry("link target is not UTF-8"))
+    };
+    let device = || -> Result<(u32, u32)> {
+        let major = header.device_major().map_err(io_err)?.unwrap_or(0);
+        let minor = header.device_minor().map_err(io_err)?.unwrap_or(0);
+        Ok((major, minor))
+    };
+    let kind = match header.entry_type() {
+        T::Regular | T::Continuous => EntryKind::File,
+        T::Directory => EntryKind::Dir,
+        T::Symlink => EntryKind::Symlink { target: link_target()? },
+        T::Link => {
+            let target = link_target()?;
+            let target = normalize_entry_path(&target).map_err(|r| unsafe_entry(&format!("hardlink target {target:?}: {r}")))?;
+            EntryKind::Hardlink { target }
+        }
+        T::Char => {
+            let (major, minor) = device()?;
+            EntryKind::CharDevice { major, minor }
+        }
+        T::Block => {
+            let (major, minor) = device()?;
+            EntryKind::BlockDevice { major, minor }
+        }
+        T::Fifo => EntryKind::Fifo,
+        T::XGlobalHeader => return Ok(None),
+        other => return Err(unsafe_entry(&format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+    };
+    if path.is_empty() {
+        if kind == EntryKind::Dir {
+            return Ok(None); // "./" itself
+        }
+        return Err(unsafe_entry("empty path"));
+    }
+    let size = entry.size();
+    if kind != EntryKind::File && size != 0 {
+        return Err(unsafe_entry(&format!("a {} with {size} bytes of content", kind.short_name())));
+    }
+    let mut sha1 = None;
+    let mut xattrs = Vec::new();
+    if let Some(exts) = entry.pax_extensions().map_err(io_err)? {
+        for ext in exts {
+            let ext = ext.map_err(io_err)?;
+            let key = ext.key().map_err(|_| unsafe_entry("PAX key is not UTF-8"))?;
+            if key == CHECKSUM_RECORD {
+                let digest = hex::decode(ext.value_bytes())
+                    .ok()
+                    .and_then(|d| <[u8; 20]>::try_from(d).ok())
+                    .ok_or_else(|| unsafe_entry("APK-TOOLS.checksum.SHA1 is not 40 hex digits"))?;
+                sha1 = Some(digest);
+            } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    xattrs.sort();
+    let header = entry.header();
+    Ok(Some(DataEntry {
+        path,
+        kind,
+        mode: header.mode().map_err(io_err)? & 0o7777,
+        uid: header.uid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("uid out of range"))?,
+        gid: header.gid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("gid out of range"))?,
+        uname: header.username().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
+        gname: header.groupname().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
+        mtime: header.mtime().map_err(io_err)?,
+        size,
+        sha1,
+        xattrs,
+    }))
+}
+
+/// Strips `./` and trailing `/`; rejects absolute paths, `..` and empty components.
+pub fn normalize_entry_path(path: &str) -> Result<String, &'static str> {
+    if path.starts_with('/') {
+        return Err("absolute path");
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().ok_or("the path is not UTF-8")?),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("path contains a `..` component"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    if path.contains('\0') {
+        return Err("path contains a NUL byte");
+    }
+    Ok(parts.join("/"))
+}
+
+fn check_entry_checksum(entry: &DataEntry, actual: [u8; 20], origin: &str) -> Result<()> {
+    let actual = match &entry.kind {
+        EntryKind::File => actual,
+        EntryKind::Symlink { target } => archive::symlink_sha1(target),
+        _ => return Ok(()),
+    };
+    let Some(expected) = entry.sha1 else {
+        return Err(Error::MissingFileChecksum { origin: origin.to_string(), path: entry.path.clone() });
+    };
+    if expected != actual {
+        return Err(Error::FileChecksumMismatch {
+            origin: origin.to_string(),
+            path: entry.path.clone(),
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        });
+    }
+    Ok(())
+}
+
+/// One data entry to be written, with its content for regular files.
+pub struct NewEntry {
+    pub entry: DataEntry,
+    pub content: Vec<u8>,
+}
+
+impl NewEntry {
+    /// Fills in size and checksum for files and symlinks.
+    pub fn new(mut entry: DataEntry, content: Vec<u8>) -> Self {
+        match &entry.kind {
+            EntryKind::File => {
+                entry.size = content.len() as u64;
+                entry.sha1 = Some(Sha1::digest(&content).into());
+            }
+            EntryKind::Symlink { target } => {
+                entry.size = 0;
+                entry.sha1 = Some(archive::symlink_sha1(target));
+            }
+            _ => entry.size = 0,
+        }
+        NewEntry { entry, content }
+    }
+}
+
+/// Writes a signed package: data member first (its SHA-256 goes into `.PKGINFO`), then the
+/// control member, signed, then all three concatenated. `info.installed_size` and
+/// `info.datahash` are computed here. Entries are written in the order given; pass them
+/// sorted by path for reproducible output.
+pub fn write_package<W: Write>(
+    out: &mut W,
+    info: &mut PkgInfo,
+    scripts: &[(String, Vec<u8>)],
+    entries: &[NewEntry],
+    key: &SigningKey,
+    algo: SigAlgo,
+) -> io::Result<Q1> {
+    let mut tar = TarWriter::new(Vec::new());
+    let mut installed = 0u64;
+    for e in entries {
+        tar.append_data(&e.entry, &e.content)?;
+        if e.entry.kind == EntryKind::File {
+            installed += e.entry.size.div_ceil(4096) * 4096;
+        }
+    }
+    let data = archive::gzip_best(&tar.finish()?);
+    info.installed_size = installed;
+    info.datahash = Some(hex::encode(Sha256::digest(&data)));
+
+    let mut control = TarWriter::new(Vec::new());
+    control.append_plain(".PKGINFO", 0o644, info.build_date, info.to_text().as_bytes())?;
+    for (name, content) in scripts {
+        if !SCRIPT_NAMES.contains(&name.as_str()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not an apk script name ({})", SCRIPT_NAMES.join(" "))));
+        }
+        control.append_plain(name, 0o755, info.build_date, content)?;
+    }
+    let control = archive::gzip_best(&control.into_inner());
+
+    let signature = key.sign(algo, &control).map_err(io::Error::other)?;
+    let mut sig_tar = TarWriter::new(Vec::new());
+    sig_tar.append_plain(&signature.entry_name(), 0o644, info.build_date, &signature.bytes)?;
+    out.write_all(&archive::gzip_best(&sig_tar.into_inner()))?;
+    out.write_all(&control)?;
+    out.write_all(&data)?;
+    Ok(Q1(Sha1::digest(&control).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apk::version::Version;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/alpine/packages").join(name);
+        std::fs::read(p).unwrap()
+    }
+
+    pub(crate) fn read_all(bytes: &[u8], keyring: &Keyring) -> Result<(Control, Vec<DataEntry>, DataSummary)> {
+        let reader = PackageReader::open(bytes, "test.apk", Limits::default())?;
+        let control = reader.control.clone();
+        assert!(control.verify_signature(keyring).is_verified(), "{}", control.verify_signature(keyring));
+        let mut seen = Vec::new();
+        let summary = reader.read_data(|e, _| {
+            seen.push(e.clone());
+            Ok(())
+        })?;
+        Ok((control, seen, summary))
+    }
+
+    #[test]
+    fn reads_real_alpine_packages() {
+        let ring = Keyring::alpine(None);
+        let (c, entries, s) = read_all(&fixture("alpine-keys-2.4-r1.apk"), &ring).unwrap();
+        assert_eq!(c.info.name, "alpine-keys");
+        assert_eq!(c.q1.to_string(), "Q1tL491cf/hUqLQi7fZ4MhT9Qmi9U=");
+        assert_eq!(s.datahash, "4da5fcc08f60e7e7aeecbf0dc3130c0b49938598a31a09d13b8505e2218551e1");
+        let link = entries.iter().find(|e| e.path == "usr/share/apk/keys/aarch64/alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub").unwrap();
+        assert_eq!(link.kind, EntryKind::Symlink { target: "../alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub".into() });
+        assert!(entries.iter().any(|e| e.path == "etc/apk/keys" && e.kind == EntryKind::Dir));
+
+        let (_, entries, _) = read_all(&fixture("alpine-baselayout-data-3.4.3-r2.apk"), &ring).unwrap();
+        let shadow = entries.iter().find(|e| e.path == "etc/shadow").unwrap();
+        assert_eq!((shadow.mode, shadow.gid, shadow.gname.as_deref()), (0o640, 42, Some("shadow")));
+        let (c, _, _) = read_all(&fixture("libc6-compat-1.1.24-r10.apk"), &ring).unwrap();
+        assert_eq!(c.signatures[0].key_name, "alpine-devel@lists.alpinelinux.org-4a6a0840.rsa.pub");
+    }
+
+    #[test]
+    fn content_is_hashed_as_read() {
+        let bytes = fixture("alpine-baselayout-data-3.4.3-r2.apk");
+        let reader = PackageReader::open(&bytes[..], "t", Limits::default()).unwrap();
+        let mut hostname = Vec::new();
+        reader
+            .read_data(|e, r| {
+                if e.path == "etc/hostname" {
+                    r.read_to_end(&mut hostname).unwrap();
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(hostname, b"localhost\n");
+    }
+
+    fn test_key() -> SigningKey {
+        SigningKey::generate("test.rsa.pub", 1024).unwrap()
+    }
+
+    fn sample_package(key: &SigningKey) -> (Vec<u8>, PkgInfo) {
+        let mut info = PkgInfo::new("hello", Version::parse("1.0-r0").unwrap(), "x86_64");
+        info.build_date = 1_700_000_000;
+        let base = DataEntry { path: String::new(), kind: EntryKind::Dir, mode: 0o755, uid: 0, gid: 0, uname: Some("root".into()), gname: Some("root".into()), mtime: 1_700_000_000, size: 0, sha1: None, xattrs: vec![] };
+        let entries = vec![
+            NewEntry::new(DataEntry { path: "usr".into(), ..base.clone() }, vec![]),
+            NewEntry::new(DataEntry { path: "usr/bin".into(), ..base.clone() }, vec![]),
+            NewEntry::new(DataEntry { path: "usr/bin/hello".into(), kind: EntryKind::File, ..base.clone() }, b"#!/bin/sh\necho hello\n".to_vec()),
+            NewEntry::new(DataEntry { path: "usr/bin/hi".into(), kind: EntryKind::Symlink { target: "hello".into() }, mode: 0o777, ..base.clone() }, vec![]),
+        ];
+        let mut out = Vec::new();
+        write_package(&mut out, &mut info, &[(".pre-install".into(), b"#!/bin/sh\naddgroup -S hello\n".to_vec())], &entries, key, SigAlgo::RsaSha256).unwrap();
+        (out, info)
+    }
+
+    #[test]
+    fn written_package_reads_back_and_verifies() {
+        let key = test_key();
+        let (bytes, info) = sample_package(&key);
+        let mut ring = Keyring::empty();
+        ring.add("test.rsa.pub", key.public_key());
+        let (c, entries, s) = read_all(&bytes, &ring).unwrap();
+        assert_eq!(c.info, info);
+        assert_eq!(c.scripts[0].0, ".pre-install");
+        assert_eq!(entries.len(), 4);
+        assert_eq!(s.datahash, info.datahash.unwrap());
+        assert_eq!(info.installed_size, 4096);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let key = test_key();
+        let (bytes, _) = sample_package(&key);
+        let mut ring = Keyring::empty();
+        ring.add("test.rsa.pub", key.public_key());
+        let opened = PackageReader::open(&bytes[..], "t", Limits::default()).unwrap();
+        let sig_len = opened.input.consumed() as usize - opened.control.control_member_len();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            let result = PackageReader::open(&bad[..], "t", Limits::default()).and_then(|r| {
+                let verdict = r.control.verify_signature(&ring);
+                if !verdict.is_verified() {
+                    return Err(Error::Signature { origin: "t".into(), verdict });
+                }
+                r.read_data(|_, _| Ok(())).map(|_| ())
+            });
+            // Only the signature member is outside every signed or hashed region (a flip in
+            // its gzip header may decompress to the same signature); everything after it must
+            // fail one check or another.
+            if i >= sig_len {
+                assert!(result.is_err(), "flipping byte {i} (past the signature member) went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_unsafe_paths() {
+        for p in ["/etc/passwd", "../x", "a/../../b", "a/b/.."] {
+            assert!(normalize_entry_path(p).is_err(), "{p}");
+        }
+        assert_eq!(normalize_entry_path("./etc/").unwrap(), "etc");
+        assert_eq!(normalize_entry_path("usr//bin").unwrap(), "usr/bin");
+    }
+
+    #[test]
+    fn control_member_must_come_with_datahash() {
+        let mut control = TarWriter::new(Vec::new());
+        control.append_plain(".PKGINFO", 0o644, 0, b"pkgname = a\npkgver = 1\narch = x86_64\n").unwrap();
+        let bytes = archive::gzip_best(&control.into_inner());
+        let e = PackageReader::open(&bytes[..], "x.apk", Limits::default()).err().unwrap().to_string();
+        assert!(e.contains("x.apk") && e.contains("datahash"), "{e}");
+    }
+}

@@ -1,0 +1,4 @@
+//! hyve: reproducible boot2docker-style guest images from pinned, verified Alpine packages.
+
+pub mod apk;
+pub mod fsutil;
