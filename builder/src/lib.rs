@@ -1,4 +1,5 @@
 //! hyve: reproducible boot2docker-style guest images from pinned, verified Alpine packages.
 
 pub mod apk;
+pub mod epoch;
 pub mod fsutil;

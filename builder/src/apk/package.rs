@@ -5,7 +5,7 @@
 //! raw bytes are hashed for `datahash`, and each file is hashed as the caller reads it.
 
 use std::io::{self, BufRead, Read, Write};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
@@ -27,7 +27,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { control_bytes: 16 << 20, data_bytes: 16 << 30 }
+        Limits {
+            control_bytes: 16 << 20,
+            data_bytes: 16 << 30,
+        }
     }
 }
 
@@ -35,7 +38,10 @@ impl Limits {
     /// Limits for a package whose index record declares `installed_size`: content can't
     /// exceed what the index promised by more than tar overhead and slack.
     pub fn for_installed_size(installed_size: u64) -> Self {
-        Limits { data_bytes: installed_size.saturating_mul(2).saturating_add(64 << 20), ..Limits::default() }
+        Limits {
+            data_bytes: installed_size.saturating_mul(2).saturating_add(64 << 20),
+            ..Limits::default()
+        }
     }
 }
 
@@ -93,36 +99,69 @@ pub struct PackageReader<R: BufRead> {
 
 impl<R: BufRead> PackageReader<R> {
     /// Reads the signature and control members. `origin` names the file or URL in errors.
-    pub fn open(input: R, origin: &str, limits: Limits) -> Result<Self> {
+    /// With `expected_q1` (trust link 3: the checksum the signed index gives), the control
+    /// member's identity is checked before a byte of it is parsed.
+    pub fn open(input: R, origin: &str, limits: Limits, expected_q1: Option<Q1>) -> Result<Self> {
         let mut input = TappedReader::new(input);
-        let io_err = |source| Error::Io { origin: origin.to_string(), source };
+        let io_err = |source| Error::Io {
+            origin: origin.to_string(),
+            source,
+        };
         if input.fill_buf().map_err(io_err)?.starts_with(b"ADB") {
-            return Err(Error::V3Unsupported { origin: origin.to_string(), what: "package" });
+            return Err(Error::V3Unsupported {
+                origin: origin.to_string(),
+                what: "package",
+            });
         }
-        let (first_raw, first) = read_raw_member(&mut input, origin, "first gzip member", limits.control_bytes)?;
+        let (first_raw, first) = read_raw_member(
+            &mut input,
+            origin,
+            "first gzip member",
+            limits.control_bytes,
+        )?;
         let first_entries = parse_tar(&first, origin, "first gzip member")?;
-        let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
+        let is_signature_member = first_entries
+            .first()
+            .is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
         let (signatures, control_raw, control_entries) = if is_signature_member {
             let mut sigs = Vec::new();
             for (name, _, data) in first_entries {
                 match Signature::parse_entry_name(&name) {
-                    Some((algo, key)) => sigs.push(Signature { algo, key_name: key.to_string(), bytes: data }),
+                    Some((algo, key)) => sigs.push(Signature {
+                        algo,
+                        key_name: key.to_string(),
+                        bytes: data,
+                    }),
                     None if name.starts_with(".SIGN.") => {} // DSA or future types: ignored, as apk does
-                    None => return Err(format_err(origin, format!("unexpected entry {name:?} in the signature member"))),
+                    None => {
+                        return Err(format_err(
+                            origin,
+                            format!("unexpected entry {name:?} in the signature member"),
+                        ))
+                    }
                 }
             }
-            let (raw, control) = read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
+            let (raw, control) =
+                read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
             (sigs, raw, parse_tar(&control, origin, "control member")?)
         } else {
             (Vec::new(), first_raw, first_entries)
         };
 
         let q1 = Q1(Sha1::digest(&control_raw).into());
+        if let Some(expected) = expected_q1.filter(|&e| e != q1) {
+            return Err(Error::Q1Mismatch {
+                origin: origin.to_string(),
+                expected,
+                actual: q1,
+            });
+        }
         let mut pkginfo = None;
         let mut scripts = Vec::new();
         for (name, _, data) in control_entries {
             if name == ".PKGINFO" {
-                let text = String::from_utf8(data).map_err(|_| format_err(origin, ".PKGINFO is not UTF-8".into()))?;
+                let text = String::from_utf8(data)
+                    .map_err(|_| format_err(origin, ".PKGINFO is not UTF-8".into()))?;
                 pkginfo = Some(PkgInfo::parse(&text, origin)?);
             } else if name.starts_with('.') {
                 scripts.push((name, data));
@@ -130,31 +169,34 @@ impl<R: BufRead> PackageReader<R> {
                 return Err(format_err(origin, format!("control member holds {name:?}; only dot-files belong there (is the member order wrong?)")));
             }
         }
-        let info = pkginfo.ok_or_else(|| format_err(origin, "control member has no .PKGINFO".into()))?;
+        let info =
+            pkginfo.ok_or_else(|| format_err(origin, "control member has no .PKGINFO".into()))?;
         if info.datahash.is_none() {
-            return Err(format_err(origin, ".PKGINFO has no datahash; packages from abuild before 2.x are not supported".into()));
+            return Err(format_err(
+                origin,
+                ".PKGINFO has no datahash; packages from abuild before 2.x are not supported"
+                    .into(),
+            ));
         }
         Ok(PackageReader {
             origin: origin.to_string(),
             input,
             limits,
-            control: Control { signatures, info, scripts, q1, control_raw },
+            control: Control {
+                signatures,
+                info,
+                scripts,
+                q1,
+                control_raw,
+            },
         })
-    }
-
-    /// Trust link 3: the control member is the one the signed index names.
-    pub fn check_q1(&self, expected: Q1) -> Result<()> {
-        if self.control.q1 != expected {
-            return Err(Error::Q1Mismatch { origin: self.origin.clone(), expected, actual: self.control.q1 });
-        }
-        Ok(())
     }
 
     /// Streams the data member. `visit` sees each entry and may read its content (it is
     /// hashed as it is read, and the rest is drained and hashed after `visit` returns).
     /// Every file's SHA-1 and finally the member's datahash are checked; an error from any
     /// of them means nothing `visit` saw may be used.
-    pub fn read_data<F>(mut self, mut visit: F) -> Result<DataSummary>
+    pub fn read_data<F>(mut self, visit: F) -> Result<DataSummary>
     where
         F: FnMut(&DataEntry, &mut dyn Read) -> Result<()>,
     {
@@ -162,30 +204,84 @@ impl<R: BufRead> PackageReader<R> {
         let expected = self.control.info.datahash.clone().expect("checked in open");
         let start = self.input.consumed();
         self.input.set_tap(Tap::Sha256(Box::default()));
+        let streamed = self.stream_entries(visit);
+        if streamed.is_err() {
+            // Corrupt compressed data can decompress to plausible garbage before the CRC
+            // check at the member's end, so a parse error may really be tampering. Hash the
+            // rest of the raw bytes: if the datahash is wrong, that is the broken link.
+            let _ = io::copy(&mut self.input, &mut io::sink());
+        }
+        let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else {
+            unreachable!("tap set above")
+        };
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            return Err(Error::DataHashMismatch {
+                origin,
+                expected,
+                actual,
+            });
+        }
+        let (entries, content_bytes) = streamed?;
+        if !self.input.at_eof().map_err(|source| Error::Io {
+            origin: origin.clone(),
+            source,
+        })? {
+            return Err(format_err(
+                &origin,
+                "unexpected bytes after the data member".into(),
+            ));
+        }
+        Ok(DataSummary {
+            datahash: actual,
+            compressed_size: self.input.consumed() - start,
+            entries,
+            content_bytes,
+        })
+    }
+
+    /// Decompresses the data member to its end, visiting and checking each entry; returns
+    /// (entries, content bytes).
+    fn stream_entries<F>(&mut self, mut visit: F) -> Result<(u64, u64)>
+    where
+        F: FnMut(&DataEntry, &mut dyn Read) -> Result<()>,
+    {
+        let origin = self.origin.clone();
         let member = "data member";
         let map_io = |e: io::Error| -> Error {
             if let Some(limit) = stream::limit_exceeded(&e) {
-                return Error::TooLarge { origin: origin.clone(), member, limit };
+                return Error::TooLarge {
+                    origin: origin.clone(),
+                    member,
+                    limit,
+                };
             }
             classify_io(&origin, member, e)
         };
-        let mut limited = LimitedReader::new(flate2::bufread::GzDecoder::new(&mut self.input), self.limits.data_bytes);
+        let mut limited = LimitedReader::new(
+            flate2::bufread::GzDecoder::new(&mut self.input),
+            self.limits.data_bytes,
+        );
         let mut entries = 0u64;
         let mut content_bytes = 0u64;
         {
             let mut archive = tar::Archive::new(&mut limited);
             for entry in archive.entries().map_err(map_io)? {
                 let mut entry = entry.map_err(map_io)?;
-                let Some(data_entry) = describe_entry(&mut entry, &origin).map_err(|e| match e {
-                    Error::Io { source, .. } => map_io(source),
-                    other => other,
-                })?
+                let Some(data_entry) =
+                    describe_entry(&mut entry, &origin).map_err(|e| match e {
+                        Error::Io { source, .. } => map_io(source),
+                        other => other,
+                    })?
                 else {
                     continue;
                 };
                 entries += 1;
                 content_bytes += data_entry.size;
-                let mut hashing = HashingReader { inner: &mut entry, hasher: Sha1::new() };
+                let mut hashing = HashingReader {
+                    inner: &mut entry,
+                    hasher: Sha1::new(),
+                };
                 visit(&data_entry, &mut hashing)?;
                 io::copy(&mut hashing, &mut io::sink()).map_err(map_io)?;
                 let actual: [u8; 20] = hashing.hasher.finalize().into();
@@ -195,16 +291,7 @@ impl<R: BufRead> PackageReader<R> {
         // Drain padding and trailing zero blocks so the whole member is hashed and its CRC
         // checked.
         io::copy(&mut limited, &mut io::sink()).map_err(map_io)?;
-        drop(limited);
-        let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else { unreachable!("tap set above") };
-        let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(Error::DataHashMismatch { origin, expected, actual });
-        }
-        if !self.input.at_eof().map_err(|source| Error::Io { origin: origin.clone(), source })? {
-            return Err(format_err(&origin, "unexpected bytes after the data member".into()));
-        }
-        Ok(DataSummary { datahash: actual, compressed_size: self.input.consumed() - start, entries, content_bytes })
+        Ok((entries, content_bytes))
     }
 }
 
@@ -222,7 +309,10 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 fn format_err(origin: &str, detail: String) -> Error {
-    Error::Format { origin: origin.to_string(), detail }
+    Error::Format {
+        origin: origin.to_string(),
+        detail,
+    }
 }
 
 /// Corrupt compressed data surfaces as InvalidInput/InvalidData/UnexpectedEof from flate2,
@@ -231,9 +321,17 @@ fn classify_io(origin: &str, member: &'static str, e: io::Error) -> Error {
     let origin = origin.to_string();
     match e.kind() {
         io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-            Error::Gzip { origin, member, detail: e.to_string() }
+            Error::Gzip {
+                origin,
+                member,
+                detail: e.to_string(),
+            }
         }
-        _ if e.get_ref().is_some() && e.raw_os_error().is_none() => Error::Tar { origin, member, detail: e.to_string() },
+        _ if e.get_ref().is_some() && e.raw_os_error().is_none() => Error::Tar {
+            origin,
+            member,
+            detail: e.to_string(),
+        },
         _ => Error::Io { origin, source: e },
     }
 }
@@ -245,21 +343,42 @@ fn read_raw_member<R: BufRead>(
     member: &'static str,
     limit: u64,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
-    if input.at_eof().map_err(|source| Error::Io { origin: origin.to_string(), source })? {
-        return Err(Error::Gzip { origin: origin.to_string(), member, detail: "the file ends before it".into() });
+    if input.at_eof().map_err(|source| Error::Io {
+        origin: origin.to_string(),
+        source,
+    })? {
+        return Err(Error::Gzip {
+            origin: origin.to_string(),
+            member,
+            detail: "the file ends before it".into(),
+        });
     }
     input.set_tap(Tap::Record(Vec::new()));
     let result = stream::read_member(input, limit);
-    let Tap::Record(raw) = input.set_tap(Tap::Off) else { unreachable!("tap set above") };
+    let Tap::Record(raw) = input.set_tap(Tap::Off) else {
+        unreachable!("tap set above")
+    };
     match result {
         Ok(data) => Ok((raw, data)),
-        Err(e) if stream::limit_exceeded(&e).is_some() => Err(Error::TooLarge { origin: origin.to_string(), member, limit }),
+        Err(e) if stream::limit_exceeded(&e).is_some() => Err(Error::TooLarge {
+            origin: origin.to_string(),
+            member,
+            limit,
+        }),
         Err(e) => Err(classify_io(origin, member, e)),
     }
 }
 
-fn parse_tar(bytes: &[u8], origin: &str, member: &'static str) -> Result<Vec<(String, u8, Vec<u8>)>> {
-    archive::read_small_tar(bytes).map_err(|e| Error::Tar { origin: origin.to_string(), member, detail: e.to_string() })
+fn parse_tar(
+    bytes: &[u8],
+    origin: &str,
+    member: &'static str,
+) -> Result<Vec<(String, u8, Vec<u8>)>> {
+    archive::read_small_tar(bytes).map_err(|e| Error::Tar {
+        origin: origin.to_string(),
+        member,
+        detail: e.to_string(),
+    })
 }
 
 /// Turns a tar entry into a checked `DataEntry`; `None` for entries apk skips (global PAX).
@@ -267,13 +386,22 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     use tar::EntryType as T;
     let raw_path = entry.path_bytes().into_owned();
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
-    let unsafe_entry = |reason: &str| Error::UnsafeEntry { origin: origin.to_string(), path: shown.clone(), reason: reason.to_string() };
+    let unsafe_entry = |reason: &str| Error::UnsafeEntry {
+        origin: origin.to_string(),
+        path: shown.clone(),
+        reason: reason.to_string(),
+    };
     let path = String::from_utf8(raw_path).map_err(|_| unsafe_entry("the path is not UTF-8"))?;
-    let path = normalize_entry_path(&path).map_err(|reason| unsafe_entry(reason))?;
+    let path = normalize_entry_path(&path).map_err(&unsafe_entry)?;
     let header = entry.header();
-    let io_err = |source| Error::Io { origin: origin.to_string(), source };
+    let io_err = |source| Error::Io {
+        origin: origin.to_string(),
+        source,
+    };
     let link_target = || -> Result<String> {
-        let t = entry.link_name_bytes().ok_or_else(|| unsafe_entry("link without a target"))?;
+        let t = entry
+            .link_name_bytes()
+            .ok_or_else(|| unsafe_entry("link without a target"))?;
         String::from_utf8(t.into_owned()).map_err(|_| unsafe_entry("link target is not UTF-8"))
     };
     let device = || -> Result<(u32, u32)> {
@@ -284,10 +412,13 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     let kind = match header.entry_type() {
         T::Regular | T::Continuous => EntryKind::File,
         T::Directory => EntryKind::Dir,
-        T::Symlink => EntryKind::Symlink { target: link_target()? },
+        T::Symlink => EntryKind::Symlink {
+            target: link_target()?,
+        },
         T::Link => {
             let target = link_target()?;
-            let target = normalize_entry_path(&target).map_err(|r| unsafe_entry(&format!("hardlink target {target:?}: {r}")))?;
+            let target = normalize_entry_path(&target)
+                .map_err(|r| unsafe_entry(&format!("hardlink target {target:?}: {r}")))?;
             EntryKind::Hardlink { target }
         }
         T::Char => {
@@ -300,7 +431,12 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
         }
         T::Fifo => EntryKind::Fifo,
         T::XGlobalHeader => return Ok(None),
-        other => return Err(unsafe_entry(&format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+        other => {
+            return Err(unsafe_entry(&format!(
+                "unsupported tar entry type {:?}",
+                other.as_byte() as char
+            )))
+        }
     };
     if path.is_empty() {
         if kind == EntryKind::Dir {
@@ -310,14 +446,19 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     }
     let size = entry.size();
     if kind != EntryKind::File && size != 0 {
-        return Err(unsafe_entry(&format!("a {} with {size} bytes of content", kind.short_name())));
+        return Err(unsafe_entry(&format!(
+            "a {} with {size} bytes of content",
+            kind.short_name()
+        )));
     }
     let mut sha1 = None;
     let mut xattrs = Vec::new();
     if let Some(exts) = entry.pax_extensions().map_err(io_err)? {
         for ext in exts {
             let ext = ext.map_err(io_err)?;
-            let key = ext.key().map_err(|_| unsafe_entry("PAX key is not UTF-8"))?;
+            let key = ext
+                .key()
+                .map_err(|_| unsafe_entry("PAX key is not UTF-8"))?;
             if key == CHECKSUM_RECORD {
                 let digest = hex::decode(ext.value_bytes())
                     .ok()
@@ -335,10 +476,28 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
         path,
         kind,
         mode: header.mode().map_err(io_err)? & 0o7777,
-        uid: header.uid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("uid out of range"))?,
-        gid: header.gid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("gid out of range"))?,
-        uname: header.username().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
-        gname: header.groupname().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
+        uid: header
+            .uid()
+            .map_err(io_err)?
+            .try_into()
+            .map_err(|_| unsafe_entry("uid out of range"))?,
+        gid: header
+            .gid()
+            .map_err(io_err)?
+            .try_into()
+            .map_err(|_| unsafe_entry("gid out of range"))?,
+        uname: header
+            .username()
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        gname: header
+            .groupname()
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         mtime: header.mtime().map_err(io_err)?,
         size,
         sha1,
@@ -373,7 +532,10 @@ fn check_entry_checksum(entry: &DataEntry, actual: [u8; 20], origin: &str) -> Re
         _ => return Ok(()),
     };
     let Some(expected) = entry.sha1 else {
-        return Err(Error::MissingFileChecksum { origin: origin.to_string(), path: entry.path.clone() });
+        return Err(Error::MissingFileChecksum {
+            origin: origin.to_string(),
+            path: entry.path.clone(),
+        });
     };
     if expected != actual {
         return Err(Error::FileChecksumMismatch {
@@ -386,27 +548,76 @@ fn check_entry_checksum(entry: &DataEntry, actual: [u8; 20], origin: &str) -> Re
     Ok(())
 }
 
-/// One data entry to be written, with its content for regular files.
+/// Where a new entry's content comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    None,
+    Bytes(Vec<u8>),
+    /// Read when the package is written, so only one file is in memory at a time.
+    File(PathBuf),
+}
+
+/// One data entry to be written.
+#[derive(Debug, Clone)]
 pub struct NewEntry {
     pub entry: DataEntry,
-    pub content: Vec<u8>,
+    pub source: Source,
 }
 
 impl NewEntry {
-    /// Fills in size and checksum for files and symlinks.
-    pub fn new(mut entry: DataEntry, content: Vec<u8>) -> Self {
-        match &entry.kind {
-            EntryKind::File => {
-                entry.size = content.len() as u64;
-                entry.sha1 = Some(Sha1::digest(&content).into());
-            }
-            EntryKind::Symlink { target } => {
-                entry.size = 0;
-                entry.sha1 = Some(archive::symlink_sha1(target));
-            }
-            _ => entry.size = 0,
+    /// An entry with in-memory content; fills in size and checksum for files and symlinks.
+    pub fn from_bytes(entry: DataEntry, content: Vec<u8>) -> Self {
+        let mut e = NewEntry {
+            entry,
+            source: Source::None,
+        };
+        if e.entry.kind == EntryKind::File {
+            e.entry.size = content.len() as u64;
+            e.entry.sha1 = Some(Sha1::digest(&content).into());
+            e.source = Source::Bytes(content);
         }
-        NewEntry { entry, content }
+        e.fill_link_checksum();
+        e
+    }
+
+    /// A regular file whose content stays on disk; it is hashed now and read again when
+    /// the package is written (a change in between is detected).
+    pub fn from_file(mut entry: DataEntry, path: &Path) -> io::Result<Self> {
+        let mut hasher = HashingReader {
+            inner: std::fs::File::open(path)?,
+            hasher: Sha1::new(),
+        };
+        entry.size = io::copy(&mut hasher, &mut io::sink())?;
+        entry.sha1 = Some(hasher.hasher.finalize().into());
+        Ok(NewEntry {
+            entry,
+            source: Source::File(path.to_path_buf()),
+        })
+    }
+
+    /// A directory, link, device or fifo.
+    pub fn without_content(entry: DataEntry) -> Self {
+        let mut e = NewEntry {
+            entry,
+            source: Source::None,
+        };
+        e.entry.size = 0;
+        e.fill_link_checksum();
+        e
+    }
+
+    fn fill_link_checksum(&mut self) {
+        if let EntryKind::Symlink { target } = &self.entry.kind {
+            self.entry.sha1 = Some(archive::symlink_sha1(target));
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(match &self.source {
+            Source::None => Box::new(io::empty()),
+            Source::Bytes(b) => Box::new(&b[..]),
+            Source::File(p) => Box::new(io::BufReader::new(std::fs::File::open(p)?)),
+        })
     }
 }
 
@@ -422,23 +633,37 @@ pub fn write_package<W: Write>(
     key: &SigningKey,
     algo: SigAlgo,
 ) -> io::Result<Q1> {
-    let mut tar = TarWriter::new(Vec::new());
+    let mut tar = TarWriter::new(archive::gzip_writer(Vec::new()));
     let mut installed = 0u64;
     for e in entries {
-        tar.append_data(&e.entry, &e.content)?;
+        let mut content = e
+            .open()
+            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.entry.path)))?;
+        tar.append_data(&e.entry, &mut content)?;
         if e.entry.kind == EntryKind::File {
             installed += e.entry.size.div_ceil(4096) * 4096;
         }
     }
-    let data = archive::gzip_best(&tar.finish()?);
+    let data = tar.finish()?.finish()?;
     info.installed_size = installed;
     info.datahash = Some(hex::encode(Sha256::digest(&data)));
 
     let mut control = TarWriter::new(Vec::new());
-    control.append_plain(".PKGINFO", 0o644, info.build_date, info.to_text().as_bytes())?;
+    control.append_plain(
+        ".PKGINFO",
+        0o644,
+        info.build_date,
+        info.to_text().as_bytes(),
+    )?;
     for (name, content) in scripts {
         if !SCRIPT_NAMES.contains(&name.as_str()) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not an apk script name ({})", SCRIPT_NAMES.join(" "))));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{name:?} is not an apk script name ({})",
+                    SCRIPT_NAMES.join(" ")
+                ),
+            ));
         }
         control.append_plain(name, 0o755, info.build_date, content)?;
     }
@@ -446,7 +671,12 @@ pub fn write_package<W: Write>(
 
     let signature = key.sign(algo, &control).map_err(io::Error::other)?;
     let mut sig_tar = TarWriter::new(Vec::new());
-    sig_tar.append_plain(&signature.entry_name(), 0o644, info.build_date, &signature.bytes)?;
+    sig_tar.append_plain(
+        &signature.entry_name(),
+        0o644,
+        info.build_date,
+        &signature.bytes,
+    )?;
     out.write_all(&archive::gzip_best(&sig_tar.into_inner()))?;
     out.write_all(&control)?;
     out.write_all(&data)?;
@@ -459,14 +689,23 @@ mod tests {
     use crate::apk::version::Version;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/alpine/packages").join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/alpine/packages")
+            .join(name);
         std::fs::read(p).unwrap()
     }
 
-    pub(crate) fn read_all(bytes: &[u8], keyring: &Keyring) -> Result<(Control, Vec<DataEntry>, DataSummary)> {
-        let reader = PackageReader::open(bytes, "test.apk", Limits::default())?;
+    pub(crate) fn read_all(
+        bytes: &[u8],
+        keyring: &Keyring,
+    ) -> Result<(Control, Vec<DataEntry>, DataSummary)> {
+        let reader = PackageReader::open(bytes, "test.apk", Limits::default(), None)?;
         let control = reader.control.clone();
-        assert!(control.verify_signature(keyring).is_verified(), "{}", control.verify_signature(keyring));
+        assert!(
+            control.verify_signature(keyring).is_verified(),
+            "{}",
+            control.verify_signature(keyring)
+        );
         let mut seen = Vec::new();
         let summary = reader.read_data(|e, _| {
             seen.push(e.clone());
@@ -481,22 +720,39 @@ mod tests {
         let (c, entries, s) = read_all(&fixture("alpine-keys-2.4-r1.apk"), &ring).unwrap();
         assert_eq!(c.info.name, "alpine-keys");
         assert_eq!(c.q1.to_string(), "Q1tL491cf/hUqLQi7fZ4MhT9Qmi9U=");
-        assert_eq!(s.datahash, "4da5fcc08f60e7e7aeecbf0dc3130c0b49938598a31a09d13b8505e2218551e1");
+        assert_eq!(
+            s.datahash,
+            "4da5fcc08f60e7e7aeecbf0dc3130c0b49938598a31a09d13b8505e2218551e1"
+        );
         let link = entries.iter().find(|e| e.path == "usr/share/apk/keys/aarch64/alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub").unwrap();
-        assert_eq!(link.kind, EntryKind::Symlink { target: "../alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub".into() });
-        assert!(entries.iter().any(|e| e.path == "etc/apk/keys" && e.kind == EntryKind::Dir));
+        assert_eq!(
+            link.kind,
+            EntryKind::Symlink {
+                target: "../alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub".into()
+            }
+        );
+        assert!(entries
+            .iter()
+            .any(|e| e.path == "etc/apk/keys" && e.kind == EntryKind::Dir));
 
-        let (_, entries, _) = read_all(&fixture("alpine-baselayout-data-3.4.3-r2.apk"), &ring).unwrap();
+        let (_, entries, _) =
+            read_all(&fixture("alpine-baselayout-data-3.4.3-r2.apk"), &ring).unwrap();
         let shadow = entries.iter().find(|e| e.path == "etc/shadow").unwrap();
-        assert_eq!((shadow.mode, shadow.gid, shadow.gname.as_deref()), (0o640, 42, Some("shadow")));
+        assert_eq!(
+            (shadow.mode, shadow.gid, shadow.gname.as_deref()),
+            (0o640, 42, Some("shadow"))
+        );
         let (c, _, _) = read_all(&fixture("libc6-compat-1.1.24-r10.apk"), &ring).unwrap();
-        assert_eq!(c.signatures[0].key_name, "alpine-devel@lists.alpinelinux.org-4a6a0840.rsa.pub");
+        assert_eq!(
+            c.signatures[0].key_name,
+            "alpine-devel@lists.alpinelinux.org-4a6a0840.rsa.pub"
+        );
     }
 
     #[test]
     fn content_is_hashed_as_read() {
         let bytes = fixture("alpine-baselayout-data-3.4.3-r2.apk");
-        let reader = PackageReader::open(&bytes[..], "t", Limits::default()).unwrap();
+        let reader = PackageReader::open(&bytes[..], "t", Limits::default(), None).unwrap();
         let mut hostname = Vec::new();
         reader
             .read_data(|e, r| {
@@ -516,15 +772,58 @@ mod tests {
     fn sample_package(key: &SigningKey) -> (Vec<u8>, PkgInfo) {
         let mut info = PkgInfo::new("hello", Version::parse("1.0-r0").unwrap(), "x86_64");
         info.build_date = 1_700_000_000;
-        let base = DataEntry { path: String::new(), kind: EntryKind::Dir, mode: 0o755, uid: 0, gid: 0, uname: Some("root".into()), gname: Some("root".into()), mtime: 1_700_000_000, size: 0, sha1: None, xattrs: vec![] };
+        let base = DataEntry {
+            path: String::new(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            uname: Some("root".into()),
+            gname: Some("root".into()),
+            mtime: 1_700_000_000,
+            size: 0,
+            sha1: None,
+            xattrs: vec![],
+        };
         let entries = vec![
-            NewEntry::new(DataEntry { path: "usr".into(), ..base.clone() }, vec![]),
-            NewEntry::new(DataEntry { path: "usr/bin".into(), ..base.clone() }, vec![]),
-            NewEntry::new(DataEntry { path: "usr/bin/hello".into(), kind: EntryKind::File, ..base.clone() }, b"#!/bin/sh\necho hello\n".to_vec()),
-            NewEntry::new(DataEntry { path: "usr/bin/hi".into(), kind: EntryKind::Symlink { target: "hello".into() }, mode: 0o777, ..base.clone() }, vec![]),
+            NewEntry::without_content(DataEntry {
+                path: "usr".into(),
+                ..base.clone()
+            }),
+            NewEntry::without_content(DataEntry {
+                path: "usr/bin".into(),
+                ..base.clone()
+            }),
+            NewEntry::from_bytes(
+                DataEntry {
+                    path: "usr/bin/hello".into(),
+                    kind: EntryKind::File,
+                    ..base.clone()
+                },
+                b"#!/bin/sh\necho hello\n".to_vec(),
+            ),
+            NewEntry::without_content(DataEntry {
+                path: "usr/bin/hi".into(),
+                kind: EntryKind::Symlink {
+                    target: "hello".into(),
+                },
+                mode: 0o777,
+                ..base.clone()
+            }),
         ];
         let mut out = Vec::new();
-        write_package(&mut out, &mut info, &[(".pre-install".into(), b"#!/bin/sh\naddgroup -S hello\n".to_vec())], &entries, key, SigAlgo::RsaSha256).unwrap();
+        write_package(
+            &mut out,
+            &mut info,
+            &[(
+                ".pre-install".into(),
+                b"#!/bin/sh\naddgroup -S hello\n".to_vec(),
+            )],
+            &entries,
+            key,
+            SigAlgo::RsaSha256,
+        )
+        .unwrap();
         (out, info)
     }
 
@@ -548,23 +847,30 @@ mod tests {
         let (bytes, _) = sample_package(&key);
         let mut ring = Keyring::empty();
         ring.add("test.rsa.pub", key.public_key());
-        let opened = PackageReader::open(&bytes[..], "t", Limits::default()).unwrap();
+        let opened = PackageReader::open(&bytes[..], "t", Limits::default(), None).unwrap();
         let sig_len = opened.input.consumed() as usize - opened.control.control_member_len();
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            let result = PackageReader::open(&bad[..], "t", Limits::default()).and_then(|r| {
-                let verdict = r.control.verify_signature(&ring);
-                if !verdict.is_verified() {
-                    return Err(Error::Signature { origin: "t".into(), verdict });
-                }
-                r.read_data(|_, _| Ok(())).map(|_| ())
-            });
+            let result =
+                PackageReader::open(&bad[..], "t", Limits::default(), None).and_then(|r| {
+                    let verdict = r.control.verify_signature(&ring);
+                    if !verdict.is_verified() {
+                        return Err(Error::Signature {
+                            origin: "t".into(),
+                            verdict,
+                        });
+                    }
+                    r.read_data(|_, _| Ok(())).map(|_| ())
+                });
             // Only the signature member is outside every signed or hashed region (a flip in
             // its gzip header may decompress to the same signature); everything after it must
             // fail one check or another.
             if i >= sig_len {
-                assert!(result.is_err(), "flipping byte {i} (past the signature member) went unnoticed");
+                assert!(
+                    result.is_err(),
+                    "flipping byte {i} (past the signature member) went unnoticed"
+                );
             }
         }
     }
@@ -581,9 +887,19 @@ mod tests {
     #[test]
     fn control_member_must_come_with_datahash() {
         let mut control = TarWriter::new(Vec::new());
-        control.append_plain(".PKGINFO", 0o644, 0, b"pkgname = a\npkgver = 1\narch = x86_64\n").unwrap();
+        control
+            .append_plain(
+                ".PKGINFO",
+                0o644,
+                0,
+                b"pkgname = a\npkgver = 1\narch = x86_64\n",
+            )
+            .unwrap();
         let bytes = archive::gzip_best(&control.into_inner());
-        let e = PackageReader::open(&bytes[..], "x.apk", Limits::default()).err().unwrap().to_string();
+        let e = PackageReader::open(&bytes[..], "x.apk", Limits::default(), None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("x.apk") && e.contains("datahash"), "{e}");
     }
 }

@@ -124,7 +124,11 @@ impl<'a> Tokens<'a> {
     fn new(s: &'a str) -> Self {
         let mut t = Tokens {
             rest: s,
-            current: Token { kind: Kind::InitialDigit, text: "", suffix: Suffix::None },
+            current: Token {
+                kind: Kind::InitialDigit,
+                text: "",
+                suffix: Suffix::None,
+            },
         };
         t.take_digits(Kind::InitialDigit);
         t
@@ -163,7 +167,11 @@ impl<'a> Tokens<'a> {
                 }
                 let (letter, tail) = self.rest.split_at(1);
                 self.rest = tail;
-                self.current = Token { kind: Kind::Letter, text: letter, suffix: Suffix::None };
+                self.current = Token {
+                    kind: Kind::Letter,
+                    text: letter,
+                    suffix: Suffix::None,
+                };
             }
             b'.' | b'0'..=b'9' => {
                 if first == b'.' {
@@ -188,7 +196,13 @@ impl<'a> Tokens<'a> {
                 self.rest = &self.rest[1..];
                 let name = self.take_span(|b| b.is_ascii_lowercase());
                 match Suffix::from_name(name) {
-                    Some(suffix) => self.current = Token { kind: Kind::Suffix, text: name, suffix },
+                    Some(suffix) => {
+                        self.current = Token {
+                            kind: Kind::Suffix,
+                            text: name,
+                            suffix,
+                        }
+                    }
                     None => self.invalid(),
                 }
             }
@@ -201,7 +215,11 @@ impl<'a> Tokens<'a> {
                 if hash.is_empty() {
                     return self.invalid();
                 }
-                self.current = Token { kind: Kind::CommitHash, text: hash, suffix: Suffix::None };
+                self.current = Token {
+                    kind: Kind::CommitHash,
+                    text: hash,
+                    suffix: Suffix::None,
+                };
             }
             b'-' => {
                 if prev >= Kind::RevisionNo || !self.rest.starts_with("-r") {
@@ -379,8 +397,16 @@ mod tests {
         ("1.0~abc-r1", "1.0~abc-r0", Greater),
         ("1.0~abc-r0", "1.0-r0", Greater),
         ("1.0_p1~abc", "1.0_p1", Greater),
-        ("99999999999999999999999", "99999999999999999999998", Greater),
-        ("1.99999999999999999999999", "1.100000000000000000000000", Less),
+        (
+            "99999999999999999999999",
+            "99999999999999999999998",
+            Greater,
+        ),
+        (
+            "1.99999999999999999999999",
+            "1.100000000000000000000000",
+            Less,
+        ),
         ("18446744073709551616", "18446744073709551615", Greater),
         ("0.99f7", "0.99f6", Greater),
         ("0.99f7", "0.99g", Less),
@@ -396,17 +422,73 @@ mod tests {
     }
 
     const VALID: &[&str] = &[
-        "0", "1", "1.0", "1.2.3.4.5.6", "1a", "1.2a", "1_alpha", "1_alpha1", "1_beta2_rc3",
-        "1_p", "1_p1_p2", "1-r0", "1.0-r123", "1a_rc1-r2", "1.0~abcdef", "1.0~ABCDEF",
-        "1.0~abc-r1", "0.0.0", "2023.01.01", "1_git20230101", "00001", "1.0_hg", "1.0_cvs1",
-        "1.0_svn2", "1.0_pre", "20230506-r0", "0.99f7-r2", "1.0a1b",
+        "0",
+        "1",
+        "1.0",
+        "1.2.3.4.5.6",
+        "1a",
+        "1.2a",
+        "1_alpha",
+        "1_alpha1",
+        "1_beta2_rc3",
+        "1_p",
+        "1_p1_p2",
+        "1-r0",
+        "1.0-r123",
+        "1a_rc1-r2",
+        "1.0~abcdef",
+        "1.0~ABCDEF",
+        "1.0~abc-r1",
+        "0.0.0",
+        "2023.01.01",
+        "1_git20230101",
+        "00001",
+        "1.0_hg",
+        "1.0_cvs1",
+        "1.0_svn2",
+        "1.0_pre",
+        "20230506-r0",
+        "0.99f7-r2",
+        "1.0a1b",
     ];
 
     const INVALID: &[&str] = &[
-        "", "a", "a1", ".1", "1.", "1..2", "1.a", "1aa", "1a.2", "1_", "1_foo", "1_RC1",
-        "1_rc.1", "1-", "1-r", "1-ra", "1-x1", "1-r1-r2", "1-r1.2", "1-r1a", "1-r1_p", "1~",
-        "1~xyz", "1~ab~cd", "1~ab_p", "1 ", " 1", "1.0-r0 ", "v1.0", "1,0", "1.0a.1", "1_p1a",
-        "1-r1~abc", "1.0_rc1.2", "1/2", "1.0-R1",
+        "",
+        "a",
+        "a1",
+        ".1",
+        "1.",
+        "1..2",
+        "1.a",
+        "1aa",
+        "1a.2",
+        "1_",
+        "1_foo",
+        "1_RC1",
+        "1_rc.1",
+        "1-",
+        "1-r",
+        "1-ra",
+        "1-x1",
+        "1-r1-r2",
+        "1-r1.2",
+        "1-r1a",
+        "1-r1_p",
+        "1~",
+        "1~xyz",
+        "1~ab~cd",
+        "1~ab_p",
+        "1 ",
+        " 1",
+        "1.0-r0 ",
+        "v1.0",
+        "1,0",
+        "1.0a.1",
+        "1_p1a",
+        "1-r1~abc",
+        "1.0_rc1.2",
+        "1/2",
+        "1.0-R1",
     ];
 
     #[test]
@@ -450,6 +532,9 @@ mod tests {
     fn sort_is_total_on_real_versions() {
         let mut v = vec!["1.0-r1", "1.0_rc1", "1.0", "1.0_p1", "0.9", "1.0a", "1.0.1"];
         v.sort_by(|a, b| compare(a, b));
-        assert_eq!(v, ["0.9", "1.0_rc1", "1.0", "1.0-r1", "1.0_p1", "1.0a", "1.0.1"]);
+        assert_eq!(
+            v,
+            ["0.9", "1.0_rc1", "1.0", "1.0-r1", "1.0_p1", "1.0a", "1.0.1"]
+        );
     }
 }

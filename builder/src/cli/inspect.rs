@@ -1,0 +1,241 @@
+//! `hyve inspect FILE`: what is inside an .apk or APKINDEX.tar.gz, with every check run.
+//! Exits non-zero when any check fails.
+
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyve::apk::archive::{DataEntry, EntryKind};
+use hyve::apk::index::{read_index, IndexRecord};
+use hyve::apk::package::{Limits, PackageReader};
+use serde_json::json;
+
+use super::{KeyArgs, Outcome};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An .apk package or an APKINDEX.tar.gz
+    file: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+enum Kind {
+    Package,
+    Index,
+}
+
+/// Looks past any `.SIGN.*` entries at the first real entry name.
+fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut head = [0u8; 4];
+    let n = (&f).take(4).read(&mut head)?;
+    if head[..n].starts_with(b"ADB") {
+        // The library gives the precise "apk v3 is not supported" error.
+        return Ok(if file.to_string_lossy().ends_with(".apk") {
+            Kind::Package
+        } else {
+            Kind::Index
+        });
+    }
+    let f = std::fs::File::open(file)?;
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(f)));
+    for entry in archive
+        .entries()
+        .with_context(|| format!("{} is not a gzip'd tar (apk v2) file", file.display()))?
+    {
+        let entry = entry
+            .with_context(|| format!("{}: cannot read the first tar entries", file.display()))?;
+        let path = entry.path_bytes();
+        if path.starts_with(b".SIGN.") {
+            continue;
+        }
+        return match &path[..] {
+            b".PKGINFO" => Ok(Kind::Package),
+            b"DESCRIPTION" | b"APKINDEX" => Ok(Kind::Index),
+            other => anyhow::bail!(
+                "{}: not an .apk or APKINDEX.tar.gz (first entry {:?})",
+                file.display(),
+                String::from_utf8_lossy(other)
+            ),
+        };
+    }
+    anyhow::bail!("{}: empty archive", file.display())
+}
+
+pub fn run(args: Args) -> Outcome {
+    let keyring = args.keys.keyring(None)?;
+    match sniff(&args.file)? {
+        Kind::Package => inspect_package(&args, &keyring),
+        Kind::Index => inspect_index(&args, &keyring),
+    }
+}
+
+fn owner(id: u32, name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| id.to_string())
+}
+
+fn entry_line(e: &DataEntry) -> String {
+    let target = match &e.kind {
+        EntryKind::Symlink { target } => format!(" -> {target}"),
+        EntryKind::Hardlink { target } => format!(" => {target}"),
+        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+            format!(" ({major},{minor})")
+        }
+        _ => String::new(),
+    };
+    let sha1 = e.sha1.map(hex::encode).unwrap_or_else(|| "-".repeat(40));
+    format!(
+        "  {:<8} {:04o} {:>8}:{:<8} {:>10} {sha1}  {}{target}",
+        e.kind.short_name(),
+        e.mode,
+        owner(e.uid, &e.uname),
+        owner(e.gid, &e.gname),
+        e.size,
+        e.path
+    )
+}
+
+fn inspect_package(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
+    let origin = args.file.display().to_string();
+    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {origin}"))?;
+    let reader = PackageReader::open(BufReader::new(file), &origin, Limits::default(), None)?;
+    let control = reader.control.clone();
+    let verdict = control.verify_signature(keyring);
+    let mut entries = Vec::new();
+    let data = reader.read_data(|e, _| {
+        entries.push(e.clone());
+        Ok(())
+    });
+    let mut problems = Vec::new();
+    if !verdict.is_verified() {
+        problems.push(format!("signature: {verdict}"));
+    }
+    if let Err(e) = &data {
+        problems.push(e.to_string());
+    }
+    if args.json {
+        let doc = json!({
+            "file": origin,
+            "type": "apk",
+            "signature": verdict,
+            "signatures": control.signatures.iter().map(|s| json!({"type": s.algo, "key": s.key_name})).collect::<Vec<_>>(),
+            "checksum": control.q1,
+            "pkginfo": control.info,
+            "scripts": control.scripts.iter().map(|(n, c)| json!({"name": n, "size": c.len()})).collect::<Vec<_>>(),
+            "data": data.as_ref().ok(),
+            "files": entries,
+            "ok": problems.is_empty(),
+            "problems": problems,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let i = &control.info;
+        println!("file:       {origin}");
+        println!("type:       apk package (v2)");
+        println!("signature:  {verdict}");
+        println!("checksum:   {}", control.q1);
+        match &data {
+            Ok(d) => println!(
+                "datahash:   ok {} ({} bytes compressed, {} entries)",
+                d.datahash, d.compressed_size, d.entries
+            ),
+            Err(_) => println!("datahash:   NOT VERIFIED"),
+        }
+        println!("name:       {}", i.name);
+        println!("version:    {}", i.version);
+        println!("arch:       {}", i.arch);
+        println!("description: {}", i.description);
+        println!("url:        {}", i.url);
+        println!("license:    {}", i.license);
+        println!("origin:     {}", i.origin);
+        println!("maintainer: {}", i.maintainer);
+        println!("builddate:  {}", i.build_date);
+        println!("size:       {}", i.installed_size);
+        let list = |d: &[hyve::apk::Dep]| {
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("depends:    {}", list(&i.depends));
+        println!("provides:   {}", list(&i.provides));
+        println!("install_if: {}", list(&i.install_if));
+        println!("replaces:   {}", list(&i.replaces));
+        if let Some(p) = i.provider_priority {
+            println!("provider_priority: {p}");
+        }
+        for (k, v) in &i.other {
+            println!("{k}: {v}");
+        }
+        for (name, content) in &control.scripts {
+            println!("script:     {name} ({} bytes)", content.len());
+        }
+        println!("files:");
+        for e in &entries {
+            println!("{}", entry_line(e));
+        }
+        for p in &problems {
+            eprintln!("FAILED: {p}");
+        }
+    }
+    Ok(problems.is_empty())
+}
+
+fn record_line(r: &IndexRecord) -> String {
+    let list = |d: &[hyve::apk::Dep]| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut line = format!(
+        "  {}-{} {} {} {}",
+        r.name, r.version, r.arch, r.size, r.checksum
+    );
+    for (tag, deps) in [("D", &r.depends), ("p", &r.provides), ("i", &r.install_if)] {
+        if !deps.is_empty() {
+            line.push_str(&format!(" {tag}:[{}]", list(deps)));
+        }
+    }
+    if let Some(why) = &r.uninstallable {
+        line.push_str(&format!(" UNINSTALLABLE({why})"));
+    }
+    line
+}
+
+fn inspect_index(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
+    let origin = args.file.display().to_string();
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {origin}"))?;
+    let index = read_index(&bytes, &origin, keyring)?;
+    let ok = index.verdict.is_verified();
+    if args.json {
+        let doc = json!({
+            "file": origin,
+            "type": "apkindex",
+            "signature": index.verdict,
+            "signatures": index.signatures.iter().map(|s| json!({"type": s.algo, "key": s.key_name})).collect::<Vec<_>>(),
+            "description": index.description,
+            "count": index.records.len(),
+            "records": index.records,
+            "ok": ok,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("file:        {origin}");
+        println!("type:        APKINDEX (v2)");
+        println!("signature:   {}", index.verdict);
+        println!("description: {}", index.description);
+        println!("records:     {}", index.records.len());
+        for r in &index.records {
+            println!("{}", record_line(r));
+        }
+        if !ok {
+            eprintln!("FAILED: signature: {}", index.verdict);
+        }
+    }
+    Ok(ok)
+}

@@ -1,0 +1,109 @@
+//! Command-line parsing and presentation: clap commands, human or `--json` output, and
+//! the exit code. Work happens in the library.
+
+mod inspect;
+mod pkg;
+mod repo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hyve::apk::{Arch, Keyring};
+
+#[derive(Parser)]
+#[command(
+    name = "hyve",
+    version,
+    about = "Build reproducible boot2docker-style Linux guest images from verified Alpine packages"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what is inside an .apk or APKINDEX.tar.gz and check every signature and hash
+    Inspect(inspect::Args),
+    /// Local packages
+    #[command(subcommand)]
+    Pkg(pkg::Command),
+    /// Local signed repositories and their keys
+    #[command(subcommand)]
+    Repo(repo::Command),
+}
+
+/// `--key FILE`, on every command that verifies signatures.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// Also trust this public key (PEM; its file name is its key name). Repeatable.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Alpine's built-in keys for `arch` (all arches when `None`) plus `--key` files.
+    pub fn keyring(&self, arch: Option<Arch>) -> anyhow::Result<Keyring> {
+        let mut ring = Keyring::alpine(arch);
+        for k in &self.keys {
+            ring.add_file(k)?;
+        }
+        Ok(ring)
+    }
+}
+
+/// What a command reports besides an error: `Ok(false)` means checks failed and were
+/// already reported.
+type Outcome = anyhow::Result<bool>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome: Outcome = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Pkg(cmd) => pkg::run(cmd),
+        Command::Repo(cmd) => repo::run(cmd),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The build date for things hyve writes: `--build-date`, else `SOURCE_DATE_EPOCH`, else 0
+/// (never the clock, so output is reproducible by default).
+pub fn build_date(explicit: Option<u64>) -> anyhow::Result<u64> {
+    Ok(match explicit {
+        Some(d) => d,
+        None => hyve::epoch::source_date_epoch()?.unwrap_or(0),
+    })
+}
+
+/// `--sig-type`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum SigType {
+    /// SHA-1, what Alpine itself signs with (for old apk-tools)
+    #[value(name = "RSA")]
+    Rsa,
+    /// SHA-256 (default)
+    #[default]
+    #[value(name = "RSA256")]
+    Rsa256,
+    /// SHA-512
+    #[value(name = "RSA512")]
+    Rsa512,
+}
+
+impl From<SigType> for hyve::apk::SigAlgo {
+    fn from(t: SigType) -> Self {
+        match t {
+            SigType::Rsa => hyve::apk::SigAlgo::RsaSha1,
+            SigType::Rsa256 => hyve::apk::SigAlgo::RsaSha256,
+            SigType::Rsa512 => hyve::apk::SigAlgo::RsaSha512,
+        }
+    }
+}
