@@ -11,11 +11,7 @@ pub struct BadEpoch {
 pub fn source_date_epoch() -> Result<Option<u64>, BadEpoch> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| BadEpoch { value: v }),
+        Ok(v) => v.trim().parse().map(Some).map_err(|_| BadEpoch { value: v }),
         Err(_) => Ok(None),
     }
 }

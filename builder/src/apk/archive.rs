@@ -137,15 +137,7 @@ fn put_str(field: &mut [u8], s: &[u8]) {
 struct Header([u8; 512]);
 
 impl Header {
-    fn new(
-        name: &[u8],
-        typeflag: u8,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        size: u64,
-        mtime: u64,
-    ) -> io::Result<Header> {
+    fn new(name: &[u8], typeflag: u8, mode: u32, uid: u32, gid: u32, size: u64, mtime: u64) -> io::Result<Header> {
         let mut h = [0u8; 512];
         put_str(&mut h[0..100], name);
         put_octal(&mut h[100..108], u64::from(mode))?;
@@ -196,13 +188,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// A plain entry with no PAX header, as used for `.SIGN.*`, `.PKGINFO`, `DESCRIPTION`.
-    pub fn append_plain(
-        &mut self,
-        name: &str,
-        mode: u32,
-        mtime: u64,
-        data: &[u8],
-    ) -> io::Result<()> {
+    pub fn append_plain(&mut self, name: &str, mode: u32, mtime: u64, data: &[u8]) -> io::Result<()> {
         let mut h = Header::new(name.as_bytes(), b'0', mode, 0, 0, data.len() as u64, mtime)?;
         put_str(&mut h.0[265..297], b"root");
         put_str(&mut h.0[297..329], b"root");
@@ -234,32 +220,13 @@ impl<W: Write> TarWriter<W> {
         }
         if !pax.is_empty() {
             let pax_name = pax_header_name(&entry.path);
-            let h = Header::new(
-                pax_name.as_bytes(),
-                b'x',
-                0o644,
-                0,
-                0,
-                pax.len() as u64,
-                entry.mtime,
-            )?;
+            let h = Header::new(pax_name.as_bytes(), b'x', 0o644, 0, 0, pax.len() as u64, entry.mtime)?;
             self.out.write_all(&h.finish())?;
             self.write_padded(&pax)?;
         }
-        let size = if entry.kind == EntryKind::File {
-            entry.size
-        } else {
-            0
-        };
-        let mut h = Header::new(
-            name.as_bytes(),
-            entry.kind.typeflag(),
-            entry.mode,
-            entry.uid,
-            entry.gid,
-            size,
-            entry.mtime,
-        )?;
+        let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
+        let mut h =
+            Header::new(name.as_bytes(), entry.kind.typeflag(), entry.mode, entry.uid, entry.gid, size, entry.mtime)?;
         put_str(&mut h.0[157..257], target.as_bytes());
         if let (EntryKind::File, Some(sha1)) = (&entry.kind, entry.sha1) {
             // abuild-tar's legacy checksum: "APK2", u16 LE OpenSSL NID (64 = SHA-1),
@@ -270,9 +237,7 @@ impl<W: Write> TarWriter<W> {
             legacy[6..8].copy_from_slice(&20u16.to_le_bytes());
             legacy[8..28].copy_from_slice(&sha1);
         }
-        if let EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } =
-            entry.kind
-        {
+        if let EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } = entry.kind {
             put_octal(&mut h.0[329..337], u64::from(major))?;
             put_octal(&mut h.0[337..345], u64::from(minor))?;
         }
@@ -284,15 +249,15 @@ impl<W: Write> TarWriter<W> {
         }
         self.out.write_all(&h.finish())?;
         if size > 0 {
-            let copied = io::copy(
-                &mut <&mut dyn io::Read as io::Read>::take(&mut *content, size),
-                &mut self.out,
-            )?;
+            let copied = io::copy(&mut <&mut dyn io::Read as io::Read>::take(&mut *content, size), &mut self.out)?;
             let mut probe = [0u8; 1];
             if copied != size || content.read(&mut probe)? != 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: expected {size} bytes of content; the source changed while it was being packed", entry.path),
+                    format!(
+                        "{}: expected {size} bytes of content; the source changed while it was being packed",
+                        entry.path
+                    ),
                 ));
             }
             let pad = ((512 - size % 512) % 512) as usize;
@@ -320,9 +285,7 @@ pub fn symlink_sha1(target: &str) -> [u8; 20] {
 
 /// A gzip stream the way abuild writes one (`gzip -n -9`): no name, mtime 0, Unix OS byte.
 pub fn gzip_writer<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
-    flate2::GzBuilder::new()
-        .operating_system(3)
-        .write(out, flate2::Compression::best())
+    flate2::GzBuilder::new().operating_system(3).write(out, flate2::Compression::best())
 }
 
 /// `gzip_writer` over an in-memory buffer.
@@ -358,24 +321,13 @@ mod tests {
     fn pax_record_lengths_count_themselves() {
         assert_eq!(pax_record("a", b"b"), b"6 a=b\n");
         let r = pax_record(CHECKSUM_RECORD, b"b261ba9eb77e829f4b27f114716b844939d292a1");
-        assert_eq!(
-            r,
-            b"68 APK-TOOLS.checksum.SHA1=b261ba9eb77e829f4b27f114716b844939d292a1\n"
-        );
+        assert_eq!(r, b"68 APK-TOOLS.checksum.SHA1=b261ba9eb77e829f4b27f114716b844939d292a1\n");
         // The length crosses a digit boundary: 9 + 1 digit would be 10, so it must be 11.
         let r = pax_record("k", b"12345");
-        assert_eq!(
-            r.len().to_string(),
-            String::from_utf8_lossy(&r).split(' ').next().unwrap()
-        );
+        assert_eq!(r.len().to_string(), String::from_utf8_lossy(&r).split(' ').next().unwrap());
         for n in 0..300 {
             let r = pax_record("x", &vec![b'v'; n]);
-            let len: usize = String::from_utf8_lossy(&r)
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let len: usize = String::from_utf8_lossy(&r).split(' ').next().unwrap().parse().unwrap();
             assert_eq!(len, r.len(), "value length {n}");
         }
     }
@@ -399,9 +351,7 @@ mod tests {
         let long = "a/".repeat(60) + "file";
         let link = DataEntry {
             path: long.clone(),
-            kind: EntryKind::Symlink {
-                target: "/usr/bin/hello".into(),
-            },
+            kind: EntryKind::Symlink { target: "/usr/bin/hello".into() },
             mode: 0o777,
             size: 0,
             sha1: Some(symlink_sha1("/usr/bin/hello")),
@@ -422,11 +372,7 @@ mod tests {
         w.append_data(&link, &mut io::empty()).unwrap();
         w.append_data(&dev, &mut io::empty()).unwrap();
         let mut short = TarWriter::new(Vec::new());
-        assert!(short
-            .append_data(&file, &mut &content[1..])
-            .unwrap_err()
-            .to_string()
-            .contains("usr/bin/hello"));
+        assert!(short.append_data(&file, &mut &content[1..]).unwrap_err().to_string().contains("usr/bin/hello"));
         let bytes = w.finish().unwrap();
         assert_eq!(bytes.len() % 512, 0);
 
@@ -454,14 +400,8 @@ mod tests {
         }
         assert_eq!(seen[0].0, "usr/bin/hello");
         assert_eq!(seen[0].1, 0o755);
-        assert!(seen[0]
-            .2
-            .iter()
-            .any(|(k, v)| k == CHECKSUM_RECORD && v == hex::encode(file.sha1.unwrap()).as_bytes()));
-        assert!(seen[0]
-            .2
-            .iter()
-            .any(|(k, v)| k == "SCHILY.xattr.security.capability" && v == &[1, 2, 3]));
+        assert!(seen[0].2.iter().any(|(k, v)| k == CHECKSUM_RECORD && v == hex::encode(file.sha1.unwrap()).as_bytes()));
+        assert!(seen[0].2.iter().any(|(k, v)| k == "SCHILY.xattr.security.capability" && v == &[1, 2, 3]));
         assert_eq!(seen[1].0, long);
         assert_eq!(seen[2].3, Some(5));
     }
@@ -494,9 +434,6 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(&a[0..4], b"etc/");
         assert_eq!(gzip_best(b"x"), gzip_best(b"x"));
-        assert_eq!(
-            &gzip_best(b"x")[..10],
-            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]
-        );
+        assert_eq!(&gzip_best(b"x")[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
     }
 }

@@ -103,10 +103,7 @@ fn is_name_char(c: char) -> bool {
 
 impl Dep {
     pub fn parse(atom: &str) -> Result<Dep, InvalidDep> {
-        let bad = |reason: &str| InvalidDep {
-            atom: atom.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| InvalidDep { atom: atom.to_string(), reason: reason.to_string() };
         let (conflict, rest) = match atom.strip_prefix('!') {
             Some(rest) => (true, rest),
             None => (false, atom),
@@ -119,13 +116,10 @@ impl Dep {
                 let op_len = tail.find(|c| !"<>=~".contains(c)).unwrap_or(tail.len());
                 let (op_text, ver_text) = tail.split_at(op_len);
                 if op_text == "><" {
-                    return Err(bad(
-                        "checksum pins (`><Q1...`) are not supported; pin a version",
-                    ));
+                    return Err(bad("checksum pins (`><Q1...`) are not supported; pin a version"));
                 }
-                let op = Op::parse(op_text).ok_or_else(|| {
-                    bad(&format!("unknown operator {op_text:?}; use < <= = >= > ~"))
-                })?;
+                let op = Op::parse(op_text)
+                    .ok_or_else(|| bad(&format!("unknown operator {op_text:?}; use < <= = >= > ~")))?;
                 let ver = Version::parse(ver_text).map_err(|e| bad(&e.to_string()))?;
                 (name_tag, Some((op, ver)))
             }
@@ -139,16 +133,9 @@ impl Dep {
             return Err(bad("missing package name"));
         }
         if let Some(c) = name.chars().find(|&c| !is_name_char(c)) {
-            return Err(bad(&format!(
-                "character {c:?} is not allowed in a package name"
-            )));
+            return Err(bad(&format!("character {c:?} is not allowed in a package name")));
         }
-        Ok(Dep {
-            conflict,
-            name: name.to_string(),
-            tag,
-            constraint,
-        })
+        Ok(Dep { conflict, name: name.to_string(), tag, constraint })
     }
 
     /// Parses a whitespace-separated list (`D:` / `p:` / `i:` fields).
@@ -205,12 +192,7 @@ mod tests {
     fn parses_atoms() {
         let d = Dep::parse("busybox").unwrap();
         assert_eq!(
-            (
-                d.conflict,
-                d.name.as_str(),
-                d.tag.is_none(),
-                d.constraint.is_none()
-            ),
+            (d.conflict, d.name.as_str(), d.tag.is_none(), d.constraint.is_none()),
             (false, "busybox", true, true)
         );
 
@@ -225,18 +207,9 @@ mod tests {
 
         let d = Dep::parse("so:libc.musl-x86_64.so.1").unwrap();
         assert_eq!(d.namespace(), Namespace::SharedObject);
-        assert_eq!(
-            Dep::parse("cmd:sh").unwrap().namespace(),
-            Namespace::Command
-        );
-        assert_eq!(
-            Dep::parse("pc:zlib=1.3").unwrap().namespace(),
-            Namespace::PkgConfig
-        );
-        assert_eq!(
-            Dep::parse("linux-virt").unwrap().namespace(),
-            Namespace::Package
-        );
+        assert_eq!(Dep::parse("cmd:sh").unwrap().namespace(), Namespace::Command);
+        assert_eq!(Dep::parse("pc:zlib=1.3").unwrap().namespace(), Namespace::PkgConfig);
+        assert_eq!(Dep::parse("linux-virt").unwrap().namespace(), Namespace::Package);
 
         let d = Dep::parse("so:libcrypto.so.3=3.1.4-r5").unwrap();
         assert_eq!(d.name, "so:libcrypto.so.3");
@@ -252,45 +225,21 @@ mod tests {
             ("a<~1", Op::LessFuzzy),
             ("a>~1", Op::GreaterFuzzy),
         ] {
-            assert_eq!(
-                Dep::parse(atom).unwrap().constraint.unwrap().0,
-                op,
-                "{atom}"
-            );
+            assert_eq!(Dep::parse(atom).unwrap().constraint.unwrap().0, op, "{atom}");
         }
     }
 
     #[test]
     fn round_trips() {
-        for atom in [
-            "busybox",
-            "cmd:[",
-            "!foo",
-            "so:libz.so.1=1.3-r0",
-            "docker@edge>=1.0",
-            "x~1.2",
-            "cmd:ls",
-            "a<~2",
-        ] {
+        for atom in ["busybox", "cmd:[", "!foo", "so:libz.so.1=1.3-r0", "docker@edge>=1.0", "x~1.2", "cmd:ls", "a<~2"] {
             assert_eq!(Dep::parse(atom).unwrap().to_string(), atom);
         }
     }
 
     #[test]
     fn rejects_bad_atoms() {
-        for atom in [
-            "",
-            "!",
-            "=1.0",
-            "foo=",
-            "foo=bar",
-            "foo>>1",
-            "foo@",
-            "fo o",
-            "foo<=>1",
-            "foo><Q1abc=",
-            "foo\tbar",
-        ] {
+        for atom in ["", "!", "=1.0", "foo=", "foo=bar", "foo>>1", "foo@", "fo o", "foo<=>1", "foo><Q1abc=", "foo\tbar"]
+        {
             assert!(Dep::parse(atom).is_err(), "{atom:?} should be rejected");
         }
         let e = Dep::parse("foo=1..2").unwrap_err();

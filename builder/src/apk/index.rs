@@ -83,12 +83,7 @@ impl IndexRecord {
     }
 
     fn write_text(&self, out: &mut String) {
-        let list = |deps: &[Dep]| {
-            deps.iter()
-                .map(Dep::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let list = |deps: &[Dep]| deps.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
         let _ = write!(
             out,
             "C:{}\nP:{}\nV:{}\nA:{}\nS:{}\nI:{}\nT:{}\nU:{}\nL:{}\n",
@@ -136,24 +131,14 @@ pub struct Index {
 pub fn read_index(bytes: &[u8], origin: &str, keyring: &Keyring) -> Result<Index> {
     let (signatures, verdict, text) = open_index(bytes, origin, keyring, false)?;
     let (description, records) = text;
-    Ok(Index {
-        description,
-        records,
-        signatures,
-        verdict,
-    })
+    Ok(Index { description, records, signatures, verdict })
 }
 
 /// Trust link 1: reads an index only if a trusted key's signature verifies. Nothing in
 /// the index is parsed before that.
 pub fn read_verified_index(bytes: &[u8], origin: &str, keyring: &Keyring) -> Result<Index> {
     let (signatures, verdict, (description, records)) = open_index(bytes, origin, keyring, true)?;
-    Ok(Index {
-        description,
-        records,
-        signatures,
-        verdict,
-    })
+    Ok(Index { description, records, signatures, verdict })
 }
 
 type Parsed = (String, Vec<IndexRecord>);
@@ -165,22 +150,11 @@ fn open_index(
     require_trust: bool,
 ) -> Result<(Vec<Signature>, Verdict, Parsed)> {
     if bytes.starts_with(b"ADB") {
-        return Err(Error::V3Unsupported {
-            origin: origin.to_string(),
-            what: "index (Packages.adb)",
-        });
+        return Err(Error::V3Unsupported { origin: origin.to_string(), what: "index (Packages.adb)" });
     }
     let member_err = |member: &'static str, e: std::io::Error| match stream::limit_exceeded(&e) {
-        Some(limit) => Error::TooLarge {
-            origin: origin.to_string(),
-            member,
-            limit,
-        },
-        None => Error::Gzip {
-            origin: origin.to_string(),
-            member,
-            detail: e.to_string(),
-        },
+        Some(limit) => Error::TooLarge { origin: origin.to_string(), member, limit },
+        None => Error::Gzip { origin: origin.to_string(), member, detail: e.to_string() },
     };
     let tar_err = |member: &'static str, e: std::io::Error| Error::Tar {
         origin: origin.to_string(),
@@ -189,14 +163,10 @@ fn open_index(
     };
 
     let mut input = TappedReader::new(bytes);
-    let first = stream::read_member(&mut input, MAX_INDEX_BYTES)
-        .map_err(|e| member_err("first gzip member", e))?;
-    let first_entries =
-        archive::read_small_tar(&first).map_err(|e| tar_err("first gzip member", e))?;
+    let first = stream::read_member(&mut input, MAX_INDEX_BYTES).map_err(|e| member_err("first gzip member", e))?;
+    let first_entries = archive::read_small_tar(&first).map_err(|e| tar_err("first gzip member", e))?;
     let signed_start = input.consumed() as usize;
-    let is_signature_member = first_entries
-        .first()
-        .is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
+    let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
 
     let (signatures, signed, index_entries) = if is_signature_member {
         if first.len() as u64 > MAX_SIGNATURE_BYTES {
@@ -222,10 +192,7 @@ fn open_index(
     };
     let verdict = keyring.verify(&signatures, signed);
     if require_trust && !verdict.is_verified() {
-        return Err(Error::Signature {
-            origin: origin.to_string(),
-            verdict,
-        });
+        return Err(Error::Signature { origin: origin.to_string(), verdict });
     }
     let index_entries = match index_entries {
         Some(entries) => entries,
@@ -237,8 +204,7 @@ fn open_index(
                     detail: "the file ends after the signature".into(),
                 });
             }
-            let data = stream::read_member(&mut input, MAX_INDEX_BYTES)
-                .map_err(|e| member_err("index member", e))?;
+            let data = stream::read_member(&mut input, MAX_INDEX_BYTES).map_err(|e| member_err("index member", e))?;
             archive::read_small_tar(&data).map_err(|e| tar_err("index member", e))?
         }
     };
@@ -246,8 +212,7 @@ fn open_index(
     if !input.at_eof().unwrap_or(false) {
         return Err(Error::Format {
             origin: origin.to_string(),
-            detail: "unexpected bytes after the index member (the signature would not cover them)"
-                .into(),
+            detail: "unexpected bytes after the index member (the signature would not cover them)".into(),
         });
     }
     let mut description = String::new();
@@ -299,27 +264,17 @@ pub fn parse_records(text: &str, origin: &str) -> Result<Vec<IndexRecord>> {
 
 fn build_record(fields: &[(usize, char, &str)], origin: &str) -> Result<IndexRecord> {
     let first_line = fields[0].0;
-    let err = |line: usize, detail: String| Error::IndexRecord {
-        origin: origin.to_string(),
-        line,
-        detail,
-    };
+    let err = |line: usize, detail: String| Error::IndexRecord { origin: origin.to_string(), line, detail };
     let find = |tag: char| fields.iter().find(|(_, t, _)| *t == tag);
     let required = |tag: char, what: &str| {
         find(tag).ok_or_else(|| err(first_line, format!("record has no {tag}: ({what}) field")))
     };
     let number = |(line, tag, v): &(usize, char, &str)| {
-        v.parse::<u64>()
-            .map_err(|_| err(*line, format!("{tag}: expected a number, found {v:?}")))
+        v.parse::<u64>().map_err(|_| err(*line, format!("{tag}: expected a number, found {v:?}")))
     };
 
     let (line, _, c) = required('C', "checksum")?;
-    let checksum = Q1::parse(c).ok_or_else(|| {
-        err(
-            *line,
-            format!("C: expected a Q1 SHA-1 checksum, found {c:?}"),
-        )
-    })?;
+    let checksum = Q1::parse(c).ok_or_else(|| err(*line, format!("C: expected a Q1 SHA-1 checksum, found {c:?}")))?;
     let (line, _, v) = required('V', "version")?;
     let version = Version::parse(v).map_err(|e| err(*line, e.to_string()))?;
     let mut rec = IndexRecord {
@@ -364,13 +319,10 @@ fn build_record(fields: &[(usize, char, &str)], origin: &str) -> Result<IndexRec
             'p' => rec.provides = atoms.filter_map(Result::ok).collect(),
             'i' => rec.install_if = atoms.collect::<Result<Vec<_>, _>>().unwrap_or_default(),
             // Installed-database fields apk-tools tolerates in an index.
-            'F' | 'M' | 'R' | 'Z' | 'r' | 'q' | 'a' | 's' | 'f' => {
-                rec.extra.push((*tag, value.to_string()))
-            }
+            'F' | 'M' | 'R' | 'Z' | 'r' | 'q' | 'a' | 's' | 'f' => rec.extra.push((*tag, value.to_string())),
             t if t.is_ascii_lowercase() => rec.extra.push((*tag, value.to_string())),
             t => {
-                rec.uninstallable
-                    .get_or_insert(format!("unknown field {t}: (written by a newer apk-tools)"));
+                rec.uninstallable.get_or_insert(format!("unknown field {t}: (written by a newer apk-tools)"));
                 rec.extra.push((*tag, value.to_string()));
             }
         }
@@ -389,10 +341,7 @@ pub fn write_index(
 ) -> std::io::Result<Vec<u8>> {
     let mut sorted: Vec<&IndexRecord> = records.iter().collect();
     sorted.sort_by(|a, b| {
-        a.name
-            .cmp(&b.name)
-            .then_with(|| a.version.compare(&b.version))
-            .then_with(|| a.checksum.cmp(&b.checksum))
+        a.name.cmp(&b.name).then_with(|| a.version.compare(&b.version)).then_with(|| a.checksum.cmp(&b.checksum))
     });
     let mut text = String::new();
     for r in sorted {
@@ -402,9 +351,7 @@ pub fn write_index(
     tar.append_plain("DESCRIPTION", 0o644, mtime, description.as_bytes())?;
     tar.append_plain("APKINDEX", 0o644, mtime, text.as_bytes())?;
     let index_member = archive::gzip_best(&tar.finish()?);
-    let signature = key
-        .sign(algo, &index_member)
-        .map_err(std::io::Error::other)?;
+    let signature = key.sign(algo, &index_member).map_err(std::io::Error::other)?;
     let mut sig_tar = TarWriter::new(Vec::new());
     sig_tar.append_plain(&signature.entry_name(), 0o644, mtime, &signature.bytes)?;
     let mut out = archive::gzip_best(&sig_tar.into_inner());
@@ -418,12 +365,8 @@ mod tests {
     use std::path::Path;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/fixtures/alpine/apkindex")
-                .join(name),
-        )
-        .unwrap()
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/alpine/apkindex").join(name))
+            .unwrap()
     }
 
     #[test]
@@ -436,47 +379,20 @@ mod tests {
         ] {
             let idx = read_verified_index(&fixture(file), file, &ring).unwrap();
             assert_eq!(idx.records.len(), count, "{file}");
-            assert!(
-                matches!(&idx.verdict, Verdict::Verified { key_name, .. } if key_name.contains("6165ee59"))
-            );
-            assert!(
-                idx.records.iter().all(|r| r.uninstallable.is_none()),
-                "{file}"
-            );
+            assert!(matches!(&idx.verdict, Verdict::Verified { key_name, .. } if key_name.contains("6165ee59")));
+            assert!(idx.records.iter().all(|r| r.uninstallable.is_none()), "{file}");
         }
-        let old = read_verified_index(
-            &fixture("v3.19-main-x86_64_v3.19.0-327.APKINDEX.tar.gz"),
-            "t",
-            &ring,
-        )
-        .unwrap();
-        let rtmp = old
-            .records
-            .iter()
-            .find(|r| r.name == "rtmpdump-dev")
-            .unwrap();
-        assert!(
-            rtmp.provides.iter().all(|p| p.name != "pc:librtmp"),
-            "the unparsable `pc:librtmp=v2.4` is skipped"
-        );
-        let idx = read_verified_index(
-            &fixture("v3.22-main-x86_64_v3.22.2-204.APKINDEX.tar.gz"),
-            "t",
-            &ring,
-        )
-        .unwrap();
+        let old = read_verified_index(&fixture("v3.19-main-x86_64_v3.19.0-327.APKINDEX.tar.gz"), "t", &ring).unwrap();
+        let rtmp = old.records.iter().find(|r| r.name == "rtmpdump-dev").unwrap();
+        assert!(rtmp.provides.iter().all(|p| p.name != "pc:librtmp"), "the unparsable `pc:librtmp=v2.4` is skipped");
+        let idx = read_verified_index(&fixture("v3.22-main-x86_64_v3.22.2-204.APKINDEX.tar.gz"), "t", &ring).unwrap();
         assert_eq!(idx.description, "v3.22.2-204-g64f4965b8a7");
         let z = idx.records.iter().find(|r| r.name == "7zip").unwrap();
         assert_eq!(z.version.as_str(), "24.09-r0");
         assert_eq!(z.provider_priority, Some(100));
         assert_eq!(
             z.provides.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-            [
-                "7zip-virtual",
-                "p7zip=24.09-r0",
-                "cmd:7z=24.09-r0",
-                "cmd:7zz=24.09-r0"
-            ]
+            ["7zip-virtual", "p7zip=24.09-r0", "cmd:7z=24.09-r0", "cmd:7zz=24.09-r0"]
         );
         assert_eq!(z.depends[0].name, "so:libc.musl-x86_64.so.1");
     }
@@ -485,20 +401,13 @@ mod tests {
     fn untrusted_and_tampered_indexes_fail() {
         let bytes = fixture("iso-3.19.1-standard-x86_64.APKINDEX.tar.gz");
         let aarch64_only = Keyring::alpine(Some(crate::apk::Arch::Aarch64));
-        let e = read_verified_index(&bytes, "idx", &aarch64_only)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("UNTRUSTED") && e.contains("6165ee59") && e.contains("--key"),
-            "{e}"
-        );
+        let e = read_verified_index(&bytes, "idx", &aarch64_only).unwrap_err().to_string();
+        assert!(e.contains("UNTRUSTED") && e.contains("6165ee59") && e.contains("--key"), "{e}");
         let ring = Keyring::alpine(None);
         let mut bad = bytes.clone();
         let last = bad.len() - 20;
         bad[last] ^= 0x40;
-        let e = read_verified_index(&bad, "idx", &ring)
-            .unwrap_err()
-            .to_string();
+        let e = read_verified_index(&bad, "idx", &ring).unwrap_err().to_string();
         assert!(e.contains("INVALID"), "{e}");
     }
 
@@ -509,12 +418,7 @@ mod tests {
         assert_eq!(recs[0].extra, [('z', "kept".to_string())]);
         assert!(recs[0].uninstallable.is_none());
         assert!(recs[1].uninstallable.as_deref().unwrap().contains("X:"));
-        let e = parse_records(
-            "C:Q1tL491cf/hUqLQi7fZ4MhT9Qmi9U=\nP:a\nV:1\ngarbage\n",
-            "idx",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse_records("C:Q1tL491cf/hUqLQi7fZ4MhT9Qmi9U=\nP:a\nV:1\ngarbage\n", "idx").unwrap_err().to_string();
         assert!(e.contains("idx") && e.contains("line 4"), "{e}");
         let e = parse_records("P:a\nV:1\n", "idx").unwrap_err().to_string();
         assert!(e.contains("C:"), "{e}");
@@ -522,33 +426,16 @@ mod tests {
 
     #[test]
     fn v3_is_named() {
-        let e = read_index(b"ADB.xxxx", "Packages.adb", &Keyring::empty())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("Packages.adb") && e.contains("apk v3") && e.contains("only v2"),
-            "{e}"
-        );
+        let e = read_index(b"ADB.xxxx", "Packages.adb", &Keyring::empty()).unwrap_err().to_string();
+        assert!(e.contains("Packages.adb") && e.contains("apk v3") && e.contains("only v2"), "{e}");
     }
 
     #[test]
     fn real_index_round_trips_through_writer() {
         let ring = Keyring::alpine(None);
-        let idx = read_verified_index(
-            &fixture("iso-3.19.1-standard-x86_64.APKINDEX.tar.gz"),
-            "t",
-            &ring,
-        )
-        .unwrap();
+        let idx = read_verified_index(&fixture("iso-3.19.1-standard-x86_64.APKINDEX.tar.gz"), "t", &ring).unwrap();
         let key = SigningKey::generate("test.rsa.pub", 1024).unwrap();
-        let written = write_index(
-            &idx.records,
-            &idx.description,
-            &key,
-            SigAlgo::RsaSha256,
-            1_700_000_000,
-        )
-        .unwrap();
+        let written = write_index(&idx.records, &idx.description, &key, SigAlgo::RsaSha256, 1_700_000_000).unwrap();
         let mut mine = Keyring::empty();
         mine.add("test.rsa.pub", key.public_key());
         let again = read_verified_index(&written, "mine", &mine).unwrap();
@@ -557,14 +444,7 @@ mod tests {
         assert_eq!(again.records, want);
         assert_eq!(
             written,
-            write_index(
-                &idx.records,
-                &idx.description,
-                &key,
-                SigAlgo::RsaSha256,
-                1_700_000_000
-            )
-            .unwrap()
+            write_index(&idx.records, &idx.description, &key, SigAlgo::RsaSha256, 1_700_000_000).unwrap()
         );
     }
 }

@@ -18,9 +18,7 @@ pub use sign::{Keyring, SigAlgo, Signature, SigningKey, Verdict};
 pub use version::Version;
 
 /// A guest architecture hyve builds for, named as Alpine names it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     #[serde(rename = "x86_64")]
     X86_64,
@@ -51,9 +49,7 @@ impl std::str::FromStr for Arch {
         match s {
             "x86_64" | "amd64" => Ok(Arch::X86_64),
             "aarch64" | "arm64" => Ok(Arch::Aarch64),
-            _ => Err(format!(
-                "unknown architecture {s:?}: expected x86_64 or aarch64"
-            )),
+            _ => Err(format!("unknown architecture {s:?}: expected x86_64 or aarch64")),
         }
     }
 }
@@ -80,11 +76,7 @@ impl Q1 {
 impl fmt::Display for Q1 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use base64::Engine;
-        write!(
-            f,
-            "Q1{}",
-            base64::engine::general_purpose::STANDARD.encode(self.0)
-        )
+        write!(f, "Q1{}", base64::engine::general_purpose::STANDARD.encode(self.0))
     }
 }
 
@@ -105,31 +97,20 @@ impl serde::Serialize for Q1 {
 pub enum Error {
     /// The input could not be read.
     #[error("{origin}: read failed: {source}")]
-    Io {
-        origin: String,
-        source: std::io::Error,
-    },
+    Io { origin: String, source: std::io::Error },
     /// A gzip member is corrupt or cut short.
-    #[error("{origin}: the {member} is not valid gzip ({detail}); the file is truncated or corrupt — download it again")]
-    Gzip {
-        origin: String,
-        member: &'static str,
-        detail: String,
-    },
+    #[error(
+        "{origin}: the {member} is not valid gzip ({detail}); the file is truncated or corrupt — download it again"
+    )]
+    Gzip { origin: String, member: &'static str, detail: String },
     /// A tar stream inside a member is malformed.
     #[error("{origin}: the {member} holds a malformed tar stream: {detail}")]
-    Tar {
-        origin: String,
-        member: &'static str,
-        detail: String,
-    },
+    Tar { origin: String, member: &'static str, detail: String },
     /// A member decompressed past its size limit.
-    #[error("{origin}: the {member} decompresses to more than {limit} bytes; refusing it as a possible decompression bomb")]
-    TooLarge {
-        origin: String,
-        member: &'static str,
-        limit: u64,
-    },
+    #[error(
+        "{origin}: the {member} decompresses to more than {limit} bytes; refusing it as a possible decompression bomb"
+    )]
+    TooLarge { origin: String, member: &'static str, limit: u64 },
     /// The file's structure is not that of an apk v2 package or index.
     #[error("{origin}: {detail}")]
     Format { origin: String, detail: String },
@@ -141,52 +122,25 @@ pub enum Error {
     Signature { origin: String, verdict: Verdict },
     /// The control member is not the one the index describes.
     #[error("{origin}: identity mismatch: the index says {expected}, but the package's control member hashes to {actual}; this is not the package the signed index describes")]
-    Q1Mismatch {
-        origin: String,
-        expected: Q1,
-        actual: Q1,
-    },
+    Q1Mismatch { origin: String, expected: Q1, actual: Q1 },
     /// The data member is not the one `.PKGINFO` commits to.
     #[error("{origin}: datahash mismatch: .PKGINFO says {expected}, but the data member hashes to {actual}; the package contents were altered")]
-    DataHashMismatch {
-        origin: String,
-        expected: String,
-        actual: String,
-    },
+    DataHashMismatch { origin: String, expected: String, actual: String },
     /// A file's content does not match its PAX checksum.
     #[error("{origin}: {path}: SHA-1 mismatch: the tar header says {expected}, the content hashes to {actual}; the file was altered")]
-    FileChecksumMismatch {
-        origin: String,
-        path: String,
-        expected: String,
-        actual: String,
-    },
+    FileChecksumMismatch { origin: String, path: String, expected: String, actual: String },
     /// A file lacks the checksum every apk data entry carries.
-    #[error(
-        "{origin}: {path}: no APK-TOOLS.checksum.SHA1 record; apk data entries must carry one"
-    )]
+    #[error("{origin}: {path}: no APK-TOOLS.checksum.SHA1 record; apk data entries must carry one")]
     MissingFileChecksum { origin: String, path: String },
     /// A data entry that would escape or corrupt the target tree.
     #[error("{origin}: refusing data entry {path:?}: {reason}")]
-    UnsafeEntry {
-        origin: String,
-        path: String,
-        reason: String,
-    },
+    UnsafeEntry { origin: String, path: String, reason: String },
     /// A `.PKGINFO` line is invalid.
     #[error("{origin}: .PKGINFO line {line}: {detail}")]
-    PkgInfo {
-        origin: String,
-        line: usize,
-        detail: String,
-    },
+    PkgInfo { origin: String, line: usize, detail: String },
     /// An APKINDEX record is invalid.
     #[error("{origin}: APKINDEX line {line}: {detail}")]
-    IndexRecord {
-        origin: String,
-        line: usize,
-        detail: String,
-    },
+    IndexRecord { origin: String, line: usize, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -27,10 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            control_bytes: 16 << 20,
-            data_bytes: 16 << 30,
-        }
+        Limits { control_bytes: 16 << 20, data_bytes: 16 << 30 }
     }
 }
 
@@ -38,10 +35,7 @@ impl Limits {
     /// Limits for a package whose index record declares `installed_size`: content can't
     /// exceed what the index promised by more than tar overhead and slack.
     pub fn for_installed_size(installed_size: u64) -> Self {
-        Limits {
-            data_bytes: installed_size.saturating_mul(2).saturating_add(64 << 20),
-            ..Limits::default()
-        }
+        Limits { data_bytes: installed_size.saturating_mul(2).saturating_add(64 << 20), ..Limits::default() }
     }
 }
 
@@ -103,46 +97,25 @@ impl<R: BufRead> PackageReader<R> {
     /// member's identity is checked before a byte of it is parsed.
     pub fn open(input: R, origin: &str, limits: Limits, expected_q1: Option<Q1>) -> Result<Self> {
         let mut input = TappedReader::new(input);
-        let io_err = |source| Error::Io {
-            origin: origin.to_string(),
-            source,
-        };
+        let io_err = |source| Error::Io { origin: origin.to_string(), source };
         if input.fill_buf().map_err(io_err)?.starts_with(b"ADB") {
-            return Err(Error::V3Unsupported {
-                origin: origin.to_string(),
-                what: "package",
-            });
+            return Err(Error::V3Unsupported { origin: origin.to_string(), what: "package" });
         }
-        let (first_raw, first) = read_raw_member(
-            &mut input,
-            origin,
-            "first gzip member",
-            limits.control_bytes,
-        )?;
+        let (first_raw, first) = read_raw_member(&mut input, origin, "first gzip member", limits.control_bytes)?;
         let first_entries = parse_tar(&first, origin, "first gzip member")?;
-        let is_signature_member = first_entries
-            .first()
-            .is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
+        let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
         let (signatures, control_raw, control_entries) = if is_signature_member {
             let mut sigs = Vec::new();
             for (name, _, data) in first_entries {
                 match Signature::parse_entry_name(&name) {
-                    Some((algo, key)) => sigs.push(Signature {
-                        algo,
-                        key_name: key.to_string(),
-                        bytes: data,
-                    }),
+                    Some((algo, key)) => sigs.push(Signature { algo, key_name: key.to_string(), bytes: data }),
                     None if name.starts_with(".SIGN.") => {} // DSA or future types: ignored, as apk does
                     None => {
-                        return Err(format_err(
-                            origin,
-                            format!("unexpected entry {name:?} in the signature member"),
-                        ))
+                        return Err(format_err(origin, format!("unexpected entry {name:?} in the signature member")))
                     }
                 }
             }
-            let (raw, control) =
-                read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
+            let (raw, control) = read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
             (sigs, raw, parse_tar(&control, origin, "control member")?)
         } else {
             (Vec::new(), first_raw, first_entries)
@@ -150,45 +123,35 @@ impl<R: BufRead> PackageReader<R> {
 
         let q1 = Q1(Sha1::digest(&control_raw).into());
         if let Some(expected) = expected_q1.filter(|&e| e != q1) {
-            return Err(Error::Q1Mismatch {
-                origin: origin.to_string(),
-                expected,
-                actual: q1,
-            });
+            return Err(Error::Q1Mismatch { origin: origin.to_string(), expected, actual: q1 });
         }
         let mut pkginfo = None;
         let mut scripts = Vec::new();
         for (name, _, data) in control_entries {
             if name == ".PKGINFO" {
-                let text = String::from_utf8(data)
-                    .map_err(|_| format_err(origin, ".PKGINFO is not UTF-8".into()))?;
+                let text = String::from_utf8(data).map_err(|_| format_err(origin, ".PKGINFO is not UTF-8".into()))?;
                 pkginfo = Some(PkgInfo::parse(&text, origin)?);
             } else if name.starts_with('.') {
                 scripts.push((name, data));
             } else {
-                return Err(format_err(origin, format!("control member holds {name:?}; only dot-files belong there (is the member order wrong?)")));
+                return Err(format_err(
+                    origin,
+                    format!("control member holds {name:?}; only dot-files belong there (is the member order wrong?)"),
+                ));
             }
         }
-        let info =
-            pkginfo.ok_or_else(|| format_err(origin, "control member has no .PKGINFO".into()))?;
+        let info = pkginfo.ok_or_else(|| format_err(origin, "control member has no .PKGINFO".into()))?;
         if info.datahash.is_none() {
             return Err(format_err(
                 origin,
-                ".PKGINFO has no datahash; packages from abuild before 2.x are not supported"
-                    .into(),
+                ".PKGINFO has no datahash; packages from abuild before 2.x are not supported".into(),
             ));
         }
         Ok(PackageReader {
             origin: origin.to_string(),
             input,
             limits,
-            control: Control {
-                signatures,
-                info,
-                scripts,
-                q1,
-                control_raw,
-            },
+            control: Control { signatures, info, scripts, q1, control_raw },
         })
     }
 
@@ -211,33 +174,16 @@ impl<R: BufRead> PackageReader<R> {
             // rest of the raw bytes: if the datahash is wrong, that is the broken link.
             let _ = io::copy(&mut self.input, &mut io::sink());
         }
-        let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else {
-            unreachable!("tap set above")
-        };
+        let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else { unreachable!("tap set above") };
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
-            return Err(Error::DataHashMismatch {
-                origin,
-                expected,
-                actual,
-            });
+            return Err(Error::DataHashMismatch { origin, expected, actual });
         }
         let (entries, content_bytes) = streamed?;
-        if !self.input.at_eof().map_err(|source| Error::Io {
-            origin: origin.clone(),
-            source,
-        })? {
-            return Err(format_err(
-                &origin,
-                "unexpected bytes after the data member".into(),
-            ));
+        if !self.input.at_eof().map_err(|source| Error::Io { origin: origin.clone(), source })? {
+            return Err(format_err(&origin, "unexpected bytes after the data member".into()));
         }
-        Ok(DataSummary {
-            datahash: actual,
-            compressed_size: self.input.consumed() - start,
-            entries,
-            content_bytes,
-        })
+        Ok(DataSummary { datahash: actual, compressed_size: self.input.consumed() - start, entries, content_bytes })
     }
 
     /// Decompresses the data member to its end, visiting and checking each entry; returns
@@ -250,40 +196,40 @@ impl<R: BufRead> PackageReader<R> {
         let member = "data member";
         let map_io = |e: io::Error| -> Error {
             if let Some(limit) = stream::limit_exceeded(&e) {
-                return Error::TooLarge {
-                    origin: origin.clone(),
-                    member,
-                    limit,
-                };
+                return Error::TooLarge { origin: origin.clone(), member, limit };
             }
             classify_io(&origin, member, e)
         };
-        let mut limited = LimitedReader::new(
-            flate2::bufread::GzDecoder::new(&mut self.input),
-            self.limits.data_bytes,
-        );
+        let mut limited = LimitedReader::new(flate2::bufread::GzDecoder::new(&mut self.input), self.limits.data_bytes);
         let mut entries = 0u64;
         let mut content_bytes = 0u64;
         {
             let mut archive = tar::Archive::new(&mut limited);
             for entry in archive.entries().map_err(map_io)? {
                 let mut entry = entry.map_err(map_io)?;
-                let Some(data_entry) =
-                    describe_entry(&mut entry, &origin).map_err(|e| match e {
-                        Error::Io { source, .. } => map_io(source),
-                        other => other,
-                    })?
+                let Some(data_entry) = describe_entry(&mut entry, &origin).map_err(|e| match e {
+                    Error::Io { source, .. } => map_io(source),
+                    other => other,
+                })?
                 else {
                     continue;
                 };
                 entries += 1;
                 content_bytes += data_entry.size;
-                let mut hashing = HashingReader {
-                    inner: &mut entry,
-                    hasher: Sha1::new(),
-                };
+                let mut hashing =
+                    HashingReader { inner: (&mut entry).take(data_entry.size), hasher: Sha1::new(), count: 0 };
                 visit(&data_entry, &mut hashing)?;
                 io::copy(&mut hashing, &mut io::sink()).map_err(map_io)?;
+                if hashing.count != data_entry.size {
+                    return Err(Error::UnsafeEntry {
+                        origin: origin.clone(),
+                        path: data_entry.path,
+                        reason: format!(
+                            "the header declares {} bytes but the stream ends after {}",
+                            data_entry.size, hashing.count
+                        ),
+                    });
+                }
                 let actual: [u8; 20] = hashing.hasher.finalize().into();
                 check_entry_checksum(&data_entry, actual, &origin)?;
             }
@@ -298,21 +244,20 @@ impl<R: BufRead> PackageReader<R> {
 struct HashingReader<R> {
     inner: R,
     hasher: Sha1,
+    count: u64,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.count += n as u64;
         Ok(n)
     }
 }
 
 fn format_err(origin: &str, detail: String) -> Error {
-    Error::Format {
-        origin: origin.to_string(),
-        detail,
-    }
+    Error::Format { origin: origin.to_string(), detail }
 }
 
 /// Corrupt compressed data surfaces as InvalidInput/InvalidData/UnexpectedEof from flate2,
@@ -321,17 +266,11 @@ fn classify_io(origin: &str, member: &'static str, e: io::Error) -> Error {
     let origin = origin.to_string();
     match e.kind() {
         io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-            Error::Gzip {
-                origin,
-                member,
-                detail: e.to_string(),
-            }
+            Error::Gzip { origin, member, detail: e.to_string() }
         }
-        _ if e.get_ref().is_some() && e.raw_os_error().is_none() => Error::Tar {
-            origin,
-            member,
-            detail: e.to_string(),
-        },
+        _ if e.get_ref().is_some() && e.raw_os_error().is_none() => {
+            Error::Tar { origin, member, detail: e.to_string() }
+        }
         _ => Error::Io { origin, source: e },
     }
 }
@@ -343,42 +282,23 @@ fn read_raw_member<R: BufRead>(
     member: &'static str,
     limit: u64,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
-    if input.at_eof().map_err(|source| Error::Io {
-        origin: origin.to_string(),
-        source,
-    })? {
-        return Err(Error::Gzip {
-            origin: origin.to_string(),
-            member,
-            detail: "the file ends before it".into(),
-        });
+    if input.at_eof().map_err(|source| Error::Io { origin: origin.to_string(), source })? {
+        return Err(Error::Gzip { origin: origin.to_string(), member, detail: "the file ends before it".into() });
     }
     input.set_tap(Tap::Record(Vec::new()));
     let result = stream::read_member(input, limit);
-    let Tap::Record(raw) = input.set_tap(Tap::Off) else {
-        unreachable!("tap set above")
-    };
+    let Tap::Record(raw) = input.set_tap(Tap::Off) else { unreachable!("tap set above") };
     match result {
         Ok(data) => Ok((raw, data)),
-        Err(e) if stream::limit_exceeded(&e).is_some() => Err(Error::TooLarge {
-            origin: origin.to_string(),
-            member,
-            limit,
-        }),
+        Err(e) if stream::limit_exceeded(&e).is_some() => {
+            Err(Error::TooLarge { origin: origin.to_string(), member, limit })
+        }
         Err(e) => Err(classify_io(origin, member, e)),
     }
 }
 
-fn parse_tar(
-    bytes: &[u8],
-    origin: &str,
-    member: &'static str,
-) -> Result<Vec<(String, u8, Vec<u8>)>> {
-    archive::read_small_tar(bytes).map_err(|e| Error::Tar {
-        origin: origin.to_string(),
-        member,
-        detail: e.to_string(),
-    })
+fn parse_tar(bytes: &[u8], origin: &str, member: &'static str) -> Result<Vec<(String, u8, Vec<u8>)>> {
+    archive::read_small_tar(bytes).map_err(|e| Error::Tar { origin: origin.to_string(), member, detail: e.to_string() })
 }
 
 /// Turns a tar entry into a checked `DataEntry`; `None` for entries apk skips (global PAX).
@@ -394,14 +314,9 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     let path = String::from_utf8(raw_path).map_err(|_| unsafe_entry("the path is not UTF-8"))?;
     let path = normalize_entry_path(&path).map_err(&unsafe_entry)?;
     let header = entry.header();
-    let io_err = |source| Error::Io {
-        origin: origin.to_string(),
-        source,
-    };
+    let io_err = |source| Error::Io { origin: origin.to_string(), source };
     let link_target = || -> Result<String> {
-        let t = entry
-            .link_name_bytes()
-            .ok_or_else(|| unsafe_entry("link without a target"))?;
+        let t = entry.link_name_bytes().ok_or_else(|| unsafe_entry("link without a target"))?;
         String::from_utf8(t.into_owned()).map_err(|_| unsafe_entry("link target is not UTF-8"))
     };
     let device = || -> Result<(u32, u32)> {
@@ -412,13 +327,11 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     let kind = match header.entry_type() {
         T::Regular | T::Continuous => EntryKind::File,
         T::Directory => EntryKind::Dir,
-        T::Symlink => EntryKind::Symlink {
-            target: link_target()?,
-        },
+        T::Symlink => EntryKind::Symlink { target: link_target()? },
         T::Link => {
             let target = link_target()?;
-            let target = normalize_entry_path(&target)
-                .map_err(|r| unsafe_entry(&format!("hardlink target {target:?}: {r}")))?;
+            let target =
+                normalize_entry_path(&target).map_err(|r| unsafe_entry(&format!("hardlink target {target:?}: {r}")))?;
             EntryKind::Hardlink { target }
         }
         T::Char => {
@@ -431,12 +344,7 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
         }
         T::Fifo => EntryKind::Fifo,
         T::XGlobalHeader => return Ok(None),
-        other => {
-            return Err(unsafe_entry(&format!(
-                "unsupported tar entry type {:?}",
-                other.as_byte() as char
-            )))
-        }
+        other => return Err(unsafe_entry(&format!("unsupported tar entry type {:?}", other.as_byte() as char))),
     };
     if path.is_empty() {
         if kind == EntryKind::Dir {
@@ -446,19 +354,14 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
     }
     let size = entry.size();
     if kind != EntryKind::File && size != 0 {
-        return Err(unsafe_entry(&format!(
-            "a {} with {size} bytes of content",
-            kind.short_name()
-        )));
+        return Err(unsafe_entry(&format!("a {} with {size} bytes of content", kind.short_name())));
     }
     let mut sha1 = None;
     let mut xattrs = Vec::new();
     if let Some(exts) = entry.pax_extensions().map_err(io_err)? {
         for ext in exts {
             let ext = ext.map_err(io_err)?;
-            let key = ext
-                .key()
-                .map_err(|_| unsafe_entry("PAX key is not UTF-8"))?;
+            let key = ext.key().map_err(|_| unsafe_entry("PAX key is not UTF-8"))?;
             if key == CHECKSUM_RECORD {
                 let digest = hex::decode(ext.value_bytes())
                     .ok()
@@ -476,28 +379,10 @@ fn describe_entry<R: Read>(entry: &mut tar::Entry<R>, origin: &str) -> Result<Op
         path,
         kind,
         mode: header.mode().map_err(io_err)? & 0o7777,
-        uid: header
-            .uid()
-            .map_err(io_err)?
-            .try_into()
-            .map_err(|_| unsafe_entry("uid out of range"))?,
-        gid: header
-            .gid()
-            .map_err(io_err)?
-            .try_into()
-            .map_err(|_| unsafe_entry("gid out of range"))?,
-        uname: header
-            .username()
-            .ok()
-            .flatten()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        gname: header
-            .groupname()
-            .ok()
-            .flatten()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        uid: header.uid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("uid out of range"))?,
+        gid: header.gid().map_err(io_err)?.try_into().map_err(|_| unsafe_entry("gid out of range"))?,
+        uname: header.username().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
+        gname: header.groupname().ok().flatten().filter(|s| !s.is_empty()).map(str::to_string),
         mtime: header.mtime().map_err(io_err)?,
         size,
         sha1,
@@ -532,10 +417,7 @@ fn check_entry_checksum(entry: &DataEntry, actual: [u8; 20], origin: &str) -> Re
         _ => return Ok(()),
     };
     let Some(expected) = entry.sha1 else {
-        return Err(Error::MissingFileChecksum {
-            origin: origin.to_string(),
-            path: entry.path.clone(),
-        });
+        return Err(Error::MissingFileChecksum { origin: origin.to_string(), path: entry.path.clone() });
     };
     if expected != actual {
         return Err(Error::FileChecksumMismatch {
@@ -567,10 +449,7 @@ pub struct NewEntry {
 impl NewEntry {
     /// An entry with in-memory content; fills in size and checksum for files and symlinks.
     pub fn from_bytes(entry: DataEntry, content: Vec<u8>) -> Self {
-        let mut e = NewEntry {
-            entry,
-            source: Source::None,
-        };
+        let mut e = NewEntry { entry, source: Source::None };
         if e.entry.kind == EntryKind::File {
             e.entry.size = content.len() as u64;
             e.entry.sha1 = Some(Sha1::digest(&content).into());
@@ -583,24 +462,15 @@ impl NewEntry {
     /// A regular file whose content stays on disk; it is hashed now and read again when
     /// the package is written (a change in between is detected).
     pub fn from_file(mut entry: DataEntry, path: &Path) -> io::Result<Self> {
-        let mut hasher = HashingReader {
-            inner: std::fs::File::open(path)?,
-            hasher: Sha1::new(),
-        };
+        let mut hasher = HashingReader { inner: std::fs::File::open(path)?, hasher: Sha1::new(), count: 0 };
         entry.size = io::copy(&mut hasher, &mut io::sink())?;
         entry.sha1 = Some(hasher.hasher.finalize().into());
-        Ok(NewEntry {
-            entry,
-            source: Source::File(path.to_path_buf()),
-        })
+        Ok(NewEntry { entry, source: Source::File(path.to_path_buf()) })
     }
 
     /// A directory, link, device or fifo.
     pub fn without_content(entry: DataEntry) -> Self {
-        let mut e = NewEntry {
-            entry,
-            source: Source::None,
-        };
+        let mut e = NewEntry { entry, source: Source::None };
         e.entry.size = 0;
         e.fill_link_checksum();
         e
@@ -636,9 +506,7 @@ pub fn write_package<W: Write>(
     let mut tar = TarWriter::new(archive::gzip_writer(Vec::new()));
     let mut installed = 0u64;
     for e in entries {
-        let mut content = e
-            .open()
-            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.entry.path)))?;
+        let mut content = e.open().map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.entry.path)))?;
         tar.append_data(&e.entry, &mut content)?;
         if e.entry.kind == EntryKind::File {
             installed += e.entry.size.div_ceil(4096) * 4096;
@@ -646,23 +514,27 @@ pub fn write_package<W: Write>(
     }
     let data = tar.finish()?.finish()?;
     info.installed_size = installed;
-    info.datahash = Some(hex::encode(Sha256::digest(&data)));
+    assemble_package(out, info, scripts, &data, key, algo)
+}
+
+/// Signature, control and the given data member, concatenated; sets `info.datahash`.
+fn assemble_package<W: Write>(
+    out: &mut W,
+    info: &mut PkgInfo,
+    scripts: &[(String, Vec<u8>)],
+    data: &[u8],
+    key: &SigningKey,
+    algo: SigAlgo,
+) -> io::Result<Q1> {
+    info.datahash = Some(hex::encode(Sha256::digest(data)));
 
     let mut control = TarWriter::new(Vec::new());
-    control.append_plain(
-        ".PKGINFO",
-        0o644,
-        info.build_date,
-        info.to_text().as_bytes(),
-    )?;
+    control.append_plain(".PKGINFO", 0o644, info.build_date, info.to_text().as_bytes())?;
     for (name, content) in scripts {
         if !SCRIPT_NAMES.contains(&name.as_str()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{name:?} is not an apk script name ({})",
-                    SCRIPT_NAMES.join(" ")
-                ),
+                format!("{name:?} is not an apk script name ({})", SCRIPT_NAMES.join(" ")),
             ));
         }
         control.append_plain(name, 0o755, info.build_date, content)?;
@@ -671,15 +543,10 @@ pub fn write_package<W: Write>(
 
     let signature = key.sign(algo, &control).map_err(io::Error::other)?;
     let mut sig_tar = TarWriter::new(Vec::new());
-    sig_tar.append_plain(
-        &signature.entry_name(),
-        0o644,
-        info.build_date,
-        &signature.bytes,
-    )?;
+    sig_tar.append_plain(&signature.entry_name(), 0o644, info.build_date, &signature.bytes)?;
     out.write_all(&archive::gzip_best(&sig_tar.into_inner()))?;
     out.write_all(&control)?;
-    out.write_all(&data)?;
+    out.write_all(data)?;
     Ok(Q1(Sha1::digest(&control).into()))
 }
 
@@ -689,23 +556,14 @@ mod tests {
     use crate::apk::version::Version;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/alpine/packages")
-            .join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/alpine/packages").join(name);
         std::fs::read(p).unwrap()
     }
 
-    pub(crate) fn read_all(
-        bytes: &[u8],
-        keyring: &Keyring,
-    ) -> Result<(Control, Vec<DataEntry>, DataSummary)> {
+    pub(crate) fn read_all(bytes: &[u8], keyring: &Keyring) -> Result<(Control, Vec<DataEntry>, DataSummary)> {
         let reader = PackageReader::open(bytes, "test.apk", Limits::default(), None)?;
         let control = reader.control.clone();
-        assert!(
-            control.verify_signature(keyring).is_verified(),
-            "{}",
-            control.verify_signature(keyring)
-        );
+        assert!(control.verify_signature(keyring).is_verified(), "{}", control.verify_signature(keyring));
         let mut seen = Vec::new();
         let summary = reader.read_data(|e, _| {
             seen.push(e.clone());
@@ -720,33 +578,22 @@ mod tests {
         let (c, entries, s) = read_all(&fixture("alpine-keys-2.4-r1.apk"), &ring).unwrap();
         assert_eq!(c.info.name, "alpine-keys");
         assert_eq!(c.q1.to_string(), "Q1tL491cf/hUqLQi7fZ4MhT9Qmi9U=");
-        assert_eq!(
-            s.datahash,
-            "4da5fcc08f60e7e7aeecbf0dc3130c0b49938598a31a09d13b8505e2218551e1"
-        );
-        let link = entries.iter().find(|e| e.path == "usr/share/apk/keys/aarch64/alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub").unwrap();
+        assert_eq!(s.datahash, "4da5fcc08f60e7e7aeecbf0dc3130c0b49938598a31a09d13b8505e2218551e1");
+        let link = entries
+            .iter()
+            .find(|e| e.path == "usr/share/apk/keys/aarch64/alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub")
+            .unwrap();
         assert_eq!(
             link.kind,
-            EntryKind::Symlink {
-                target: "../alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub".into()
-            }
+            EntryKind::Symlink { target: "../alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub".into() }
         );
-        assert!(entries
-            .iter()
-            .any(|e| e.path == "etc/apk/keys" && e.kind == EntryKind::Dir));
+        assert!(entries.iter().any(|e| e.path == "etc/apk/keys" && e.kind == EntryKind::Dir));
 
-        let (_, entries, _) =
-            read_all(&fixture("alpine-baselayout-data-3.4.3-r2.apk"), &ring).unwrap();
+        let (_, entries, _) = read_all(&fixture("alpine-baselayout-data-3.4.3-r2.apk"), &ring).unwrap();
         let shadow = entries.iter().find(|e| e.path == "etc/shadow").unwrap();
-        assert_eq!(
-            (shadow.mode, shadow.gid, shadow.gname.as_deref()),
-            (0o640, 42, Some("shadow"))
-        );
+        assert_eq!((shadow.mode, shadow.gid, shadow.gname.as_deref()), (0o640, 42, Some("shadow")));
         let (c, _, _) = read_all(&fixture("libc6-compat-1.1.24-r10.apk"), &ring).unwrap();
-        assert_eq!(
-            c.signatures[0].key_name,
-            "alpine-devel@lists.alpinelinux.org-4a6a0840.rsa.pub"
-        );
+        assert_eq!(c.signatures[0].key_name, "alpine-devel@lists.alpinelinux.org-4a6a0840.rsa.pub");
     }
 
     #[test]
@@ -786,27 +633,15 @@ mod tests {
             xattrs: vec![],
         };
         let entries = vec![
-            NewEntry::without_content(DataEntry {
-                path: "usr".into(),
-                ..base.clone()
-            }),
-            NewEntry::without_content(DataEntry {
-                path: "usr/bin".into(),
-                ..base.clone()
-            }),
+            NewEntry::without_content(DataEntry { path: "usr".into(), ..base.clone() }),
+            NewEntry::without_content(DataEntry { path: "usr/bin".into(), ..base.clone() }),
             NewEntry::from_bytes(
-                DataEntry {
-                    path: "usr/bin/hello".into(),
-                    kind: EntryKind::File,
-                    ..base.clone()
-                },
+                DataEntry { path: "usr/bin/hello".into(), kind: EntryKind::File, ..base.clone() },
                 b"#!/bin/sh\necho hello\n".to_vec(),
             ),
             NewEntry::without_content(DataEntry {
                 path: "usr/bin/hi".into(),
-                kind: EntryKind::Symlink {
-                    target: "hello".into(),
-                },
+                kind: EntryKind::Symlink { target: "hello".into() },
                 mode: 0o777,
                 ..base.clone()
             }),
@@ -815,10 +650,7 @@ mod tests {
         write_package(
             &mut out,
             &mut info,
-            &[(
-                ".pre-install".into(),
-                b"#!/bin/sh\naddgroup -S hello\n".to_vec(),
-            )],
+            &[(".pre-install".into(), b"#!/bin/sh\naddgroup -S hello\n".to_vec())],
             &entries,
             key,
             SigAlgo::RsaSha256,
@@ -852,27 +684,56 @@ mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            let result =
-                PackageReader::open(&bad[..], "t", Limits::default(), None).and_then(|r| {
-                    let verdict = r.control.verify_signature(&ring);
-                    if !verdict.is_verified() {
-                        return Err(Error::Signature {
-                            origin: "t".into(),
-                            verdict,
-                        });
-                    }
-                    r.read_data(|_, _| Ok(())).map(|_| ())
-                });
+            let result = PackageReader::open(&bad[..], "t", Limits::default(), None).and_then(|r| {
+                let verdict = r.control.verify_signature(&ring);
+                if !verdict.is_verified() {
+                    return Err(Error::Signature { origin: "t".into(), verdict });
+                }
+                r.read_data(|_, _| Ok(())).map(|_| ())
+            });
             // Only the signature member is outside every signed or hashed region (a flip in
             // its gzip header may decompress to the same signature); everything after it must
             // fail one check or another.
             if i >= sig_len {
-                assert!(
-                    result.is_err(),
-                    "flipping byte {i} (past the signature member) went unnoticed"
-                );
+                assert!(result.is_err(), "flipping byte {i} (past the signature member) went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn hostile_entry_size_is_refused() {
+        let key = test_key();
+        let entry = DataEntry {
+            path: "big".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            uname: None,
+            gname: None,
+            mtime: 0,
+            size: 3,
+            sha1: Some(Sha1::digest(b"abc").into()),
+            xattrs: vec![],
+        };
+        let mut tar = TarWriter::new(Vec::new());
+        tar.append_data(&entry, &mut &b"abc"[..]).unwrap();
+        let mut data_tar = tar.finish().unwrap();
+        const H: usize = 1024; // the file header follows its PAX header and record block
+                               // Claim 2 GiB in the header (size field at 124..136), fix the header checksum.
+        data_tar[H + 124..H + 136].copy_from_slice(b"20000000000\0");
+        data_tar[H + 148..H + 156].fill(b' ');
+        let sum: u32 = data_tar[H..H + 512].iter().map(|&b| u32::from(b)).sum();
+        data_tar[H + 148..H + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut info = PkgInfo::new("big", Version::parse("1").unwrap(), "x86_64");
+        let mut bytes = Vec::new();
+        assemble_package(&mut bytes, &mut info, &[], &archive::gzip_best(&data_tar), &key, SigAlgo::RsaSha256).unwrap();
+        let e = PackageReader::open(&bytes[..], "big.apk", Limits::default(), None)
+            .unwrap()
+            .read_data(|_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.apk") && e.contains("\"big\"") && e.contains("declares 2147483648 bytes"), "{e}");
     }
 
     #[test]
@@ -887,19 +748,9 @@ mod tests {
     #[test]
     fn control_member_must_come_with_datahash() {
         let mut control = TarWriter::new(Vec::new());
-        control
-            .append_plain(
-                ".PKGINFO",
-                0o644,
-                0,
-                b"pkgname = a\npkgver = 1\narch = x86_64\n",
-            )
-            .unwrap();
+        control.append_plain(".PKGINFO", 0o644, 0, b"pkgname = a\npkgver = 1\narch = x86_64\n").unwrap();
         let bytes = archive::gzip_best(&control.into_inner());
-        let e = PackageReader::open(&bytes[..], "x.apk", Limits::default(), None)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = PackageReader::open(&bytes[..], "x.apk", Limits::default(), None).err().unwrap().to_string();
         assert!(e.contains("x.apk") && e.contains("datahash"), "{e}");
     }
 }

@@ -37,10 +37,7 @@ pub struct PkgInfo {
     pub other: Vec<(String, String)>,
 }
 
-pub(crate) fn display_list<S: serde::Serializer, T: std::fmt::Display>(
-    v: &[T],
-    s: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn display_list<S: serde::Serializer, T: std::fmt::Display>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|d| d.to_string()))
 }
 
@@ -73,11 +70,7 @@ impl PkgInfo {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<PkgInfo> {
-        let err = |line: usize, detail: String| Error::PkgInfo {
-            origin: origin.to_string(),
-            line,
-            detail,
-        };
+        let err = |line: usize, detail: String| Error::PkgInfo { origin: origin.to_string(), line, detail };
         let mut name = None;
         let mut version = None;
         let mut info = PkgInfo::new("", Version::parse("0").expect("0 is a version"), "");
@@ -90,16 +83,12 @@ impl PkgInfo {
             let Some((key, value)) = line.split_once(" = ") else {
                 return Err(err(n, format!("expected `key = value`, found {line:?}")));
             };
-            let number = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| err(n, format!("{key}: expected a number, found {v:?}")))
-            };
+            let number =
+                |v: &str| v.parse::<u64>().map_err(|_| err(n, format!("{key}: expected a number, found {v:?}")));
             let dep = |v: &str| Dep::parse(v).map_err(|e| err(n, e.to_string()));
             match key {
                 "pkgname" => name = Some(value.to_string()),
-                "pkgver" => {
-                    version = Some(Version::parse(value).map_err(|e| err(n, e.to_string()))?)
-                }
+                "pkgver" => version = Some(Version::parse(value).map_err(|e| err(n, e.to_string()))?),
                 "pkgdesc" => info.description = value.to_string(),
                 "url" => info.url = value.to_string(),
                 "builddate" => info.build_date = number(value)?,
@@ -114,28 +103,19 @@ impl PkgInfo {
                 "replaces_priority" => info.replaces_priority = Some(number(value)?),
                 "depend" => info.depends.push(dep(value)?),
                 "provides" => info.provides.push(dep(value)?),
-                "install_if" => info
-                    .install_if
-                    .extend(Dep::parse_list(value).map_err(|e| err(n, e.to_string()))?),
+                "install_if" => info.install_if.extend(Dep::parse_list(value).map_err(|e| err(n, e.to_string()))?),
                 "replaces" => info.replaces.push(dep(value)?),
-                "triggers" => info
-                    .triggers
-                    .extend(value.split_whitespace().map(str::to_string)),
+                "triggers" => info.triggers.extend(value.split_whitespace().map(str::to_string)),
                 "datahash" => {
                     if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(err(
-                            n,
-                            format!("datahash must be 64 hex digits, found {value:?}"),
-                        ));
+                        return Err(err(n, format!("datahash must be 64 hex digits, found {value:?}")));
                     }
                     info.datahash = Some(value.to_ascii_lowercase());
                 }
                 _ => info.other.push((key.to_string(), value.to_string())),
             }
         }
-        info.name = name
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| err(0, "no pkgname line".into()))?;
+        info.name = name.filter(|s| !s.is_empty()).ok_or_else(|| err(0, "no pkgname line".into()))?;
         info.version = version.ok_or_else(|| err(0, "no pkgver line".into()))?;
         if info.arch.is_empty() {
             return Err(err(0, "no arch line".into()));
@@ -220,10 +200,7 @@ mod tests {
         assert_eq!(p.build_date, 1605857858);
         assert_eq!(p.depends[0].to_string(), "musl=1.1.24-r10");
         assert_eq!(p.origin, "musl");
-        assert_eq!(
-            p.datahash.as_deref(),
-            Some("56d27513c411825630eaaf82d6789f7da5f0b260a1b8d3267ee0a95bef400582")
-        );
+        assert_eq!(p.datahash.as_deref(), Some("56d27513c411825630eaaf82d6789f7da5f0b260a1b8d3267ee0a95bef400582"));
     }
 
     #[test]
@@ -239,21 +216,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let e = PkgInfo::parse("pkgname = a\npkgver = 1..0\narch = x86_64\n", "pkg.apk")
-            .unwrap_err()
-            .to_string();
+        let e = PkgInfo::parse("pkgname = a\npkgver = 1..0\narch = x86_64\n", "pkg.apk").unwrap_err().to_string();
         assert!(e.contains("pkg.apk") && e.contains("line 2"), "{e}");
-        let e = PkgInfo::parse("pkgname = a\nnonsense\n", "p")
-            .unwrap_err()
-            .to_string();
+        let e = PkgInfo::parse("pkgname = a\nnonsense\n", "p").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("key = value"), "{e}");
-        let e = PkgInfo::parse("pkgver = 1\narch = x\n", "p")
-            .unwrap_err()
-            .to_string();
+        let e = PkgInfo::parse("pkgver = 1\narch = x\n", "p").unwrap_err().to_string();
         assert!(e.contains("pkgname"), "{e}");
-        let e = PkgInfo::parse("pkgname = a\npkgver = 1\narch = x\ndatahash = zz\n", "p")
-            .unwrap_err()
-            .to_string();
+        let e = PkgInfo::parse("pkgname = a\npkgver = 1\narch = x\ndatahash = zz\n", "p").unwrap_err().to_string();
         assert!(e.contains("datahash"), "{e}");
     }
 }

@@ -10,9 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
-};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
@@ -129,17 +127,12 @@ impl fmt::Display for Verdict {
 pub enum KeyError {
     /// The key file could not be read.
     #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     /// The file is not a PEM RSA key of the expected kind.
-    #[error("{path} is not a PEM RSA {kind} key ({detail}); expected a file made by `hyve repo keygen` or `abuild-keygen`")]
-    Parse {
-        path: String,
-        kind: &'static str,
-        detail: String,
-    },
+    #[error(
+        "{path} is not a PEM RSA {kind} key ({detail}); expected a file made by `hyve repo keygen` or `abuild-keygen`"
+    )]
+    Parse { path: String, kind: &'static str, detail: String },
     /// The key name cannot appear in a `.SIGN.*` tar entry.
     #[error("key name {name:?} is not usable as a signature name: it must be a plain file name ending in .pub")]
     BadName { name: String },
@@ -148,10 +141,7 @@ pub enum KeyError {
     Rsa(#[from] rsa::Error),
     /// Writing a key file failed.
     #[error("cannot write key file {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 /// Alpine's signing keys, built in: (file name, PEM, arches it signs).
@@ -205,8 +195,7 @@ impl Keyring {
         let mut ring = Keyring::empty();
         for (name, pem, arches) in ALPINE_KEYS {
             if arch.is_none_or(|a| arches.contains(&a)) {
-                let key = RsaPublicKey::from_public_key_pem(pem)
-                    .expect("built-in Alpine key is valid PEM");
+                let key = RsaPublicKey::from_public_key_pem(pem).expect("built-in Alpine key is valid PEM");
                 ring.keys.insert((*name).to_string(), key);
             }
         }
@@ -216,15 +205,8 @@ impl Keyring {
     /// Trusts the public key in `path`; its file name is its key name.
     pub fn add_file(&mut self, path: &Path) -> Result<String, KeyError> {
         let shown = path.display().to_string();
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let key = parse_public_pem(&pem).map_err(|detail| KeyError::Parse {
-            path: shown,
-            kind: "public",
-            detail,
-        })?;
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+        let key = parse_public_pem(&pem).map_err(|detail| KeyError::Parse { path: shown, kind: "public", detail })?;
         let name = key_name_of(path)?;
         self.keys.insert(name.clone(), key);
         Ok(name)
@@ -244,16 +226,11 @@ impl Keyring {
 
     /// apk's rule: the first signature whose key is trusted decides.
     pub fn verify(&self, signatures: &[Signature], signed: &[u8]) -> Verdict {
-        let Some(sig) = signatures
-            .iter()
-            .find(|s| self.keys.contains_key(&s.key_name))
-        else {
+        let Some(sig) = signatures.iter().find(|s| self.keys.contains_key(&s.key_name)) else {
             if signatures.is_empty() {
                 return Verdict::Unsigned;
             }
-            return Verdict::Untrusted {
-                key_names: signatures.iter().map(|s| s.key_name.clone()).collect(),
-            };
+            return Verdict::Untrusted { key_names: signatures.iter().map(|s| s.key_name.clone()).collect() };
         };
         let key = &self.keys[&sig.key_name];
         let (scheme, digest) = sig.algo.digest(signed);
@@ -267,17 +244,12 @@ impl Keyring {
 
 fn parse_public_pem(pem: &str) -> Result<RsaPublicKey, String> {
     use rsa::pkcs1::DecodeRsaPublicKey;
-    RsaPublicKey::from_public_key_pem(pem)
-        .or_else(|e| RsaPublicKey::from_pkcs1_pem(pem).map_err(|_| e.to_string()))
+    RsaPublicKey::from_public_key_pem(pem).or_else(|e| RsaPublicKey::from_pkcs1_pem(pem).map_err(|_| e.to_string()))
 }
 
 /// The key name a signature made with this key file carries: its file name.
 fn key_name_of(path: &Path) -> Result<String, KeyError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     if name.is_empty() || name.contains('/') || name.len() > 80 {
         return Err(KeyError::BadName { name });
     }
@@ -293,9 +265,7 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("key_name", &self.key_name)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("key_name", &self.key_name).finish_non_exhaustive()
     }
 }
 
@@ -304,17 +274,10 @@ impl SigningKey {
     /// file name plus `.pub`, matching the public key `hyve repo keygen` writes beside it.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
         let shown = path.display().to_string();
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
         let key = RsaPrivateKey::from_pkcs8_pem(&pem)
             .or_else(|e| RsaPrivateKey::from_pkcs1_pem(&pem).map_err(|_| e.to_string()))
-            .map_err(|detail| KeyError::Parse {
-                path: shown,
-                kind: "private",
-                detail,
-            })?;
+            .map_err(|detail| KeyError::Parse { path: shown, kind: "private", detail })?;
         let key_name = format!("{}.pub", key_name_of(path)?);
         Ok(SigningKey { key, key_name })
     }
@@ -326,29 +289,18 @@ impl SigningKey {
     pub fn sign(&self, algo: SigAlgo, data: &[u8]) -> Result<Signature, KeyError> {
         let (scheme, digest) = algo.digest(data);
         let bytes = self.key.sign(scheme, &digest)?;
-        Ok(Signature {
-            algo,
-            key_name: self.key_name.clone(),
-            bytes,
-        })
+        Ok(Signature { algo, key_name: self.key_name.clone(), bytes })
     }
 
     /// Generates a new key. Alpine uses 4096 bits; tests may use fewer to save time.
     pub fn generate(key_name: &str, bits: usize) -> Result<Self, KeyError> {
         let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)?;
-        Ok(SigningKey {
-            key,
-            key_name: key_name.to_string(),
-        })
+        Ok(SigningKey { key, key_name: key_name.to_string() })
     }
 
     /// Writes `<dir>/<name>.rsa` (PKCS#8, mode 0600) and `<dir>/<name>.rsa.pub` (SPKI),
     /// each through a temporary file renamed into place. Refuses to overwrite.
-    pub fn keygen(
-        dir: &Path,
-        name: &str,
-        bits: usize,
-    ) -> Result<(std::path::PathBuf, std::path::PathBuf), KeyError> {
+    pub fn keygen(dir: &Path, name: &str, bits: usize) -> Result<(std::path::PathBuf, std::path::PathBuf), KeyError> {
         let private_path = dir.join(format!("{name}.rsa"));
         let public_path = dir.join(format!("{name}.rsa.pub"));
         let key_name = key_name_of(&public_path)?;
@@ -364,30 +316,16 @@ impl SigningKey {
             }
         }
         let key = Self::generate(&key_name, bits)?;
-        let private_pem = key
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Rsa(rsa::Error::from(e)))?;
-        let public_pem = key
-            .public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Parse {
-                path: public_path.display().to_string(),
-                kind: "public",
-                detail: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(&private_path, private_pem.as_bytes(), 0o600).map_err(
-            |source| KeyError::Write {
-                path: private_path.display().to_string(),
-                source,
-            },
-        )?;
-        crate::fsutil::write_atomic(&public_path, public_pem.as_bytes(), 0o644).map_err(
-            |source| KeyError::Write {
-                path: public_path.display().to_string(),
-                source,
-            },
-        )?;
+        let private_pem = key.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Rsa(rsa::Error::from(e)))?;
+        let public_pem = key.public_key().to_public_key_pem(LineEnding::LF).map_err(|e| KeyError::Parse {
+            path: public_path.display().to_string(),
+            kind: "public",
+            detail: e.to_string(),
+        })?;
+        crate::fsutil::write_atomic(&private_path, private_pem.as_bytes(), 0o600)
+            .map_err(|source| KeyError::Write { path: private_path.display().to_string(), source })?;
+        crate::fsutil::write_atomic(&public_path, public_pem.as_bytes(), 0o644)
+            .map_err(|source| KeyError::Write { path: public_path.display().to_string(), source })?;
         Ok((private_path, public_path))
     }
 }
@@ -398,16 +336,10 @@ mod tests {
 
     #[test]
     fn builtin_keys_by_arch() {
-        let x86: Vec<_> = Keyring::alpine(Some(Arch::X86_64))
-            .names()
-            .map(str::to_owned)
-            .collect();
+        let x86: Vec<_> = Keyring::alpine(Some(Arch::X86_64)).names().map(str::to_owned).collect();
         assert_eq!(x86.len(), 3);
         assert!(x86.iter().any(|n| n.contains("6165ee59")));
-        let arm: Vec<_> = Keyring::alpine(Some(Arch::Aarch64))
-            .names()
-            .map(str::to_owned)
-            .collect();
+        let arm: Vec<_> = Keyring::alpine(Some(Arch::Aarch64)).names().map(str::to_owned).collect();
         assert_eq!(arm.len(), 2);
         assert!(arm.iter().any(|n| n.contains("616ae350")));
         assert_eq!(Keyring::alpine(None).names().count(), 5);
@@ -417,16 +349,8 @@ mod tests {
     fn entry_names() {
         let (algo, key) = Signature::parse_entry_name(".SIGN.RSA256.me.rsa.pub").unwrap();
         assert_eq!((algo, key), (SigAlgo::RsaSha256, "me.rsa.pub"));
-        assert_eq!(
-            Signature::parse_entry_name(".SIGN.RSA.k.rsa.pub")
-                .unwrap()
-                .0,
-            SigAlgo::RsaSha1
-        );
-        assert_eq!(
-            Signature::parse_entry_name(".SIGN.RSA512.k").unwrap().0,
-            SigAlgo::RsaSha512
-        );
+        assert_eq!(Signature::parse_entry_name(".SIGN.RSA.k.rsa.pub").unwrap().0, SigAlgo::RsaSha1);
+        assert_eq!(Signature::parse_entry_name(".SIGN.RSA512.k").unwrap().0, SigAlgo::RsaSha512);
         assert!(Signature::parse_entry_name(".SIGN.DSA.k").is_none());
         assert!(Signature::parse_entry_name(".PKGINFO").is_none());
     }
@@ -440,24 +364,15 @@ mod tests {
             let sig = key.sign(algo, b"hello").unwrap();
             assert_eq!(
                 ring.verify(std::slice::from_ref(&sig), b"hello"),
-                Verdict::Verified {
-                    key_name: "test.rsa.pub".into(),
-                    algo
-                }
+                Verdict::Verified { key_name: "test.rsa.pub".into(), algo }
             );
             assert_eq!(
                 ring.verify(std::slice::from_ref(&sig), b"hellO"),
-                Verdict::Invalid {
-                    key_name: "test.rsa.pub".into(),
-                    algo
-                }
+                Verdict::Invalid { key_name: "test.rsa.pub".into(), algo }
             );
         }
         let sig = key.sign(SigAlgo::RsaSha1, b"x").unwrap();
-        assert!(matches!(
-            Keyring::alpine(None).verify(&[sig], b"x"),
-            Verdict::Untrusted { .. }
-        ));
+        assert!(matches!(Keyring::alpine(None).verify(&[sig], b"x"), Verdict::Untrusted { .. }));
         assert_eq!(ring.verify(&[], b"x"), Verdict::Unsigned);
     }
 
@@ -467,10 +382,7 @@ mod tests {
         let stranger = SigningKey::generate("b.rsa.pub", 1024).unwrap();
         let mut ring = Keyring::empty();
         ring.add("a.rsa.pub", trusted.public_key());
-        let sigs = [
-            stranger.sign(SigAlgo::RsaSha256, b"d").unwrap(),
-            trusted.sign(SigAlgo::RsaSha256, b"d").unwrap(),
-        ];
+        let sigs = [stranger.sign(SigAlgo::RsaSha256, b"d").unwrap(), trusted.sign(SigAlgo::RsaSha256, b"d").unwrap()];
         assert!(ring.verify(&sigs, b"d").is_verified());
     }
 
@@ -486,10 +398,7 @@ mod tests {
         let sig = key.sign(SigAlgo::RsaSha1, b"data").unwrap();
         assert!(ring.verify(&[sig], b"data").is_verified());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(SigningKey::keygen(dir.path(), "me", 1024).is_err());
     }
 
@@ -499,13 +408,8 @@ mod tests {
         let p = dir.path().join("junk.rsa.pub");
         std::fs::write(&p, "not a key").unwrap();
         let e = Keyring::empty().add_file(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("junk.rsa.pub") && e.contains("not a PEM RSA public key"),
-            "{e}"
-        );
-        let e = SigningKey::from_file(&dir.path().join("missing.rsa"))
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("junk.rsa.pub") && e.contains("not a PEM RSA public key"), "{e}");
+        let e = SigningKey::from_file(&dir.path().join("missing.rsa")).unwrap_err().to_string();
         assert!(e.contains("missing.rsa"), "{e}");
     }
 }

@@ -36,47 +36,26 @@ pub fn entries_from_dir(root: &Path, mtime: u64) -> io::Result<Vec<NewEntry>> {
             xattrs: vec![],
         };
         let unsupported = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: {what} cannot go into a package", full.display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {what} cannot go into a package", full.display()))
         };
         let new = if ft.is_dir() {
             NewEntry::without_content(entry)
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full)?;
-            let target = target
-                .to_str()
-                .ok_or_else(|| unsupported("a symlink to a non-UTF-8 target"))?
-                .to_string();
-            NewEntry::without_content(DataEntry {
-                kind: EntryKind::Symlink { target },
-                mode: 0o777,
-                ..entry
-            })
+            let target = target.to_str().ok_or_else(|| unsupported("a symlink to a non-UTF-8 target"))?.to_string();
+            NewEntry::without_content(DataEntry { kind: EntryKind::Symlink { target }, mode: 0o777, ..entry })
         } else if ft.is_file() {
             // Hardlinks are recorded against the first path (in sorted order) of the inode.
-            match (meta.nlink() > 1)
-                .then(|| first_link.get(&(meta.dev(), meta.ino())))
-                .flatten()
-            {
+            match (meta.nlink() > 1).then(|| first_link.get(&(meta.dev(), meta.ino()))).flatten() {
                 Some(target) => NewEntry::without_content(DataEntry {
-                    kind: EntryKind::Hardlink {
-                        target: target.clone(),
-                    },
+                    kind: EntryKind::Hardlink { target: target.clone() },
                     ..entry
                 }),
                 None => {
                     if meta.nlink() > 1 {
                         first_link.insert((meta.dev(), meta.ino()), rel.clone());
                     }
-                    NewEntry::from_file(
-                        DataEntry {
-                            kind: EntryKind::File,
-                            ..entry
-                        },
-                        &full,
-                    )?
+                    NewEntry::from_file(DataEntry { kind: EntryKind::File, ..entry }, &full)?
                 }
             }
         } else if ft.is_char_device() || ft.is_block_device() {
@@ -88,10 +67,7 @@ pub fn entries_from_dir(root: &Path, mtime: u64) -> io::Result<Vec<NewEntry>> {
             };
             NewEntry::without_content(DataEntry { kind, ..entry })
         } else if ft.is_fifo() {
-            NewEntry::without_content(DataEntry {
-                kind: EntryKind::Fifo,
-                ..entry
-            })
+            NewEntry::without_content(DataEntry { kind: EntryKind::Fifo, ..entry })
         } else {
             return Err(unsupported("a socket"));
         };
@@ -105,16 +81,9 @@ fn collect(dir: &Path, prefix: String, out: &mut Vec<String>) -> io::Result<()> 
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_str().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: file name is not UTF-8", entry.path().display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{}: file name is not UTF-8", entry.path().display()))
         })?;
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
         if entry.file_type()?.is_dir() {
             collect(&entry.path(), rel.clone(), out)?;
         }
@@ -142,48 +111,18 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::fs::create_dir_all(root.join("usr-x")).unwrap();
         std::fs::write(root.join("usr/bin/tool"), b"binary").unwrap();
-        std::fs::set_permissions(
-            root.join("usr/bin/tool"),
-            std::fs::Permissions::from_mode(0o4755),
-        )
-        .unwrap();
+        std::fs::set_permissions(root.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/alias")).unwrap();
         std::os::unix::fs::symlink("tool", root.join("usr/bin/link")).unwrap();
         let entries = entries_from_dir(root, 42).unwrap();
         let paths: Vec<&str> = entries.iter().map(|e| e.entry.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "usr",
-                "usr-x",
-                "usr/bin",
-                "usr/bin/alias",
-                "usr/bin/link",
-                "usr/bin/tool"
-            ]
-        );
+        assert_eq!(paths, ["usr", "usr-x", "usr/bin", "usr/bin/alias", "usr/bin/link", "usr/bin/tool"]);
         let alias = &entries[3].entry;
-        assert_eq!(
-            alias.kind,
-            EntryKind::File,
-            "first in sorted order holds the content"
-        );
+        assert_eq!(alias.kind, EntryKind::File, "first in sorted order holds the content");
         assert_eq!(alias.mode, 0o4755);
-        assert_eq!(
-            entries[5].entry.kind,
-            EntryKind::Hardlink {
-                target: "usr/bin/alias".into()
-            }
-        );
-        assert_eq!(
-            entries[4].entry.kind,
-            EntryKind::Symlink {
-                target: "tool".into()
-            }
-        );
-        assert!(entries
-            .iter()
-            .all(|e| e.entry.uid == 0 && e.entry.mtime == 42));
+        assert_eq!(entries[5].entry.kind, EntryKind::Hardlink { target: "usr/bin/alias".into() });
+        assert_eq!(entries[4].entry.kind, EntryKind::Symlink { target: "tool".into() });
+        assert!(entries.iter().all(|e| e.entry.uid == 0 && e.entry.mtime == 42));
     }
 
     #[test]

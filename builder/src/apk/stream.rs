@@ -27,11 +27,7 @@ pub(crate) struct TappedReader<R> {
 
 impl<R: BufRead> TappedReader<R> {
     pub fn new(inner: R) -> Self {
-        TappedReader {
-            inner,
-            tap: Tap::Off,
-            consumed: 0,
-        }
+        TappedReader { inner, tap: Tap::Off, consumed: 0 }
     }
 
     /// Installs a new tap and returns the old one.
@@ -102,20 +98,14 @@ impl std::error::Error for LimitExceeded {}
 
 impl<R: Read> LimitedReader<R> {
     pub fn new(inner: R, limit: u64) -> Self {
-        LimitedReader {
-            inner,
-            remaining: limit,
-            limit,
-        }
+        LimitedReader { inner, remaining: limit, limit }
     }
 }
 
 impl<R: Read> Read for LimitedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // Ask for one byte more than allowed so an oversize stream is detected, not cut.
-        let want = buf
-            .len()
-            .min(self.remaining.saturating_add(1).min(usize::MAX as u64) as usize);
+        let want = buf.len().min(self.remaining.saturating_add(1).min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.remaining {
             return Err(io::Error::other(LimitExceeded(self.limit)));
@@ -127,16 +117,11 @@ impl<R: Read> Read for LimitedReader<R> {
 
 /// Whether an I/O error came from a `LimitedReader`.
 pub(crate) fn limit_exceeded(e: &io::Error) -> Option<u64> {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<LimitExceeded>())
-        .map(|l| l.0)
+    e.get_ref().and_then(|inner| inner.downcast_ref::<LimitExceeded>()).map(|l| l.0)
 }
 
 /// Decompresses exactly one gzip member from `input` into memory (at most `limit` bytes).
-pub(crate) fn read_member<R: BufRead>(
-    input: &mut TappedReader<R>,
-    limit: u64,
-) -> io::Result<Vec<u8>> {
+pub(crate) fn read_member<R: BufRead>(input: &mut TappedReader<R>, limit: u64) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     LimitedReader::new(flate2::bufread::GzDecoder::new(input), limit).read_to_end(&mut out)?;
     Ok(out)
@@ -162,15 +147,11 @@ mod tests {
         let mut r = TappedReader::new(io::BufReader::with_capacity(7, &file[..]));
         r.set_tap(Tap::Record(Vec::new()));
         assert_eq!(read_member(&mut r, 1 << 20).unwrap(), b"first member");
-        let Tap::Record(raw_a) = r.set_tap(Tap::Record(Vec::new())) else {
-            panic!()
-        };
+        let Tap::Record(raw_a) = r.set_tap(Tap::Record(Vec::new())) else { panic!() };
         assert_eq!(raw_a, a);
         assert_eq!(r.consumed(), a.len() as u64);
         assert_eq!(read_member(&mut r, 1 << 20).unwrap().len(), 100_000);
-        let Tap::Record(raw_b) = r.set_tap(Tap::Off) else {
-            panic!()
-        };
+        let Tap::Record(raw_b) = r.set_tap(Tap::Off) else { panic!() };
         assert_eq!(raw_b, b);
         assert!(r.at_eof().unwrap());
     }

@@ -122,14 +122,7 @@ struct Tokens<'a> {
 
 impl<'a> Tokens<'a> {
     fn new(s: &'a str) -> Self {
-        let mut t = Tokens {
-            rest: s,
-            current: Token {
-                kind: Kind::InitialDigit,
-                text: "",
-                suffix: Suffix::None,
-            },
-        };
+        let mut t = Tokens { rest: s, current: Token { kind: Kind::InitialDigit, text: "", suffix: Suffix::None } };
         t.take_digits(Kind::InitialDigit);
         t
     }
@@ -143,11 +136,7 @@ impl<'a> Tokens<'a> {
 
     fn take_digits(&mut self, kind: Kind) {
         let text = self.take_span(|b| b.is_ascii_digit());
-        self.current = Token {
-            kind: if text.is_empty() { Kind::Invalid } else { kind },
-            text,
-            suffix: Suffix::None,
-        };
+        self.current = Token { kind: if text.is_empty() { Kind::Invalid } else { kind }, text, suffix: Suffix::None };
     }
 
     fn invalid(&mut self) {
@@ -167,11 +156,7 @@ impl<'a> Tokens<'a> {
                 }
                 let (letter, tail) = self.rest.split_at(1);
                 self.rest = tail;
-                self.current = Token {
-                    kind: Kind::Letter,
-                    text: letter,
-                    suffix: Suffix::None,
-                };
+                self.current = Token { kind: Kind::Letter, text: letter, suffix: Suffix::None };
             }
             b'.' | b'0'..=b'9' => {
                 if first == b'.' {
@@ -196,13 +181,7 @@ impl<'a> Tokens<'a> {
                 self.rest = &self.rest[1..];
                 let name = self.take_span(|b| b.is_ascii_lowercase());
                 match Suffix::from_name(name) {
-                    Some(suffix) => {
-                        self.current = Token {
-                            kind: Kind::Suffix,
-                            text: name,
-                            suffix,
-                        }
-                    }
+                    Some(suffix) => self.current = Token { kind: Kind::Suffix, text: name, suffix },
                     None => self.invalid(),
                 }
             }
@@ -215,11 +194,7 @@ impl<'a> Tokens<'a> {
                 if hash.is_empty() {
                     return self.invalid();
                 }
-                self.current = Token {
-                    kind: Kind::CommitHash,
-                    text: hash,
-                    suffix: Suffix::None,
-                };
+                self.current = Token { kind: Kind::CommitHash, text: hash, suffix: Suffix::None };
             }
             b'-' => {
                 if prev >= Kind::RevisionNo || !self.rest.starts_with("-r") {
@@ -242,12 +217,8 @@ fn compare_numbers(a: &str, b: &str) -> Ordering {
 
 fn compare_token(a: &Token, b: &Token) -> Ordering {
     match a.kind {
-        Kind::Digit if a.text.starts_with('0') || b.text.starts_with('0') => {
-            a.text.as_bytes().cmp(b.text.as_bytes())
-        }
-        Kind::Digit | Kind::InitialDigit | Kind::SuffixNo | Kind::RevisionNo => {
-            compare_numbers(a.text, b.text)
-        }
+        Kind::Digit if a.text.starts_with('0') || b.text.starts_with('0') => a.text.as_bytes().cmp(b.text.as_bytes()),
+        Kind::Digit | Kind::InitialDigit | Kind::SuffixNo | Kind::RevisionNo => compare_numbers(a.text, b.text),
         Kind::Letter => a.text.cmp(b.text),
         Kind::Suffix => a.suffix.cmp(&b.suffix),
         _ => a.text.as_bytes().cmp(b.text.as_bytes()),
@@ -397,16 +368,8 @@ mod tests {
         ("1.0~abc-r1", "1.0~abc-r0", Greater),
         ("1.0~abc-r0", "1.0-r0", Greater),
         ("1.0_p1~abc", "1.0_p1", Greater),
-        (
-            "99999999999999999999999",
-            "99999999999999999999998",
-            Greater,
-        ),
-        (
-            "1.99999999999999999999999",
-            "1.100000000000000000000000",
-            Less,
-        ),
+        ("99999999999999999999999", "99999999999999999999998", Greater),
+        ("1.99999999999999999999999", "1.100000000000000000000000", Less),
         ("18446744073709551616", "18446744073709551615", Greater),
         ("0.99f7", "0.99f6", Greater),
         ("0.99f7", "0.99g", Less),
@@ -532,9 +495,6 @@ mod tests {
     fn sort_is_total_on_real_versions() {
         let mut v = vec!["1.0-r1", "1.0_rc1", "1.0", "1.0_p1", "0.9", "1.0a", "1.0.1"];
         v.sort_by(|a, b| compare(a, b));
-        assert_eq!(
-            v,
-            ["0.9", "1.0_rc1", "1.0", "1.0-r1", "1.0_p1", "1.0a", "1.0.1"]
-        );
+        assert_eq!(v, ["0.9", "1.0_rc1", "1.0", "1.0-r1", "1.0_p1", "1.0a", "1.0.1"]);
     }
 }

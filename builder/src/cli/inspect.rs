@@ -35,20 +35,12 @@ fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
     let n = (&f).take(4).read(&mut head)?;
     if head[..n].starts_with(b"ADB") {
         // The library gives the precise "apk v3 is not supported" error.
-        return Ok(if file.to_string_lossy().ends_with(".apk") {
-            Kind::Package
-        } else {
-            Kind::Index
-        });
+        return Ok(if file.to_string_lossy().ends_with(".apk") { Kind::Package } else { Kind::Index });
     }
     let f = std::fs::File::open(file)?;
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(f)));
-    for entry in archive
-        .entries()
-        .with_context(|| format!("{} is not a gzip'd tar (apk v2) file", file.display()))?
-    {
-        let entry = entry
-            .with_context(|| format!("{}: cannot read the first tar entries", file.display()))?;
+    for entry in archive.entries().with_context(|| format!("{} is not a gzip'd tar (apk v2) file", file.display()))? {
+        let entry = entry.with_context(|| format!("{}: cannot read the first tar entries", file.display()))?;
         let path = entry.path_bytes();
         if path.starts_with(b".SIGN.") {
             continue;
@@ -155,12 +147,7 @@ fn inspect_package(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
         println!("maintainer: {}", i.maintainer);
         println!("builddate:  {}", i.build_date);
         println!("size:       {}", i.installed_size);
-        let list = |d: &[hyve::apk::Dep]| {
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let list = |d: &[hyve::apk::Dep]| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ");
         println!("depends:    {}", list(&i.depends));
         println!("provides:   {}", list(&i.provides));
         println!("install_if: {}", list(&i.install_if));
@@ -186,16 +173,8 @@ fn inspect_package(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
 }
 
 fn record_line(r: &IndexRecord) -> String {
-    let list = |d: &[hyve::apk::Dep]| {
-        d.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut line = format!(
-        "  {}-{} {} {} {}",
-        r.name, r.version, r.arch, r.size, r.checksum
-    );
+    let list = |d: &[hyve::apk::Dep]| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ");
+    let mut line = format!("  {}-{} {} {} {}", r.name, r.version, r.arch, r.size, r.checksum);
     for (tag, deps) in [("D", &r.depends), ("p", &r.provides), ("i", &r.install_if)] {
         if !deps.is_empty() {
             line.push_str(&format!(" {tag}:[{}]", list(deps)));

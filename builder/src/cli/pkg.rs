@@ -117,28 +117,17 @@ fn create(a: CreateArgs) -> Outcome {
         (".post-deinstall", &a.post_deinstall),
     ] {
         if let Some(f) = file {
-            let content = std::fs::read(f)
-                .with_context(|| format!("reading {name} script {}", f.display()))?;
+            let content = std::fs::read(f).with_context(|| format!("reading {name} script {}", f.display()))?;
             scripts.push((name.to_string(), content));
         }
     }
-    let meta = std::fs::metadata(&a.dir)
-        .with_context(|| format!("package directory {}", a.dir.display()))?;
+    let meta = std::fs::metadata(&a.dir).with_context(|| format!("package directory {}", a.dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "{} is not a directory", a.dir.display());
-    let entries = srcdir::entries_from_dir(&a.dir, date)
-        .with_context(|| format!("reading {}", a.dir.display()))?;
+    let entries = srcdir::entries_from_dir(&a.dir, date).with_context(|| format!("reading {}", a.dir.display()))?;
     let mut bytes = Vec::new();
-    let q1 = write_package(
-        &mut bytes,
-        &mut info,
-        &scripts,
-        &entries,
-        &key,
-        a.sig_type.into(),
-    )
-    .with_context(|| format!("packing {}", a.dir.display()))?;
-    hyve::fsutil::write_atomic(&a.output, &bytes, 0o644)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    let q1 = write_package(&mut bytes, &mut info, &scripts, &entries, &key, a.sig_type.into())
+        .with_context(|| format!("packing {}", a.dir.display()))?;
+    hyve::fsutil::write_atomic(&a.output, &bytes, 0o644).with_context(|| format!("writing {}", a.output.display()))?;
     eprintln!(
         "wrote {} ({} {}, {} entries, {} bytes, {q1})",
         a.output.display(),

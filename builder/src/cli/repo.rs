@@ -55,12 +55,7 @@ fn record_for(path: &Path) -> anyhow::Result<IndexRecord> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).with_context(|| format!("opening {origin}"))?;
     let size = file.metadata()?.len();
-    let reader = PackageReader::open(
-        std::io::BufReader::new(file),
-        &origin,
-        Limits::default(),
-        None,
-    )?;
+    let reader = PackageReader::open(std::io::BufReader::new(file), &origin, Limits::default(), None)?;
     let control = reader.control.clone();
     reader.read_data(|_, _| Ok(()))?;
     Ok(IndexRecord::from_package(&control, size))
@@ -74,46 +69,25 @@ fn index(a: IndexArgs) -> Outcome {
         .collect::<Result<_, _>>()?;
     apks.retain(|p| p.extension().is_some_and(|e| e == "apk"));
     apks.sort();
-    let records = apks
-        .iter()
-        .map(|p| record_for(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let records = apks.iter().map(|p| record_for(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let mtime = match hyve::epoch::source_date_epoch()? {
         Some(t) => t,
-        None => records
-            .iter()
-            .filter_map(|r| r.build_time)
-            .max()
-            .unwrap_or(0),
+        None => records.iter().filter_map(|r| r.build_time).max().unwrap_or(0),
     };
     let bytes = write_index(&records, &a.description, &key, a.sig_type.into(), mtime)?;
     let out = a.output.unwrap_or_else(|| a.dir.join("APKINDEX.tar.gz"));
-    hyve::fsutil::write_atomic(&out, &bytes, 0o644)
-        .with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
-        "wrote {} ({} packages, signed by {})",
-        out.display(),
-        records.len(),
-        key.key_name
-    );
+    hyve::fsutil::write_atomic(&out, &bytes, 0o644).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote {} ({} packages, signed by {})", out.display(), records.len(), key.key_name);
     Ok(true)
 }
 
 fn keygen(a: KeygenArgs) -> Outcome {
-    let name = a
-        .name
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("NAME must end in a file name")?;
+    let name = a.name.file_name().and_then(|n| n.to_str()).context("NAME must end in a file name")?;
     let dir = match a.name.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    anyhow::ensure!(
-        a.bits >= 2048,
-        "--bits {} is too weak; use at least 2048 (Alpine uses 4096)",
-        a.bits
-    );
+    anyhow::ensure!(a.bits >= 2048, "--bits {} is too weak; use at least 2048 (Alpine uses 4096)", a.bits);
     let (private, public) = SigningKey::keygen(dir, name, a.bits)?;
     eprintln!("wrote {} and {}", private.display(), public.display());
     println!("{}", public.display());
