@@ -3,3 +3,5 @@
 pub mod apk;
 pub mod epoch;
 pub mod fsutil;
+pub mod profile;
+pub mod resolve;
