@@ -18,7 +18,10 @@ fn index(name: &str) -> Vec<hyve::apk::index::IndexRecord> {
 fn assert_closed(set: &[Chosen]) {
     let provides = |c: &Chosen, d: &Dep| {
         (c.record.name == d.name && d.version_matches(Some(&c.record.version)))
-            || c.record.provides.iter().any(|p| p.name == d.name && d.version_matches(p.constraint.as_ref().map(|(_, v)| v)))
+            || c.record
+                .provides
+                .iter()
+                .any(|p| p.name == d.name && d.version_matches(p.constraint.as_ref().map(|(_, v)| v)))
     };
     for c in set {
         for d in &c.record.depends {
@@ -39,13 +42,18 @@ fn assert_closed(set: &[Chosen]) {
 
 fn solve(records: &[hyve::apk::index::IndexRecord], world: &str) -> Vec<Chosen> {
     let repos = [Repo { name: "main", records }];
-    resolve(&Dep::parse_list(world).unwrap(), &repos, Arch::X86_64).unwrap_or_else(|e| panic!("{world}: {e}")).packages
+    resolve(&Dep::parse_list(world).unwrap(), &repos, Arch::X86_64, &Default::default())
+        .unwrap_or_else(|e| panic!("{world}: {e}"))
+        .packages
 }
 
 #[test]
 fn v322_docker_host_userland_is_closed() {
     let main = index("v3.22-main-x86_64_v3.22.2-204.APKINDEX.tar.gz");
-    let set = solve(&main, "alpine-baselayout-data busybox busybox-binsh musl linux-virt iptables e2fsprogs ca-certificates openssl socat");
+    let set = solve(
+        &main,
+        "alpine-baselayout-data busybox busybox-binsh musl linux-virt iptables e2fsprogs ca-certificates openssl socat",
+    );
     assert_closed(&set);
     let get = |n: &str| set.iter().find(|c| c.record.name == n).unwrap_or_else(|| panic!("{n} not chosen"));
     // Hand-checked against the index: versions are the newest in v3.22.2.

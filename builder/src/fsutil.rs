@@ -20,6 +20,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     Ok(())
 }
 
+/// Copies `src` to `dst` through a temporary file beside `dst` (streaming, atomic).
+pub fn copy_atomic(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let dir = dst.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".hyve-tmp-").tempfile_in(dir)?;
+    std::io::copy(&mut std::fs::File::open(src)?, tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(dst).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

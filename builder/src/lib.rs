@@ -2,6 +2,9 @@
 
 pub mod apk;
 pub mod epoch;
+pub mod fetch;
 pub mod fsutil;
+pub mod lock;
 pub mod profile;
 pub mod resolve;
+pub mod session;

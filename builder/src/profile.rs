@@ -182,11 +182,17 @@ pub fn locate(name_or_path: &str, search: &[PathBuf]) -> Result<PathBuf, Profile
     Err(ProfileError::NotFound {
         name: name_or_path.to_string(),
         tried: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        available: if available.is_empty() { "(none)".into() } else { available.into_iter().collect::<Vec<_>>().join(", ") },
+        available: if available.is_empty() {
+            "(none)".into()
+        } else {
+            available.into_iter().collect::<Vec<_>>().join(", ")
+        },
     })
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column of a TOML error in `text`.
+pub(crate) fn toml_position(text: &str, e: &toml::de::Error) -> (usize, usize) {
+    let offset = e.span().map_or(0, |s| s.start);
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -197,7 +203,7 @@ fn read_raw(path: &Path) -> Result<RawProfile, ProfileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: shown.clone(), source })?;
     let mut raw: RawProfile = toml::from_str(&text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |s| line_col(&text, s.start));
+        let (line, column) = toml_position(&text, &e);
         ProfileError::Parse { path: shown.clone(), line, column, message: e.message().to_string() }
     })?;
     // Overlay directories are relative to the file that names them.
@@ -273,7 +279,10 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     let output = raw.output.unwrap_or_default();
     let disk_size_mib = output.disk_size_mib.unwrap_or(256);
     if disk_size_mib < 64 {
-        return Err(invalid("output.disk_size_mib", format!("{disk_size_mib} MiB is too small for an ESP (minimum 64)")));
+        return Err(invalid(
+            "output.disk_size_mib",
+            format!("{disk_size_mib} MiB is too small for an ESP (minimum 64)"),
+        ));
     }
     Ok(Profile {
         name,
@@ -388,7 +397,9 @@ mod tests {
             assert_eq!(p.arches, [Arch::X86_64, Arch::Aarch64]);
         }
         let minimal = load(&dir.join("minimal.toml")).unwrap();
-        for pkg in ["docker-engine", "containerd", "runc", "iptables", "e2fsprogs", "ca-certificates", "openssl", "socat"] {
+        for pkg in
+            ["docker-engine", "containerd", "runc", "iptables", "e2fsprogs", "ca-certificates", "openssl", "socat"]
+        {
             assert!(minimal.packages.iter().any(|x| x == pkg), "minimal lacks {pkg}");
         }
     }

@@ -48,7 +48,9 @@ pub enum ResolveError {
     #[error("cannot satisfy {dep} (required by {chain}): {why}")]
     Unsatisfiable { dep: String, chain: String, why: String },
     /// A virtual name with several providers and no `provider_priority` to choose one.
-    #[error("{dep} is virtual (required by {chain}) and provided by {providers}; add one of them to the profile's packages")]
+    #[error(
+        "{dep} is virtual (required by {chain}) and provided by {providers}; add one of them to the profile's packages"
+    )]
     Ambiguous { dep: String, chain: String, providers: String },
     /// Conflicting requirements that learning could not untangle.
     #[error("conflict: {0}")]
@@ -71,13 +73,15 @@ struct Provider {
 
 struct Universe<'a> {
     repos: Vec<&'a str>,
+    /// Versions to keep when they still satisfy everything (a lock being updated).
+    prefer: &'a BTreeMap<String, Version>,
     cands: Vec<Cand<'a>>,
     providers: BTreeMap<&'a str, Vec<Provider>>,
     install_if: Vec<usize>,
 }
 
 impl<'a> Universe<'a> {
-    fn new(repos: &[Repo<'a>], arch: Arch) -> Self {
+    fn new(repos: &[Repo<'a>], arch: Arch, prefer: &'a BTreeMap<String, Version>) -> Self {
         let mut cands = Vec::new();
         for (i, repo) in repos.iter().enumerate() {
             for rec in repo.records {
@@ -98,24 +102,36 @@ impl<'a> Universe<'a> {
                 install_if.push(i);
             }
         }
-        Universe { repos: repos.iter().map(|r| r.name).collect(), cands, providers, install_if }
+        Universe { repos: repos.iter().map(|r| r.name).collect(), prefer, cands, providers, install_if }
     }
 
     fn name(&self, cand: usize) -> &'a str {
         &self.cands[cand].rec.name
     }
 
-    /// apk's preference between two providers of `name` (Greater = better): the higher
-    /// provided version, then the higher package version, then `provider_priority`, then
-    /// the earlier repository, then name and checksum so the order is total.
+    /// apk's preference between two providers of `name` (Greater = better): a preferred
+    /// (locked) version, then the higher provided version, then the higher package version,
+    /// then `provider_priority`, then the earlier repository, then name and checksum so the
+    /// order is total.
     fn compare(&self, a: &Provider, b: &Provider) -> Ordering {
         let (ca, cb) = (&self.cands[a.cand], &self.cands[b.cand]);
+        let preferred = |c: &Cand| self.prefer.get(&c.rec.name).is_some_and(|v| v == &c.rec.version);
+        let by_preference = preferred(ca).cmp(&preferred(cb));
+        if by_preference != Ordering::Equal {
+            return by_preference;
+        }
         let by_provided = match (&a.version, &b.version) {
             (Some(x), Some(y)) => x.compare(y),
             _ => Ordering::Equal,
         };
         by_provided
-            .then_with(|| if ca.rec.name == cb.rec.name { ca.rec.version.compare(&cb.rec.version) } else { Ordering::Equal })
+            .then_with(|| {
+                if ca.rec.name == cb.rec.name {
+                    ca.rec.version.compare(&cb.rec.version)
+                } else {
+                    Ordering::Equal
+                }
+            })
             .then_with(|| ca.rec.provider_priority.unwrap_or(0).cmp(&cb.rec.provider_priority.unwrap_or(0)))
             .then_with(|| cb.repo.cmp(&ca.repo))
             .then_with(|| cb.rec.name.cmp(&ca.rec.name))
@@ -195,9 +211,10 @@ impl<'u, 'a> Attempt<'u, 'a> {
         let c = &self.u.cands[cand];
         let violates = |d: &Dep| {
             (d.name == c.rec.name && d.version_matches(Some(&c.rec.version)))
-                || c.rec.provides.iter().any(|p| {
-                    p.name == d.name && d.version_matches(p.constraint.as_ref().map(|(_, v)| v))
-                })
+                || c.rec
+                    .provides
+                    .iter()
+                    .any(|p| p.name == d.name && d.version_matches(p.constraint.as_ref().map(|(_, v)| v)))
         };
         if self.k.forbidden.iter().chain(self.conflicts.iter().map(|(d, _)| d)).any(violates) {
             return false;
@@ -262,7 +279,13 @@ impl<'u, 'a> Attempt<'u, 'a> {
         format!("available: {}", parts.join("; "))
     }
 
-    fn require(&mut self, dep: Dep, chain: Vec<String>, queue: &mut VecDeque<(Dep, Vec<String>)>, deferred: &mut Vec<(Dep, Vec<String>)>) -> Result<(), Outcome> {
+    fn require(
+        &mut self,
+        dep: Dep,
+        chain: Vec<String>,
+        queue: &mut VecDeque<(Dep, Vec<String>)>,
+        deferred: &mut Vec<(Dep, Vec<String>)>,
+    ) -> Result<(), Outcome> {
         if dep.conflict {
             let positive = Dep { conflict: false, ..dep.clone() };
             if self.satisfied(&positive) {
@@ -310,7 +333,8 @@ impl<'u, 'a> Attempt<'u, 'a> {
     }
 
     fn run(&mut self, world: &[Dep]) -> Result<(), Outcome> {
-        let mut queue: VecDeque<(Dep, Vec<String>)> = world.iter().map(|d| (d.clone(), vec!["world".to_string()])).collect();
+        let mut queue: VecDeque<(Dep, Vec<String>)> =
+            world.iter().map(|d| (d.clone(), vec!["world".to_string()])).collect();
         loop {
             let mut deferred = Vec::new();
             while let Some((dep, chain)) = queue.pop_front() {
@@ -324,7 +348,11 @@ impl<'u, 'a> Attempt<'u, 'a> {
                 let providers = &self.u.providers[dep.name.as_str()];
                 let best = providers
                     .iter()
-                    .filter(|p| self.u.cands[p.cand].rec.provider_priority.is_some() && self.allowed(p.cand) && self.tag_ok(&dep, p.cand))
+                    .filter(|p| {
+                        self.u.cands[p.cand].rec.provider_priority.is_some()
+                            && self.allowed(p.cand)
+                            && self.tag_ok(&dep, p.cand)
+                    })
                     .max_by(|a, b| self.u.compare(a, b));
                 match best {
                     Some(p) => self.select(p.cand, chain, &mut queue),
@@ -348,7 +376,13 @@ impl<'u, 'a> Attempt<'u, 'a> {
                 if self.selected.contains_key(c.rec.name.as_str()) || !self.allowed(i) {
                     continue;
                 }
-                if c.rec.install_if.iter().all(|d| if d.conflict { !self.satisfied(&Dep { conflict: false, ..d.clone() }) } else { self.satisfied(d) }) {
+                if c.rec.install_if.iter().all(|d| {
+                    if d.conflict {
+                        !self.satisfied(&Dep { conflict: false, ..d.clone() })
+                    } else {
+                        self.satisfied(d)
+                    }
+                }) {
                     let p = Provider { cand: i, version: Some(c.rec.version.clone()) };
                     joined
                         .entry(c.rec.name.as_str())
@@ -364,19 +398,33 @@ impl<'u, 'a> Attempt<'u, 'a> {
                 return Ok(());
             }
             for (_, p) in joined {
-                let trigger = self.u.cands[p.cand].rec.install_if.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
+                let trigger =
+                    self.u.cands[p.cand].rec.install_if.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
                 self.select(p.cand, vec!["world".into(), format!("install_if({trigger})")], &mut queue);
             }
         }
     }
 }
 
-/// Resolves `world` against `repos` for `arch`.
-pub fn resolve(world: &[Dep], repos: &[Repo], arch: Arch) -> Result<Resolution, ResolveError> {
-    let u = Universe::new(repos, arch);
+/// Resolves `world` against `repos` for `arch`, keeping the versions in `prefer` where
+/// they still fit (pass an empty map for a fresh resolution).
+pub fn resolve(
+    world: &[Dep],
+    repos: &[Repo],
+    arch: Arch,
+    prefer: &BTreeMap<String, Version>,
+) -> Result<Resolution, ResolveError> {
+    let u = Universe::new(repos, arch, prefer);
     let mut k = Knowledge::default();
     for _ in 0..10_000 {
-        let mut attempt = Attempt { u: &u, k: &k, selected: BTreeMap::new(), provided: BTreeMap::new(), chains: BTreeMap::new(), conflicts: Vec::new() };
+        let mut attempt = Attempt {
+            u: &u,
+            k: &k,
+            selected: BTreeMap::new(),
+            provided: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            conflicts: Vec::new(),
+        };
         match attempt.run(world) {
             Ok(()) => return Ok(order(&u, attempt.selected, attempt.chains)),
             Err(Outcome::Fail(e)) => return Err(e),
@@ -386,7 +434,9 @@ pub fn resolve(world: &[Dep], repos: &[Repo], arch: Arch) -> Result<Resolution, 
                     Learned::Forbid(d) => format!("{d} must not be installed"),
                 };
                 if !k.add(l) {
-                    return Err(ResolveError::Conflict(format!("{what}, but the requirements keep demanding otherwise")));
+                    return Err(ResolveError::Conflict(format!(
+                        "{what}, but the requirements keep demanding otherwise"
+                    )));
                 }
             }
         }
@@ -403,7 +453,10 @@ fn order(u: &Universe, selected: BTreeMap<&str, usize>, chains: BTreeMap<usize, 
             .filter(|&&c| {
                 let rec = u.cands[c].rec;
                 (rec.name == dep.name && dep.version_matches(Some(&rec.version)))
-                    || rec.provides.iter().any(|p| p.name == dep.name && dep.version_matches(p.constraint.as_ref().map(|(_, v)| v)))
+                    || rec
+                        .provides
+                        .iter()
+                        .any(|p| p.name == dep.name && dep.version_matches(p.constraint.as_ref().map(|(_, v)| v)))
             })
             .map(|&c| u.name(c))
             .collect();
@@ -473,7 +526,7 @@ mod tests {
     fn solve(repos: &[(&str, &[IndexRecord])], world: &str) -> Result<Vec<String>, ResolveError> {
         let repos: Vec<Repo> = repos.iter().map(|(n, r)| Repo { name: n, records: r }).collect();
         let world = Dep::parse_list(world).unwrap();
-        resolve(&world, &repos, Arch::X86_64)
+        resolve(&world, &repos, Arch::X86_64, &BTreeMap::new())
             .map(|r| r.packages.into_iter().map(|c| format!("{}-{}", c.record.name, c.record.version)).collect())
     }
 
@@ -501,7 +554,10 @@ mod tests {
     fn virtual_names_need_priority_or_an_existing_provider() {
         let main = repo("app 1 | D:/bin/sh\nbusybox-binsh 1 | p:/bin/sh\ndash-binsh 1 | p:/bin/sh");
         let e = solve(&[("main", &main)], "app").unwrap_err().to_string();
-        assert!(e.contains("/bin/sh is virtual") && e.contains("busybox-binsh, dash-binsh") && e.contains("world -> app-1"), "{e}");
+        assert!(
+            e.contains("/bin/sh is virtual") && e.contains("busybox-binsh, dash-binsh") && e.contains("world -> app-1"),
+            "{e}"
+        );
         assert_eq!(solve(&[("main", &main)], "app dash-binsh").unwrap(), ["dash-binsh-1", "app-1"]);
         let main = repo("app 1 | D:/bin/sh\nbusybox-binsh 1 | p:/bin/sh | k:100\ndash-binsh 1 | p:/bin/sh | k:50");
         assert_eq!(solve(&[("main", &main)], "app").unwrap(), ["busybox-binsh-1", "app-1"]);
@@ -535,7 +591,7 @@ mod tests {
         let edge = repo("a 2.0");
         // Same version in two repositories: the earlier wins.
         let r: Vec<Repo> = vec![Repo { name: "main", records: &main }, Repo { name: "community", records: &community }];
-        let res = resolve(&Dep::parse_list("a b").unwrap(), &r, Arch::X86_64).unwrap();
+        let res = resolve(&Dep::parse_list("a b").unwrap(), &r, Arch::X86_64, &BTreeMap::new()).unwrap();
         assert_eq!(res.packages.iter().find(|c| c.record.name == "a").unwrap().repository, "main");
         // Higher version wins across repositories, unless pinned by tag.
         assert_eq!(solve(&[("main", &main), ("edge", &edge)], "a").unwrap(), ["a-2.0"]);
@@ -546,9 +602,29 @@ mod tests {
     fn errors_name_the_chain() {
         let main = repo("docker-engine 1 | D:containerd\ncontainerd 1 | D:runc>=2\nrunc 1.1");
         let e = solve(&[("main", &main)], "docker-engine").unwrap_err().to_string();
-        assert!(e.contains("runc>=2") && e.contains("world -> docker-engine-1 -> containerd-1") && e.contains("runc-1.1 (main): version does not match"), "{e}");
+        assert!(
+            e.contains("runc>=2")
+                && e.contains("world -> docker-engine-1 -> containerd-1")
+                && e.contains("runc-1.1 (main): version does not match"),
+            "{e}"
+        );
         let e = solve(&[("main", &main)], "nosuch").unwrap_err().to_string();
         assert!(e.contains("no package provides nosuch") && e.contains("world"), "{e}");
+    }
+
+    #[test]
+    fn preferred_versions_are_kept_while_they_fit() {
+        let main = repo("a 1 | D:b\na 2 | D:b\nb 1\nb 2");
+        let repos = [Repo { name: "main", records: &main }];
+        let prefer: BTreeMap<String, Version> =
+            [("a".to_string(), Version::parse("1").unwrap()), ("b".to_string(), Version::parse("1").unwrap())].into();
+        let res = resolve(&Dep::parse_list("a").unwrap(), &repos, Arch::X86_64, &prefer).unwrap();
+        let got: Vec<String> = res.packages.iter().map(|c| format!("{}-{}", c.record.name, c.record.version)).collect();
+        assert_eq!(got, ["b-1", "a-1"]);
+        // A preference that no longer fits yields to the constraint.
+        let res = resolve(&Dep::parse_list("a b>1").unwrap(), &repos, Arch::X86_64, &prefer).unwrap();
+        let got: Vec<String> = res.packages.iter().map(|c| format!("{}-{}", c.record.name, c.record.version)).collect();
+        assert_eq!(got, ["b-2", "a-1"]);
     }
 
     #[test]

@@ -77,6 +77,20 @@ impl IndexRecord {
         }
     }
 
+    /// Reads a package file completely (every hash checked) and returns the record
+    /// `apk index` would write for it.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        use super::package::{Limits, PackageReader};
+        let origin = path.display().to_string();
+        let io_err = |source| Error::Io { origin: origin.clone(), source };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let size = file.metadata().map_err(io_err)?.len();
+        let reader = PackageReader::open(std::io::BufReader::new(file), &origin, Limits::default(), None)?;
+        let control = reader.control.clone();
+        reader.read_data(|_, _| Ok(()))?;
+        Ok(IndexRecord::from_package(&control, size))
+    }
+
     /// The repository file name: `<name>-<version>.apk`.
     pub fn file_name(&self) -> String {
         format!("{}-{}.apk", self.name, self.version)

@@ -2,7 +2,9 @@
 //! the exit code. Work happens in the library.
 
 mod inspect;
+mod packages;
 mod pkg;
+mod progress;
 mod repo;
 
 use std::path::PathBuf;
@@ -24,6 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Resolve a profile against the signed indexes and print the package set (no downloads)
+    Plan(packages::PlanArgs),
+    /// Resolve, download, verify and pin every package in the profile's lock file
+    Lock(packages::LockArgs),
+    /// Fill the cache with the locked packages, for offline builds
+    Fetch(packages::FetchArgs),
+    /// Write a signed local repository holding exactly the locked packages
+    Vendor(packages::VendorArgs),
     /// Show what is inside an .apk or APKINDEX.tar.gz and check every signature and hash
     Inspect(inspect::Args),
     /// Local packages
@@ -60,6 +70,10 @@ type Outcome = anyhow::Result<bool>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
+        Command::Plan(args) => packages::plan(args),
+        Command::Lock(args) => packages::lock(args),
+        Command::Fetch(args) => packages::fetch(args),
+        Command::Vendor(args) => packages::vendor(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Pkg(cmd) => pkg::run(cmd),
         Command::Repo(cmd) => repo::run(cmd),

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hyve::apk::index::{write_index, IndexRecord};
-use hyve::apk::package::{Limits, PackageReader};
 use hyve::apk::SigningKey;
 
 use super::{Outcome, SigType};
@@ -50,17 +49,6 @@ pub fn run(cmd: Command) -> Outcome {
     }
 }
 
-/// Reads one package completely (every hash checked) and returns its index record.
-fn record_for(path: &Path) -> anyhow::Result<IndexRecord> {
-    let origin = path.display().to_string();
-    let file = std::fs::File::open(path).with_context(|| format!("opening {origin}"))?;
-    let size = file.metadata()?.len();
-    let reader = PackageReader::open(std::io::BufReader::new(file), &origin, Limits::default(), None)?;
-    let control = reader.control.clone();
-    reader.read_data(|_, _| Ok(()))?;
-    Ok(IndexRecord::from_package(&control, size))
-}
-
 fn index(a: IndexArgs) -> Outcome {
     let key = SigningKey::from_file(&a.sign)?;
     let mut apks: Vec<PathBuf> = std::fs::read_dir(&a.dir)
@@ -69,7 +57,7 @@ fn index(a: IndexArgs) -> Outcome {
         .collect::<Result<_, _>>()?;
     apks.retain(|p| p.extension().is_some_and(|e| e == "apk"));
     apks.sort();
-    let records = apks.iter().map(|p| record_for(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let records = apks.iter().map(|p| IndexRecord::from_file(p)).collect::<Result<Vec<_>, _>>()?;
     let mtime = match hyve::epoch::source_date_epoch()? {
         Some(t) => t,
         None => records.iter().filter_map(|r| r.build_time).max().unwrap_or(0),

@@ -1,0 +1,278 @@
+//! Test helpers: a loopback HTTP server with fault injection, and signed Alpine-layout
+//! repositories generated with hyve's own writer.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyve::apk::archive::{DataEntry, EntryKind};
+use hyve::apk::index::{write_index, IndexRecord};
+use hyve::apk::package::{write_package, NewEntry};
+use hyve::apk::pkginfo::PkgInfo;
+use hyve::apk::{Dep, SigAlgo, SigningKey, Version};
+
+/// What the server does to requests for one path, `times` times (then serves normally).
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    Status(u16),
+    /// Close the connection without answering.
+    Reset,
+    /// Announce the full length, send half, close.
+    Truncate,
+    /// Send headers, then nothing for this long.
+    Stall(Duration),
+}
+
+#[derive(Default)]
+struct State {
+    faults: HashMap<String, (Fault, usize)>,
+    requests: HashMap<String, usize>,
+    not_modified: usize,
+}
+
+/// Serves files under `root` on 127.0.0.1 with ETags; faults on demand.
+pub struct Server {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let (root, st) = (root.to_path_buf(), state.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (root, st) = (root.clone(), st.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &root, &st);
+                });
+            }
+        });
+        Server { url, state }
+    }
+
+    pub fn fault(&self, path: &str, fault: Fault, times: usize) {
+        self.state.lock().unwrap().faults.insert(path.to_string(), (fault, times));
+    }
+
+    pub fn requests(&self, path: &str) -> usize {
+        self.state.lock().unwrap().requests.get(path).copied().unwrap_or(0)
+    }
+
+    pub fn total_requests_matching(&self, suffix: &str) -> usize {
+        self.state.lock().unwrap().requests.iter().filter(|(p, _)| p.ends_with(suffix)).map(|(_, n)| n).sum()
+    }
+
+    pub fn not_modified(&self) -> usize {
+        self.state.lock().unwrap().not_modified
+    }
+}
+
+fn handle(mut conn: TcpStream, root: &Path, state: &Mutex<State>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut if_none_match = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("if-none-match") {
+                if_none_match = Some(v.trim().to_string());
+            }
+        }
+    }
+    let fault = {
+        let mut st = state.lock().unwrap();
+        *st.requests.entry(path.clone()).or_default() += 1;
+        match st.faults.get_mut(&path) {
+            Some((f, n)) if *n > 0 => {
+                *n -= 1;
+                Some(*f)
+            }
+            _ => None,
+        }
+    };
+    let file = root.join(path.trim_start_matches('/'));
+    let body = std::fs::read(&file).ok();
+    match (fault, body) {
+        (Some(Fault::Reset), _) => Ok(()),
+        (Some(Fault::Status(code)), _) => {
+            write!(conn, "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+        (_, None) => write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        (fault, Some(body)) => {
+            let etag = format!("\"{}\"", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)));
+            if if_none_match.as_deref() == Some(etag.as_str()) && fault.is_none() {
+                state.lock().unwrap().not_modified += 1;
+                return write!(conn, "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n");
+            }
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            match fault {
+                Some(Fault::Truncate) => conn.write_all(&body[..body.len() / 2]),
+                Some(Fault::Stall(d)) => {
+                    conn.flush()?;
+                    std::thread::sleep(d);
+                    conn.write_all(&body)
+                }
+                _ => conn.write_all(&body),
+            }
+        }
+    }
+}
+
+/// A package to generate.
+pub struct Pkg {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub depends: &'static str,
+    pub provides: &'static str,
+    pub files: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Pkg {
+    pub fn new(name: &'static str, version: &'static str) -> Pkg {
+        Pkg {
+            name,
+            version,
+            depends: "",
+            provides: "",
+            files: vec![(
+                Box::leak(format!("usr/share/{name}/README").into_boxed_str()),
+                format!("{name} {version}\n").into_bytes(),
+            )],
+        }
+    }
+    pub fn depends(mut self, d: &'static str) -> Pkg {
+        self.depends = d;
+        self
+    }
+    pub fn provides(mut self, p: &'static str) -> Pkg {
+        self.provides = p;
+        self
+    }
+    pub fn file(mut self, path: &'static str, content: &[u8]) -> Pkg {
+        self.files.push((path, content.to_vec()));
+        self
+    }
+}
+
+/// Builds the .apk bytes for `pkg`, letting `tamper` change entries before writing.
+pub fn build_package(pkg: &Pkg, arch: &str, key: &SigningKey, tamper: impl Fn(&mut Vec<NewEntry>)) -> Vec<u8> {
+    let mut info = PkgInfo::new(pkg.name, Version::parse(pkg.version).unwrap(), arch);
+    info.build_date = 1_700_000_000;
+    info.description = format!("test package {}", pkg.name);
+    info.license = "MIT".into();
+    info.depends = Dep::parse_list(pkg.depends).unwrap();
+    info.provides = Dep::parse_list(pkg.provides).unwrap();
+    let dir = |path: &str| DataEntry {
+        path: path.into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        uname: Some("root".into()),
+        gname: Some("root".into()),
+        mtime: 1_700_000_000,
+        size: 0,
+        sha1: None,
+        xattrs: vec![],
+    };
+    let mut paths: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    for (path, content) in &pkg.files {
+        let mut parent = String::new();
+        for part in path.split('/').take(path.split('/').count() - 1) {
+            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
+            if !paths.iter().any(|(p, _)| p == &parent) {
+                paths.push((parent.clone(), None));
+            }
+        }
+        paths.push((path.to_string(), Some(content.clone())));
+    }
+    paths.sort();
+    let mut entries: Vec<NewEntry> = paths
+        .into_iter()
+        .map(|(p, c)| match c {
+            None => NewEntry::without_content(dir(&p)),
+            Some(content) => NewEntry::from_bytes(DataEntry { kind: EntryKind::File, mode: 0o644, ..dir(&p) }, content),
+        })
+        .collect();
+    tamper(&mut entries);
+    let mut out = Vec::new();
+    write_package(&mut out, &mut info, &[], &entries, key, SigAlgo::RsaSha256).unwrap();
+    out
+}
+
+/// A signed repository on disk: `<root>/<branch>/<repo>/<arch>/`.
+pub struct TestRepo {
+    pub root: PathBuf,
+    pub key: SigningKey,
+    pub key_path: PathBuf,
+    pub pub_path: PathBuf,
+}
+
+impl TestRepo {
+    pub fn new(dir: &Path) -> TestRepo {
+        let (key_path, pub_path) = SigningKey::keygen(dir, "test-repo", 2048).unwrap();
+        let key = SigningKey::from_file(&key_path).unwrap();
+        let root = dir.join("mirror");
+        std::fs::create_dir_all(&root).unwrap();
+        TestRepo { root, key, key_path, pub_path }
+    }
+
+    pub fn repo_dir(&self, branch: &str, repo: &str, arch: &str) -> PathBuf {
+        self.root.join(branch).join(repo).join(arch)
+    }
+
+    /// Writes the packages and a signed index over exactly them.
+    pub fn publish(&self, branch: &str, repo: &str, arch: &str, pkgs: &[Pkg]) {
+        let dir = self.repo_dir(branch, repo, arch);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut records = Vec::new();
+        for p in pkgs {
+            let path = dir.join(format!("{}-{}.apk", p.name, p.version));
+            std::fs::write(&path, build_package(p, arch, &self.key, |_| {})).unwrap();
+            records.push(IndexRecord::from_file(&path).unwrap());
+        }
+        self.write_index(branch, repo, arch, &records);
+    }
+
+    pub fn write_index(&self, branch: &str, repo: &str, arch: &str, records: &[IndexRecord]) {
+        let bytes = write_index(records, "test", &self.key, SigAlgo::RsaSha256, 1_700_000_000).unwrap();
+        std::fs::write(self.repo_dir(branch, repo, arch).join("APKINDEX.tar.gz"), bytes).unwrap();
+    }
+}
+
+/// Runs the hyve binary with a clean environment for reproducible behaviour.
+pub fn hyve(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hyve"));
+    cmd.args(args).env_remove("SOURCE_DATE_EPOCH").env_remove("HYVE_MIRROR").env_remove("HYVE_CACHE_DIR");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run hyve")
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn read_all(path: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::fs::File::open(path).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
