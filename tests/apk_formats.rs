@@ -186,6 +186,32 @@ print(m.name)
     (String::from_utf8_lossy(&o.stdout).trim().to_string(), sig)
 }
 
+/// Splits `file` into gzip members with python3, and checks with `openssl dgst -verify`
+/// that the first member's signature covers the second; returns the members.
+fn openssl_verified_members(file: &Path, work: &Path, sig_type: &str, public_key: &str) -> Vec<PathBuf> {
+    std::fs::create_dir_all(work).unwrap();
+    let members = independent_members(file, work);
+    let (name, sig) = signature_from_member(&members[0], work);
+    assert_eq!(name, format!(".SIGN.{sig_type}.test.rsa.pub"));
+    let digest = if sig_type == "RSA" { "-sha1" } else { "-sha256" };
+    let o = openssl(&[
+        "dgst",
+        digest,
+        "-verify",
+        public_key,
+        "-signature",
+        sig.to_str().unwrap(),
+        members[1].to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "openssl: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    members
+}
+
 struct Repo {
     dir: tempfile::TempDir,
 }
@@ -251,28 +277,13 @@ fn written_packages_verify_with_openssl_and_match_independent_hashes() {
     for sig_type in ["RSA", "RSA256"] {
         let r = Repo::new();
         r.create("repo/hello-1.0-r0.apk", &["--sig-type", sig_type]);
-        let work = r.path("split");
-        std::fs::create_dir_all(&work).unwrap();
-        let members = independent_members(&r.path("repo/hello-1.0-r0.apk"), &work);
-        assert_eq!(members.len(), 3, "signature, control, data");
-        let (name, sig) = signature_from_member(&members[0], &work);
-        assert_eq!(name, format!(".SIGN.{sig_type}.test.rsa.pub"));
-        let digest = if sig_type == "RSA" { "-sha1" } else { "-sha256" };
-        let o = openssl(&[
-            "dgst",
-            digest,
-            "-verify",
+        let members = openssl_verified_members(
+            &r.path("repo/hello-1.0-r0.apk"),
+            &r.path("split"),
+            sig_type,
             &r.s("test.rsa.pub"),
-            "-signature",
-            sig.to_str().unwrap(),
-            members[1].to_str().unwrap(),
-        ]);
-        assert!(
-            o.status.success(),
-            "openssl: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
         );
+        assert_eq!(members.len(), 3, "signature, control, data");
 
         // Q1 = base64(sha1(control member)); datahash = sha256(data member).
         let q1 = openssl(&["dgst", "-sha1", "-binary", members[1].to_str().unwrap()]).stdout;
@@ -303,22 +314,13 @@ fn written_packages_verify_with_openssl_and_match_independent_hashes() {
             "test repo",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let iwork = r.path("isplit");
-        std::fs::create_dir_all(&iwork).unwrap();
-        let members = independent_members(&r.path("repo/APKINDEX.tar.gz"), &iwork);
-        assert_eq!(members.len(), 2);
-        let (name, sig) = signature_from_member(&members[0], &iwork);
-        assert_eq!(name, format!(".SIGN.{sig_type}.test.rsa.pub"));
-        let o = openssl(&[
-            "dgst",
-            digest,
-            "-verify",
+        let members = openssl_verified_members(
+            &r.path("repo/APKINDEX.tar.gz"),
+            &r.path("isplit"),
+            sig_type,
             &r.s("test.rsa.pub"),
-            "-signature",
-            sig.to_str().unwrap(),
-            members[1].to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "openssl: {}", String::from_utf8_lossy(&o.stderr));
+        );
+        assert_eq!(members.len(), 2);
         let text = Command::new("python3")
             .args([
                 "-c",
@@ -385,19 +387,7 @@ fn malicious_entries_are_refused() {
     let mut ring = Keyring::empty();
     ring.add("evil.rsa.pub", key.public_key());
     for (path, reason) in [("../etc/passwd", "`..`"), ("/etc/passwd", "absolute path"), ("usr/../../x", "`..`")] {
-        let entry = DataEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 0,
-            size: 0,
-            sha1: None,
-            xattrs: vec![],
-        };
+        let entry = DataEntry::owned_by_root(path, EntryKind::File, 0o644, 0);
         let mut info = PkgInfo::new("evil", Version::parse("1").unwrap(), "x86_64");
         let mut bytes = Vec::new();
         write_package(

@@ -53,10 +53,15 @@ impl Env {
     }
 
     fn run_env(&self, cmd: &str, extra: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-        let (profile, key, cache) =
-            (self.profile.to_str().unwrap(), self.repo.pub_path.to_str().unwrap(), self.cache.to_str().unwrap());
-        let mut args =
-            vec![cmd, "--profile", profile, "--mirror", &self.server.url, "--key", key, "--cache-dir", cache];
+        let mut args = vec!["--key", self.repo.pub_path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.run_in(&self.cache, cmd, &args, envs)
+    }
+
+    /// `cmd --profile P --mirror URL --cache-dir CACHE EXTRA...` (no `--key` unless in EXTRA).
+    fn run_in(&self, cache: &Path, cmd: &str, extra: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+        let (profile, cache) = (self.profile.to_str().unwrap(), cache.to_str().unwrap());
+        let mut args = vec![cmd, "--profile", profile, "--mirror", &self.server.url, "--cache-dir", cache];
         args.extend_from_slice(extra);
         hyve(&args, envs)
     }
@@ -205,20 +210,7 @@ fn a_vanished_package_points_at_lock_update_and_vendor() {
     let env = setup();
     ok(&env.run("lock", &[]));
     std::fs::remove_file(env.repo.repo_dir("v3.24", "main", "x86_64").join("app-1.0-r0.apk")).unwrap();
-    let o = hyve(
-        &[
-            "fetch",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &env.server.url,
-            "--key",
-            env.repo.pub_path.to_str().unwrap(),
-            "--cache-dir",
-            env.root.join("c2").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = env.run_in(&env.root.join("c2"), "fetch", &["--key", env.repo.pub_path.to_str().unwrap()], &[]);
     fails_with(&o, &["app-1.0-r0.apk", "404", "hyve lock --update", "hyve vendor"]);
     assert_eq!(env.server.requests(&env.url_path("app-1.0-r0.apk")), 2, "404 is never retried (one request per fetch)");
 }
@@ -227,18 +219,7 @@ fn a_vanished_package_points_at_lock_update_and_vendor() {
 fn every_trust_link_is_checked() {
     // 1: index signature.
     let env = setup();
-    let o = hyve(
-        &[
-            "plan",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &env.server.url,
-            "--cache-dir",
-            env.cache.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = env.run_in(&env.cache, "plan", &[], &[]);
     fails_with(&o, &["APKINDEX.tar.gz", "UNTRUSTED", "test-repo.rsa.pub", "--key"]);
     let idx = env.repo.repo_dir("v3.24", "main", "x86_64").join("APKINDEX.tar.gz");
     let mut bytes = std::fs::read(&idx).unwrap();
@@ -253,21 +234,7 @@ fn every_trust_link_is_checked() {
     let mut pkgs = packages();
     pkgs[4] = Pkg::new("app", "1.0-r0").depends("busybox /bin/sh lib>=2").file("etc/changed", b"x");
     env.repo.publish("v3.24", "main", "x86_64", &pkgs);
-    let o = hyve(
-        &[
-            "fetch",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &env.server.url,
-            "--key",
-            env.repo.pub_path.to_str().unwrap(),
-            "--cache-dir",
-            env.root.join("c2").to_str().unwrap(),
-            "--locked",
-        ],
-        &[],
-    );
+    let o = env.run_in(&env.root.join("c2"), "fetch", &["--key", env.repo.pub_path.to_str().unwrap(), "--locked"], &[]);
     fails_with(&o, &["app", "does not match the lock", "hyve lock --update app"]);
 
     // 3: Q1 — the package is not the one the signed index names.
@@ -408,38 +375,17 @@ fn vendor_writes_a_signed_repository_of_exactly_the_lock() {
     // The vendored copy works as a mirror on its own, with its own key, from a cold cache.
     let lock_copy = env.root.join("copy.lock");
     std::fs::copy(env.profile.with_extension("lock"), &lock_copy).unwrap();
-    let o = hyve(
-        &[
-            "fetch",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &format!("file://{}", out.display()),
-            "--key",
-            vendor_pub.to_str().unwrap(),
-            "--cache-dir",
-            env.root.join("c3").to_str().unwrap(),
-            "--lockfile",
-            lock_copy.to_str().unwrap(),
-            "--locked",
-        ],
-        &[],
-    );
-    ok(&o);
-    let o = hyve(
-        &[
-            "plan",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &format!("file://{}", out.display()),
-            "--key",
-            vendor_pub.to_str().unwrap(),
-            "--cache-dir",
-            env.root.join("c4").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mirror = format!("file://{}", out.display());
+    let from_vendor = |cache: &str, cmd: &str, extra: &[&str]| {
+        let mut args = vec![cmd, "--profile", env.profile.to_str().unwrap(), "--mirror", &mirror];
+        args.extend_from_slice(&["--key", vendor_pub.to_str().unwrap(), "--cache-dir"]);
+        let cache = env.root.join(cache);
+        args.push(cache.to_str().unwrap());
+        args.extend_from_slice(extra);
+        hyve(&args, &[])
+    };
+    ok(&from_vendor("c3", "fetch", &["--lockfile", lock_copy.to_str().unwrap(), "--locked"]));
+    let o = from_vendor("c4", "plan", &[]);
     ok(&o);
 }
 

@@ -179,19 +179,7 @@ pub fn build_package(pkg: &Pkg, arch: &str, key: &SigningKey, tamper: impl Fn(&m
     info.license = "MIT".into();
     info.depends = Dep::parse_list(pkg.depends).unwrap();
     info.provides = Dep::parse_list(pkg.provides).unwrap();
-    let dir = |path: &str| DataEntry {
-        path: path.into(),
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        uname: Some("root".into()),
-        gname: Some("root".into()),
-        mtime: 1_700_000_000,
-        size: 0,
-        sha1: None,
-        xattrs: vec![],
-    };
+    let dir = |path: &str| DataEntry::owned_by_root(path, EntryKind::Dir, 0o755, 1_700_000_000);
     let mut paths: Vec<(String, Option<Vec<u8>>)> = Vec::new();
     for (path, content) in &pkg.files {
         let mut parent = String::new();

@@ -83,6 +83,26 @@ pub struct DataEntry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+impl DataEntry {
+    /// An entry owned by root (uid/gid 0, names "root"), with no content yet; size and
+    /// checksum are filled in by whoever adds the content.
+    pub fn owned_by_root(path: &str, kind: EntryKind, mode: u32, mtime: u64) -> Self {
+        DataEntry {
+            path: path.to_string(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            uname: Some("root".into()),
+            gname: Some("root".into()),
+            mtime,
+            size: 0,
+            sha1: None,
+            xattrs: vec![],
+        }
+    }
+}
+
 fn hex_opt<S: serde::Serializer>(v: &Option<[u8; 20]>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(d) => s.serialize_str(&hex::encode(d)),
@@ -408,19 +428,7 @@ mod tests {
 
     #[test]
     fn output_is_independent_of_call_site() {
-        let e = DataEntry {
-            path: "etc".into(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 5,
-            size: 0,
-            sha1: None,
-            xattrs: vec![],
-        };
+        let e = DataEntry::owned_by_root("etc", EntryKind::Dir, 0o755, 5);
         let a = {
             let mut w = TarWriter::new(Vec::new());
             w.append_data(&e, &mut io::empty()).unwrap();

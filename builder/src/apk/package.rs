@@ -619,19 +619,7 @@ mod tests {
     fn sample_package(key: &SigningKey) -> (Vec<u8>, PkgInfo) {
         let mut info = PkgInfo::new("hello", Version::parse("1.0-r0").unwrap(), "x86_64");
         info.build_date = 1_700_000_000;
-        let base = DataEntry {
-            path: String::new(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            uname: Some("root".into()),
-            gname: Some("root".into()),
-            mtime: 1_700_000_000,
-            size: 0,
-            sha1: None,
-            xattrs: vec![],
-        };
+        let base = DataEntry::owned_by_root("", EntryKind::Dir, 0o755, 1_700_000_000);
         let entries = vec![
             NewEntry::without_content(DataEntry { path: "usr".into(), ..base.clone() }),
             NewEntry::without_content(DataEntry { path: "usr/bin".into(), ..base.clone() }),
@@ -704,17 +692,9 @@ mod tests {
     fn hostile_entry_size_is_refused() {
         let key = test_key();
         let entry = DataEntry {
-            path: "big".into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 0,
             size: 3,
             sha1: Some(Sha1::digest(b"abc").into()),
-            xattrs: vec![],
+            ..DataEntry::owned_by_root("big", EntryKind::File, 0o644, 0)
         };
         let mut tar = TarWriter::new(Vec::new());
         tar.append_data(&entry, &mut &b"abc"[..]).unwrap();

@@ -22,19 +22,7 @@ pub fn entries_from_dir(root: &Path, mtime: u64) -> io::Result<Vec<NewEntry>> {
         let full = root.join(&rel);
         let meta = std::fs::symlink_metadata(&full)?;
         let ft = meta.file_type();
-        let entry = DataEntry {
-            path: rel.clone(),
-            kind: EntryKind::Dir,
-            mode: meta.mode() & 0o7777,
-            uid: 0,
-            gid: 0,
-            uname: Some("root".into()),
-            gname: Some("root".into()),
-            mtime,
-            size: 0,
-            sha1: None,
-            xattrs: vec![],
-        };
+        let entry = DataEntry::owned_by_root(&rel, EntryKind::Dir, meta.mode() & 0o7777, mtime);
         let unsupported = |what: &str| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {what} cannot go into a package", full.display()))
         };
