@@ -1,0 +1,322 @@
+//! The guest's file tree, in memory except for file contents, which are spilled to one
+//! temporary file (so a 200 MB userland does not mean 200 MB of RAM). Iteration is in
+//! sorted path order; every rule about two packages owning one path lives here.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use sha1::{Digest, Sha1};
+
+/// Where a file's bytes are in the content store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob {
+    offset: u64,
+    pub len: u64,
+    pub sha1: [u8; 20],
+}
+
+/// Append-only storage for file contents.
+pub struct ContentStore {
+    file: File,
+    end: u64,
+}
+
+impl ContentStore {
+    pub fn new() -> io::Result<Self> {
+        Ok(ContentStore { file: tempfile::tempfile()?, end: 0 })
+    }
+
+    /// Copies `reader` in; returns where it went and its SHA-1.
+    pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
+        self.file.seek(SeekFrom::Start(self.end))?;
+        let mut hasher = Sha1::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            self.file.write_all(&buf[..n])?;
+            len += n as u64;
+        }
+        let blob = Blob { offset: self.end, len, sha1: hasher.finalize().into() };
+        self.end += len;
+        Ok(blob)
+    }
+
+    pub fn add_bytes(&mut self, bytes: &[u8]) -> io::Result<Blob> {
+        self.add(&mut &bytes[..])
+    }
+
+    /// A reader over one blob (positioned reads; the store stays shareable).
+    pub fn open(&self, blob: Blob) -> BlobReader<'_> {
+        BlobReader { file: &self.file, pos: blob.offset, end: blob.offset + blob.len }
+    }
+
+    pub fn read_all(&self, blob: Blob) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(blob.len as usize);
+        self.open(blob).read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+pub struct BlobReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "content store truncated"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// What a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    File(Blob),
+    Dir,
+    Symlink(String),
+    /// A hardlink to another regular file's path (resolved when written out).
+    Hardlink(String),
+    CharDevice(u32, u32),
+    BlockDevice(u32, u32),
+    Fifo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// Permission bits (no type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// The package (or "overlay", "hyve") that put it there.
+    pub owner: String,
+}
+
+/// Two owners disagree about a path.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("{path}: both {first} and {second} install it with different contents; add `replaces` to one of them or remove one from the profile")]
+    Conflict { path: String, first: String, second: String },
+    #[error("{path}: {owner} installs a {new} where {existing_owner} installed a {existing}")]
+    TypeClash { path: String, owner: String, new: &'static str, existing_owner: String, existing: &'static str },
+    #[error("{path}: parent {parent} is a {kind}, not a directory")]
+    NotADirectory { path: String, parent: String, kind: &'static str },
+    #[error("{path}: hardlink target {target} is not a regular file in the tree")]
+    BadHardlink { path: String, target: String },
+}
+
+fn kind_name(k: &NodeKind) -> &'static str {
+    match k {
+        NodeKind::File(_) => "file",
+        NodeKind::Dir => "directory",
+        NodeKind::Symlink(_) => "symlink",
+        NodeKind::Hardlink(_) => "hardlink",
+        NodeKind::CharDevice(..) => "character device",
+        NodeKind::BlockDevice(..) => "block device",
+        NodeKind::Fifo => "fifo",
+    }
+}
+
+/// The tree: relative paths (no leading `/`) to nodes, sorted.
+#[derive(Default)]
+pub struct Tree {
+    nodes: BTreeMap<String, Node>,
+}
+
+/// How an insert treats an existing node owned by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Identical content is fine; anything else is a conflict (packages without `replaces`).
+    Never,
+    /// The newcomer wins (`replaces`, overlays, generated files).
+    Allowed,
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        Tree::default()
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.nodes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Node> {
+        self.nodes.remove(path)
+    }
+
+    /// Paths under `dir` (exclusive), sorted.
+    pub fn children_of<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+        let prefix = format!("{dir}/");
+        self.nodes.range(prefix.clone()..).take_while(move |(p, _)| p.starts_with(&prefix))
+    }
+
+    /// Creates missing parent directories (root-owned, 0755) for `path`.
+    fn ensure_parents(&mut self, path: &str, mtime: u64, owner: &str) -> Result<(), TreeError> {
+        let mut parent = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            match self.nodes.get(&parent) {
+                Some(Node { kind: NodeKind::Dir, .. }) => {}
+                Some(n) => {
+                    return Err(TreeError::NotADirectory {
+                        path: path.into(),
+                        parent: parent.clone(),
+                        kind: kind_name(&n.kind),
+                    })
+                }
+                None => {
+                    self.nodes.insert(
+                        parent.clone(),
+                        Node {
+                            kind: NodeKind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                            mtime,
+                            xattrs: vec![],
+                            owner: owner.into(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts `node` at `path` following apk's rules: directories merge (the first
+    /// metadata stays), identical files and links are shared, anything else needs
+    /// `Overwrite::Allowed`.
+    pub fn insert(&mut self, path: &str, node: Node, overwrite: Overwrite) -> Result<(), TreeError> {
+        self.ensure_parents(path, node.mtime, &node.owner)?;
+        if let Some(existing) = self.nodes.get(path) {
+            let same = match (&existing.kind, &node.kind) {
+                (NodeKind::Dir, NodeKind::Dir) => return Ok(()),
+                (NodeKind::File(a), NodeKind::File(b)) => a.sha1 == b.sha1 && a.len == b.len,
+                (a, b) => a == b,
+            };
+            if overwrite == Overwrite::Never && same {
+                return Ok(()); // shared: the first owner keeps it
+            }
+            if overwrite == Overwrite::Never {
+                if std::mem::discriminant(&existing.kind) != std::mem::discriminant(&node.kind) {
+                    return Err(TreeError::TypeClash {
+                        path: path.into(),
+                        owner: node.owner,
+                        new: kind_name(&node.kind),
+                        existing_owner: existing.owner.clone(),
+                        existing: kind_name(&existing.kind),
+                    });
+                }
+                return Err(TreeError::Conflict {
+                    path: path.into(),
+                    first: existing.owner.clone(),
+                    second: node.owner,
+                });
+            }
+            if existing.kind == NodeKind::Dir && node.kind != NodeKind::Dir {
+                // Replacing a directory drops what was under it.
+                let doomed: Vec<String> = self.children_of(path).map(|(p, _)| p.clone()).collect();
+                for p in doomed {
+                    self.nodes.remove(&p);
+                }
+            }
+        }
+        self.nodes.insert(path.to_string(), node);
+        Ok(())
+    }
+
+    /// Checks that every hardlink points at a regular file.
+    pub fn check_hardlinks(&self) -> Result<(), TreeError> {
+        for (path, node) in &self.nodes {
+            if let NodeKind::Hardlink(target) = &node.kind {
+                if !matches!(self.nodes.get(target).map(|n| &n.kind), Some(NodeKind::File(_))) {
+                    return Err(TreeError::BadHardlink { path: path.clone(), target: target.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(store: &mut ContentStore, content: &[u8], owner: &str) -> Node {
+        let blob = store.add_bytes(content).unwrap();
+        Node { kind: NodeKind::File(blob), mode: 0o644, uid: 0, gid: 0, mtime: 1, xattrs: vec![], owner: owner.into() }
+    }
+
+    #[test]
+    fn sorted_with_parents_and_content_round_trip() {
+        let mut store = ContentStore::new().unwrap();
+        let mut t = Tree::new();
+        t.insert("usr/bin/b", file(&mut store, b"bbb", "p"), Overwrite::Never).unwrap();
+        t.insert("etc/a", file(&mut store, b"aaaa", "p"), Overwrite::Never).unwrap();
+        let paths: Vec<&String> = t.iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, ["etc", "etc/a", "usr", "usr/bin", "usr/bin/b"]);
+        let NodeKind::File(blob) = t.get("usr/bin/b").unwrap().kind else { panic!() };
+        assert_eq!(store.read_all(blob).unwrap(), b"bbb");
+        assert_eq!(t.children_of("usr").count(), 2);
+    }
+
+    #[test]
+    fn ownership_rules() {
+        let mut store = ContentStore::new().unwrap();
+        let mut t = Tree::new();
+        t.insert("etc/x", file(&mut store, b"same", "a"), Overwrite::Never).unwrap();
+        t.insert("etc/x", file(&mut store, b"same", "b"), Overwrite::Never).unwrap();
+        let e = t.insert("etc/x", file(&mut store, b"other", "c"), Overwrite::Never).unwrap_err().to_string();
+        assert!(e.contains("etc/x") && e.contains("a and c") && e.contains("replaces"), "{e}");
+        t.insert("etc/x", file(&mut store, b"other", "c"), Overwrite::Allowed).unwrap();
+        let sym = Node {
+            kind: NodeKind::Symlink("y".into()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: vec![],
+            owner: "d".into(),
+        };
+        let e = t.insert("etc/x", sym, Overwrite::Never).unwrap_err().to_string();
+        assert!(e.contains("symlink") && e.contains("file"), "{e}");
+        let e = t.insert("etc/x/y", file(&mut store, b"z", "e"), Overwrite::Never).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+}
