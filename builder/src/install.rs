@@ -34,7 +34,7 @@ pub enum InstallError {
     #[error(transparent)]
     Apk(#[from] crate::apk::Error),
     #[error("installing {package}: {source}")]
-    Tree { package: String, source: TreeError },
+    Tree { package: String, source: Box<TreeError> },
     #[error("content store: {0}")]
     Store(#[from] std::io::Error),
     #[error("installing {package}: {detail}")]
@@ -43,12 +43,12 @@ pub enum InstallError {
 
 type Result<T> = std::result::Result<T, InstallError>;
 
-/// Installs `packages` in order into `tree`. Mtimes are clamped to `clamp`.
+/// Installs `packages` in order into `tree`; returns what was installed and warnings about
+/// script commands that were not reproduced. (Mtimes are clamped when the tree is written.)
 pub fn install(
     tree: &mut Tree,
     store: &mut ContentStore,
     packages: &[PackageFile],
-    clamp: u64,
 ) -> Result<(Vec<InstalledPackage>, Vec<String>)> {
     let mut installed = Vec::new();
     let mut warnings = Vec::new();
@@ -96,7 +96,7 @@ pub fn install(
                 mode: entry.mode,
                 uid,
                 gid,
-                mtime: entry.mtime.min(clamp),
+                mtime: entry.mtime,
                 xattrs: entry.xattrs.clone(),
                 owner: name.clone(),
             };
@@ -105,14 +105,15 @@ pub fn install(
                 _ => Overwrite::Never,
             };
             tree.insert(&entry.path, node, overwrite)
-                .map_err(|source| InstallError::Tree { package: name.clone(), source })?;
+                .map_err(|source| InstallError::Tree { package: name.clone(), source: Box::new(source) })?;
             files.push((entry.path.clone(), entry.kind.clone(), entry.sha1));
         }
         run_scripts(tree, store, &name, &scripts, &[".post-install", ".trigger"], &mut warnings)?;
         installed.push(InstalledPackage { info: control.info, q1: control.q1, files });
     }
-    tree.check_hardlinks().map_err(|source| InstallError::Tree { package: "(all)".into(), source })?;
-    busybox_links(tree, store, clamp, &mut warnings)?;
+    tree.check_hardlinks()
+        .map_err(|source| InstallError::Tree { package: "(all)".into(), source: Box::new(source) })?;
+    busybox_links(tree, store, &mut warnings)?;
     Ok((installed, warnings))
 }
 
@@ -136,21 +137,29 @@ fn owner_ids(tree: &Tree, store: &ContentStore, entry: &DataEntry) -> (u32, u32)
     (lookup("etc/passwd", &entry.uname, entry.uid), lookup("etc/group", &entry.gname, entry.gid))
 }
 
-fn read_text(tree: &Tree, store: &ContentStore, path: &str) -> Option<String> {
+pub(crate) fn read_text(tree: &Tree, store: &ContentStore, path: &str) -> Option<String> {
     match tree.get(path)?.kind {
         NodeKind::File(blob) => store.read_all(blob).ok().map(|b| String::from_utf8_lossy(&b).into_owned()),
         _ => None,
     }
 }
 
-fn write_text(tree: &mut Tree, store: &mut ContentStore, path: &str, text: &str, mode: u32, mtime: u64) -> Result<()> {
+pub(crate) fn write_text(
+    tree: &mut Tree,
+    store: &mut ContentStore,
+    path: &str,
+    text: &str,
+    mode: u32,
+    mtime: u64,
+) -> Result<()> {
     let blob = store.add_bytes(text.as_bytes())?;
     let (uid, gid, mode, mtime) = match tree.get(path) {
         Some(n) => (n.uid, n.gid, n.mode, n.mtime),
         None => (0, 0, mode, mtime),
     };
     let node = Node { kind: NodeKind::File(blob), mode, uid, gid, mtime, xattrs: vec![], owner: "hyve".into() };
-    tree.insert(path, node, Overwrite::Allowed).map_err(|source| InstallError::Tree { package: "hyve".into(), source })
+    tree.insert(path, node, Overwrite::Allowed)
+        .map_err(|source| InstallError::Tree { package: "hyve".into(), source: Box::new(source) })
 }
 
 /// Lines scripts commonly carry that need no reproduction.
@@ -293,7 +302,8 @@ fn add_user(tree: &mut Tree, store: &mut ContentStore, args: &[&str]) -> std::re
 /// busybox's post-install runs `busybox --install -s`, which links every applet to
 /// `/bin/busybox` unless something else is there; the paths are listed in
 /// `/etc/busybox-paths.d/busybox`.
-fn busybox_links(tree: &mut Tree, store: &ContentStore, mtime: u64, warnings: &mut Vec<String>) -> Result<()> {
+fn busybox_links(tree: &mut Tree, store: &ContentStore, warnings: &mut Vec<String>) -> Result<()> {
+    let mtime = tree.get("etc/busybox-paths.d/busybox").map_or(0, |n| n.mtime);
     let Some(list) = read_text(tree, store, "etc/busybox-paths.d/busybox") else {
         if tree.get("bin/busybox").is_some() {
             warnings.push("busybox: no /etc/busybox-paths.d/busybox, so no applet links were created".into());
@@ -315,7 +325,7 @@ fn busybox_links(tree: &mut Tree, store: &ContentStore, mtime: u64, warnings: &m
             owner: "busybox".into(),
         };
         tree.insert(path, node, Overwrite::Never)
-            .map_err(|source| InstallError::Tree { package: "busybox".into(), source })?;
+            .map_err(|source| InstallError::Tree { package: "busybox".into(), source: Box::new(source) })?;
     }
     Ok(())
 }
@@ -389,7 +399,7 @@ mod tests {
         )
         .unwrap();
         let mut warnings = Vec::new();
-        busybox_links(&mut tree, &store, 7, &mut warnings).unwrap();
+        busybox_links(&mut tree, &store, &mut warnings).unwrap();
         assert_eq!(tree.get("bin/sh").unwrap().kind, NodeKind::Symlink("/bin/busybox".into()));
         assert_eq!(tree.get("sbin/modprobe").unwrap().kind, NodeKind::Symlink("/bin/busybox".into()));
         assert!(matches!(tree.get("bin/ls").unwrap().kind, NodeKind::File(_)));

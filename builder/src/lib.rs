@@ -1,11 +1,15 @@
 //! hyve: reproducible boot2docker-style guest images from pinned, verified Alpine packages.
 
 pub mod apk;
+pub mod build;
 pub mod epoch;
 pub mod fetch;
 pub mod fsutil;
 pub mod install;
+pub mod kernel;
 pub mod lock;
+pub mod output;
+pub mod overlay;
 pub mod profile;
 pub mod resolve;
 pub mod session;

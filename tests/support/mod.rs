@@ -142,6 +142,14 @@ pub struct Pkg {
     pub depends: &'static str,
     pub provides: &'static str,
     pub files: Vec<(&'static str, Vec<u8>)>,
+    /// (path, mode) overrides for files.
+    pub modes: Vec<(&'static str, u32)>,
+    /// (path, target) symlinks and hardlinks.
+    pub symlinks: Vec<(&'static str, &'static str)>,
+    pub hardlinks: Vec<(&'static str, &'static str)>,
+    pub scripts: Vec<(&'static str, Vec<u8>)>,
+    /// (path, uid, gid, group name)
+    pub owners: Vec<(&'static str, u32, u32, &'static str)>,
 }
 
 impl Pkg {
@@ -155,6 +163,11 @@ impl Pkg {
                 Box::leak(format!("usr/share/{name}/README").into_boxed_str()),
                 format!("{name} {version}\n").into_bytes(),
             )],
+            modes: vec![],
+            symlinks: vec![],
+            hardlinks: vec![],
+            scripts: vec![],
+            owners: vec![],
         }
     }
     pub fn depends(mut self, d: &'static str) -> Pkg {
@@ -169,6 +182,26 @@ impl Pkg {
         self.files.push((path, content.to_vec()));
         self
     }
+    pub fn mode(mut self, path: &'static str, mode: u32) -> Pkg {
+        self.modes.push((path, mode));
+        self
+    }
+    pub fn symlink(mut self, path: &'static str, target: &'static str) -> Pkg {
+        self.symlinks.push((path, target));
+        self
+    }
+    pub fn hardlink(mut self, path: &'static str, target: &'static str) -> Pkg {
+        self.hardlinks.push((path, target));
+        self
+    }
+    pub fn script(mut self, name: &'static str, content: &[u8]) -> Pkg {
+        self.scripts.push((name, content.to_vec()));
+        self
+    }
+    pub fn owner(mut self, path: &'static str, uid: u32, gid: u32, group: &'static str) -> Pkg {
+        self.owners.push((path, uid, gid, group));
+        self
+    }
 }
 
 /// Builds the .apk bytes for `pkg`, letting `tamper` change entries before writing.
@@ -180,28 +213,62 @@ pub fn build_package(pkg: &Pkg, arch: &str, key: &SigningKey, tamper: impl Fn(&m
     info.depends = Dep::parse_list(pkg.depends).unwrap();
     info.provides = Dep::parse_list(pkg.provides).unwrap();
     let dir = |path: &str| DataEntry::owned_by_root(path, EntryKind::Dir, 0o755, 1_700_000_000);
-    let mut paths: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    for (path, content) in &pkg.files {
+    enum What {
+        Dir,
+        File(Vec<u8>),
+        Symlink(&'static str),
+        Hardlink(&'static str),
+    }
+    let mut paths: Vec<(String, What)> = Vec::new();
+    let links = pkg
+        .symlinks
+        .iter()
+        .map(|(p, t)| (*p, What::Symlink(t)))
+        .chain(pkg.hardlinks.iter().map(|(p, t)| (*p, What::Hardlink(t))));
+    for (path, what) in pkg.files.iter().map(|(p, c)| (*p, What::File(c.clone()))).chain(links) {
         let mut parent = String::new();
         for part in path.split('/').take(path.split('/').count() - 1) {
             parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
             if !paths.iter().any(|(p, _)| p == &parent) {
-                paths.push((parent.clone(), None));
+                paths.push((parent.clone(), What::Dir));
             }
         }
-        paths.push((path.to_string(), Some(content.clone())));
+        paths.push((path.to_string(), what));
     }
-    paths.sort();
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
     let mut entries: Vec<NewEntry> = paths
         .into_iter()
-        .map(|(p, c)| match c {
-            None => NewEntry::without_content(dir(&p)),
-            Some(content) => NewEntry::from_bytes(DataEntry { kind: EntryKind::File, mode: 0o644, ..dir(&p) }, content),
+        .map(|(p, w)| {
+            let mode = pkg.modes.iter().find(|(m, _)| *m == p).map(|(_, m)| *m);
+            let mut e = match w {
+                What::Dir => NewEntry::without_content(dir(&p)),
+                What::File(content) => NewEntry::from_bytes(
+                    DataEntry { kind: EntryKind::File, mode: mode.unwrap_or(0o644), ..dir(&p) },
+                    content,
+                ),
+                What::Symlink(t) => NewEntry::without_content(DataEntry {
+                    kind: EntryKind::Symlink { target: t.into() },
+                    mode: 0o777,
+                    ..dir(&p)
+                }),
+                What::Hardlink(t) => NewEntry::without_content(DataEntry {
+                    kind: EntryKind::Hardlink { target: t.into() },
+                    mode: mode.unwrap_or(0o644),
+                    ..dir(&p)
+                }),
+            };
+            if let Some((_, uid, gid, group)) = pkg.owners.iter().find(|(o, ..)| *o == p) {
+                e.entry.uid = *uid;
+                e.entry.gid = *gid;
+                e.entry.gname = Some(group.to_string());
+            }
+            e
         })
         .collect();
     tamper(&mut entries);
     let mut out = Vec::new();
-    write_package(&mut out, &mut info, &[], &entries, key, SigAlgo::RsaSha256).unwrap();
+    let scripts: Vec<(String, Vec<u8>)> = pkg.scripts.iter().map(|(n, c)| (n.to_string(), c.clone())).collect();
+    write_package(&mut out, &mut info, &scripts, &entries, key, SigAlgo::RsaSha256).unwrap();
     out
 }
 

@@ -14,7 +14,7 @@ use super::{KeyArgs, Outcome};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .apk package or an APKINDEX.tar.gz
+    /// An .apk package, an APKINDEX.tar.gz or an initrd.img
     file: PathBuf,
     #[command(flatten)]
     keys: KeyArgs,
@@ -26,6 +26,7 @@ pub struct Args {
 enum Kind {
     Package,
     Index,
+    Initramfs,
 }
 
 /// Looks past any `.SIGN.*` entries at the first real entry name.
@@ -36,6 +37,16 @@ fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
     if head[..n].starts_with(b"ADB") {
         // The library gives the precise "apk v3 is not supported" error.
         return Ok(if file.to_string_lossy().ends_with(".apk") { Kind::Package } else { Kind::Index });
+    }
+    if hyve::output::compress::decompressor(BufReader::new(std::fs::File::open(file)?))
+        .and_then(|mut r| {
+            let mut magic = [0u8; 6];
+            r.read_exact(&mut magic)?;
+            Ok(&magic == b"070701")
+        })
+        .unwrap_or(false)
+    {
+        return Ok(Kind::Initramfs);
     }
     let f = std::fs::File::open(file)?;
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(f)));
@@ -63,6 +74,7 @@ pub fn run(args: Args) -> Outcome {
     match sniff(&args.file)? {
         Kind::Package => inspect_package(&args, &keyring),
         Kind::Index => inspect_index(&args, &keyring),
+        Kind::Initramfs => inspect_initramfs(&args),
     }
 }
 
@@ -217,4 +229,34 @@ fn inspect_index(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
         }
     }
     Ok(ok)
+}
+
+fn inspect_initramfs(args: &Args) -> Outcome {
+    let origin = args.file.display().to_string();
+    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {origin}"))?;
+    let reader = hyve::output::compress::decompressor(BufReader::new(file)).with_context(|| origin.clone())?;
+    let entries = hyve::output::cpio::read_entries(BufReader::new(reader))
+        .with_context(|| format!("{origin}: reading the newc archive"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"file": origin, "type": "initramfs", "count": entries.len(), "entries": entries})
+            )?
+        );
+    } else {
+        println!("file:    {origin}");
+        println!("type:    initramfs (newc cpio)");
+        println!("entries: {}", entries.len());
+        for e in &entries {
+            let link = e.link.as_ref().map(|l| format!(" -> {l}")).unwrap_or_default();
+            let dev = if e.rdev_major != 0 || e.rdev_minor != 0 {
+                format!(" ({},{})", e.rdev_major, e.rdev_minor)
+            } else {
+                String::new()
+            };
+            println!("  {:06o} {:>5}:{:<5} {:>3} {:>10} {}{link}{dev}", e.mode, e.uid, e.gid, e.nlink, e.size, e.name);
+        }
+    }
+    Ok(true)
 }

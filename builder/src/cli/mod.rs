@@ -1,6 +1,7 @@
 //! Command-line parsing and presentation: clap commands, human or `--json` output, and
 //! the exit code. Work happens in the library.
 
+mod build;
 mod inspect;
 mod packages;
 mod pkg;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build the guest: kernel, initrd.img, cmdline, manifest.json, SHA256SUMS in out/<profile>-<arch>
+    Build(build::BuildArgs),
     /// Resolve a profile against the signed indexes and print the package set (no downloads)
     Plan(packages::PlanArgs),
     /// Resolve, download, verify and pin every package in the profile's lock file
@@ -34,7 +37,7 @@ enum Command {
     Fetch(packages::FetchArgs),
     /// Write a signed local repository holding exactly the locked packages
     Vendor(packages::VendorArgs),
-    /// Show what is inside an .apk or APKINDEX.tar.gz and check every signature and hash
+    /// Show what is inside an .apk, APKINDEX.tar.gz or initrd.img and check every signature and hash
     Inspect(inspect::Args),
     /// Local packages
     #[command(subcommand)]
@@ -70,6 +73,7 @@ type Outcome = anyhow::Result<bool>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
+        Command::Build(args) => build::run(args),
         Command::Plan(args) => packages::plan(args),
         Command::Lock(args) => packages::lock(args),
         Command::Fetch(args) => packages::fetch(args),
@@ -82,10 +86,24 @@ pub fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: library errors already name their cause in their
+/// message, so a cause whose text is already there is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
 }
 
 /// The build date for things hyve writes: `--build-date`, else `SOURCE_DATE_EPOCH`, else 0

@@ -1,0 +1,265 @@
+//! `hyve build`: lock → verified packages → tree → kernel + initramfs + cmdline + manifest,
+//! written into a temporary directory beside the output and renamed into place, so a failed
+//! build leaves the previous output untouched and nothing half-written.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::apk::Arch;
+use crate::install::{install, installed_db, PackageFile};
+use crate::kernel;
+use crate::output::compress::Compressor;
+use crate::output::cpio;
+use crate::overlay::{self, Generated};
+use crate::session::{LockPolicy, Session};
+use crate::tree::{ContentStore, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Session(#[from] crate::session::Error),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    #[error(transparent)]
+    Epoch(#[from] crate::epoch::BadEpoch),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the lock for {arch} has no {package}, the profile's kernel package")]
+    NoKernelPackage { arch: Arch, package: String },
+}
+
+type Result<T> = std::result::Result<T, BuildError>;
+
+fn io_err(p: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: p.display().to_string(), source }
+}
+
+/// One written artifact.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Artifact {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildResult {
+    pub dir: PathBuf,
+    pub arch: Arch,
+    pub source_date_epoch: u64,
+    pub packages: usize,
+    pub entries: u64,
+    pub outputs: Vec<Artifact>,
+    pub warnings: Vec<String>,
+}
+
+/// The kernel command line: the console(s) for the arch first (the last `console=` becomes
+/// `/dev/console`), then the profile's.
+pub fn cmdline(arch: Arch, profile_cmdline: &str) -> String {
+    let console = match arch {
+        Arch::X86_64 => "console=hvc0 console=ttyS0",
+        Arch::Aarch64 => "console=hvc0 console=ttyAMA0",
+    };
+    format!("{console} {}", profile_cmdline.trim()).trim().to_string()
+}
+
+/// Streams bytes to a file while hashing them.
+struct HashingFile {
+    file: std::fs::File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Result<Artifact> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(io_err(&path))?;
+    Ok(Artifact { name: name.into(), sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })
+}
+
+/// Builds `arch` of the session's profile into `out` (default `out/<profile>-<arch>`).
+pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, workers: u32) -> Result<BuildResult> {
+    let profile = &session.profile;
+    let (section, _) = session.ensure_lock(arch, policy)?;
+    let cached = session.fetch_locked(arch, &section)?;
+    let files: Vec<PackageFile> = section
+        .packages
+        .iter()
+        .zip(&cached)
+        .map(|(l, c)| PackageFile { path: c.path.clone(), q1: c.q1, installed_size: l.installed_size })
+        .collect();
+
+    let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
+    let mut tree = Tree::new();
+    let (installed, mut warnings) = install(&mut tree, &mut store, &files)?;
+    let epoch = match crate::epoch::source_date_epoch()? {
+        Some(e) => e,
+        None => installed.iter().map(|p| p.info.build_date).max().unwrap_or(0),
+    };
+    let kernel_pkg = installed
+        .iter()
+        .find(|p| p.info.name == profile.kernel_package)
+        .ok_or_else(|| BuildError::NoKernelPackage { arch, package: profile.kernel_package.clone() })?;
+    let kernel = kernel::prepare(&mut tree, &mut store, arch, &profile.kernel_package, &profile.kernel_modules)?;
+    for m in &kernel.builtin {
+        warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
+    }
+    for dir in &profile.overlays {
+        overlay::apply_dir(&mut tree, &mut store, dir, epoch)?;
+    }
+    let cmdline = cmdline(arch, &profile.cmdline);
+    let packages: Vec<_> = section
+        .packages
+        .iter()
+        .zip(&installed)
+        .map(|(l, i)| {
+            json!({
+                "name": l.name, "version": l.version, "repository": l.repository, "sha256": l.sha256,
+                "checksum": l.checksum, "origin": i.info.origin, "license": i.info.license,
+            })
+        })
+        .collect();
+    let guest_manifest = json!({
+        "hyve_version": env!("CARGO_PKG_VERSION"),
+        "profile": profile.name,
+        "arch": arch,
+        "branch": section.branch,
+        "lock_inputs_hash": section.inputs_hash,
+        "source_date_epoch": epoch,
+        "kernel": {"package": kernel_pkg.info.name, "version": kernel_pkg.info.version, "release": kernel.release, "modules": kernel.modules},
+        "cmdline": cmdline,
+        "packages": packages,
+    });
+    let os_release = format!(
+        "NAME=\"hyve\"\nID=hyve\nID_LIKE=alpine\nVERSION_ID={branch}\nVARIANT_ID={name}\nPRETTY_NAME=\"hyve {name} (Alpine {branch})\"\nHOME_URL=\"https://github.com/hyve\"\nBUILD_ID={epoch}\n",
+        branch = section.branch.trim_start_matches('v'),
+        name = profile.name,
+    );
+    let generated = [
+        ("dev", Generated::Dir, 0o755),
+        ("dev/console", Generated::CharDevice(5, 1), 0o600),
+        ("proc", Generated::Dir, 0o555),
+        ("sys", Generated::Dir, 0o555),
+        ("run", Generated::Dir, 0o755),
+        ("tmp", Generated::Dir, 0o1777),
+        ("root", Generated::Dir, 0o700),
+        ("etc/hostname", Generated::Text(format!("{}\n", profile.hostname)), 0o644),
+        ("etc/os-release", Generated::Text(os_release), 0o644),
+        (
+            "etc/hyve/manifest.json",
+            Generated::Text(serde_json::to_string_pretty(&guest_manifest).expect("json") + "\n"),
+            0o644,
+        ),
+        ("lib/apk/db/installed", Generated::Text(installed_db(&installed)), 0o644),
+        ("etc/apk/world", Generated::Text(profile.world().join("\n") + "\n"), 0o644),
+    ];
+    for (path, g, mode) in generated {
+        overlay::put(&mut tree, &mut store, path, g, mode, epoch)?;
+    }
+
+    // Write everything beside the target, then swap it in.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.tmp-")).tempdir_in(parent).map_err(io_err(parent))?;
+    let mut outputs = vec![write_artifact(tmp.path(), "kernel", &kernel.image)?];
+    let initrd_path = tmp.path().join("initrd.img");
+    let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
+    let hashing = HashingFile { file, hasher: Sha256::new(), len: 0 };
+    let mut compressor =
+        Compressor::new(profile.compression, std::io::BufWriter::with_capacity(1 << 20, hashing), workers)
+            .map_err(io_err(&initrd_path))?;
+    let entries = cpio::write_tree(&tree, &store, epoch, &mut compressor).map_err(io_err(&initrd_path))?;
+    let hashing =
+        compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
+    hashing.file.sync_all().map_err(io_err(&initrd_path))?;
+    outputs.push(Artifact {
+        name: "initrd.img".into(),
+        sha256: hex::encode(hashing.hasher.finalize()),
+        size: hashing.len,
+    });
+    outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
+    let manifest = json!({
+        "hyve_version": env!("CARGO_PKG_VERSION"),
+        "profile": profile.name,
+        "arch": arch,
+        "branch": section.branch,
+        "lock_inputs_hash": section.inputs_hash,
+        "source_date_epoch": epoch,
+        "kernel": guest_manifest["kernel"],
+        "cmdline": cmdline,
+        "packages": guest_manifest["packages"],
+        "outputs": outputs.iter().map(|a| (a.name.clone(), json!({"sha256": a.sha256, "size": a.size}))).collect::<serde_json::Map<_, _>>(),
+    });
+    outputs.push(write_artifact(
+        tmp.path(),
+        "manifest.json",
+        (serde_json::to_string_pretty(&manifest).expect("json") + "\n").as_bytes(),
+    )?);
+    let mut sums: Vec<&Artifact> = outputs.iter().collect();
+    sums.sort_by(|a, b| a.name.cmp(&b.name));
+    let sums_text: String = sums.iter().map(|a| format!("{}  {}\n", a.sha256, a.name)).collect();
+    std::fs::write(tmp.path().join("SHA256SUMS"), sums_text).map_err(io_err(tmp.path()))?;
+    for entry in std::fs::read_dir(tmp.path()).map_err(io_err(tmp.path()))? {
+        let p = entry.map_err(io_err(tmp.path()))?.path();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(&p))?;
+    }
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io_err(tmp.path()))?;
+    let staged = tmp.keep();
+    replace_dir(&staged, out)?;
+    Ok(BuildResult {
+        dir: out.to_path_buf(),
+        arch,
+        source_date_epoch: epoch,
+        packages: installed.len(),
+        entries,
+        outputs,
+        warnings,
+    })
+}
+
+/// Moves `staged` to `out`, replacing an existing `out` (the old one is renamed aside first,
+/// then removed), so at every moment `out` is either the old or the new build.
+fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let old = tempfile::Builder::new().prefix(".old-").tempdir_in(parent).map_err(io_err(parent))?.keep();
+        std::fs::remove_dir(&old).map_err(io_err(&old))?;
+        std::fs::rename(out, &old).map_err(io_err(out))?;
+        std::fs::rename(staged, out).map_err(io_err(out))?;
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    } else {
+        std::fs::rename(staged, out).map_err(io_err(out))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_per_arch() {
+        assert_eq!(cmdline(Arch::X86_64, "panic=-1 quiet"), "console=hvc0 console=ttyS0 panic=-1 quiet");
+        assert_eq!(cmdline(Arch::Aarch64, ""), "console=hvc0 console=ttyAMA0");
+    }
+}

@@ -1,0 +1,4 @@
+//! Writers for the build's artifacts.
+
+pub mod compress;
+pub mod cpio;
