@@ -126,6 +126,15 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         overlay::apply_dir(&mut tree, &mut store, dir, epoch)?;
     }
     let cmdline = cmdline(arch, &profile.cmdline);
+    // What init modprobes: the profile's modules that are not built in (modprobe follows
+    // modules.dep for the rest).
+    let modules_to_load: String = profile
+        .kernel_modules
+        .iter()
+        .map(|m| m.replace('-', "_"))
+        .filter(|m| kernel.modules.contains(m))
+        .map(|m| m + "\n")
+        .collect();
     let packages: Vec<_> = section
         .packages
         .iter()
@@ -170,6 +179,7 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         ),
         ("lib/apk/db/installed", Generated::Text(installed_db(&installed)), 0o644),
         ("etc/apk/world", Generated::Text(profile.world().join("\n") + "\n"), 0o644),
+        ("etc/hyve/modules", Generated::Text(modules_to_load), 0o644),
     ];
     for (path, g, mode) in generated {
         overlay::put(&mut tree, &mut store, path, g, mode, epoch)?;

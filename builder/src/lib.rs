@@ -14,3 +14,4 @@ pub mod profile;
 pub mod resolve;
 pub mod session;
 pub mod tree;
+pub mod vmm;

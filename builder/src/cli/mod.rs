@@ -7,6 +7,7 @@ mod packages;
 mod pkg;
 mod progress;
 mod repo;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Build the guest: kernel, initrd.img, cmdline, manifest.json, SHA256SUMS in out/<profile>-<arch>
     Build(build::BuildArgs),
+    /// Boot an output directory in QEMU (console on stdout), or print the command for vfkit, hyperkit, xhyve
+    Run(run::RunArgs),
     /// Resolve a profile against the signed indexes and print the package set (no downloads)
     Plan(packages::PlanArgs),
     /// Resolve, download, verify and pin every package in the profile's lock file
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
         Command::Build(args) => build::run(args),
+        Command::Run(args) => run::run(args),
         Command::Plan(args) => packages::plan(args),
         Command::Lock(args) => packages::lock(args),
         Command::Fetch(args) => packages::fetch(args),

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# TEST FIXTURE — builds an Alpine-layout mirror out of Debian's binaries, for hyve's boot
+# tests and `make demo` on machines that cannot reach Alpine's mirrors. Nothing built here
+# is Alpine; see tests/mirror/README.md for the package mapping.
+#
+#   tests/mirror/build.sh ARCH OUT HYVE
+#     ARCH  x86_64 | aarch64
+#     OUT   mirror root (target/test-mirror); writes OUT/v3.24/main/ARCH/
+#     HYVE  the hyve binary (its own `pkg create` / `repo index` do the packing)
+set -euo pipefail
+
+arch=$1
+out=$(mkdir -p "$2" && cd "$2" && pwd)
+hyve=$(cd "$(dirname "$3")" && pwd)/$(basename "$3")
+here=$(cd "$(dirname "$0")" && pwd)
+key="$here/../keys/hyve-test-mirror.rsa"
+branch=v3.24
+repo="$out/$branch/main/$arch"
+work="$out/.work/$arch"
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+
+case $arch in
+	x86_64) deb_arch=amd64 triplet=x86_64-linux-gnu loader=lib64/ld-linux-x86-64.so.2 ;;
+	aarch64) deb_arch=arm64 triplet=aarch64-linux-gnu loader=lib/ld-linux-aarch64.so.1 ;;
+	*) echo "unknown arch $arch (x86_64 or aarch64)" >&2; exit 2 ;;
+esac
+
+if [ "$deb_arch" != "$(dpkg --print-architecture)" ] && ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
+	echo "test mirror: Debian's $deb_arch packages need 'dpkg --add-architecture $deb_arch && apt-get update' (as root)" >&2
+	exit 1
+fi
+
+kernel_deb=$(apt-cache depends "linux-image-cloud-$deb_arch:$deb_arch" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+kernel_deb=${kernel_deb%%:*}
+if [ -z "$kernel_deb" ]; then
+	echo "test mirror: apt-cache knows no linux-image-cloud-$deb_arch; run apt-get update" >&2
+	exit 1
+fi
+
+rm -rf "$work" "$repo"
+mkdir -p "$work/debs" "$repo"
+debs=("$kernel_deb" busybox-static libc6)
+(cd "$work/debs" && apt-get download -q "${debs[@]/%/:$deb_arch}" >/dev/null 2>"$work/apt.log") || {
+	cat "$work/apt.log" >&2
+	exit 1
+}
+# The applet list comes from running busybox, so it is taken from the host's own build of
+# the same Debian version (identical configuration on every arch).
+if [ "$deb_arch" != "$(dpkg --print-architecture)" ]; then
+	(cd "$work/debs" && mkdir -p host && cd host && apt-get download -q busybox-static >/dev/null 2>>"$work/apt.log")
+fi
+
+extract() { # deb-name-prefix dir
+	mkdir -p "$2"
+	dpkg-deb -x "$(ls "$work/debs/$1"_*.deb | head -n1)" "$2"
+}
+
+# Debian version -> Alpine version: drop the epoch, keep upstream, -r<leading digits of the revision>.
+alpine_version() {
+	local v=${1#*:} up rev
+	up=${v%-*}
+	rev=${v##*-}
+	[ "$up" = "$v" ] && rev=0
+	rev=$(printf '%s' "$rev" | sed 's/[^0-9].*//')
+	up=$(printf '%s' "$up" | sed 's/[+~].*//')
+	echo "$up-r${rev:-0}"
+}
+deb_version() { dpkg-deb -f "$(ls "$work/debs/$1"_*.deb | head -n1)" Version; }
+
+pack() { # name version dir [extra pkg create args...]
+	local name=$1 version=$2 dir=$3
+	shift 3
+	"$hyve" pkg create "$dir" --name "$name" --version "$version" --arch "$arch" \
+		--description "TEST FIXTURE: $name repackaged from Debian by tests/mirror/build.sh" \
+		--license "various (Debian)" --url "https://www.debian.org" \
+		--sign "$key" -o "$repo/$name-$version.apk" "$@" 2>>"$work/pack.log"
+}
+
+# linux-virt: Debian's cloud kernel, at Alpine's path; every module, no modules.dep (hyve
+# computes dependencies from .modinfo).
+kdir="$work/linux-virt"
+extract "$kernel_deb" "$work/kernel-deb"
+krel=$(ls "$work/kernel-deb/lib/modules")
+mkdir -p "$kdir/boot" "$kdir/lib"
+cp "$work/kernel-deb/boot/vmlinuz-$krel" "$kdir/boot/vmlinuz-virt"
+cp "$work/kernel-deb/boot/config-$krel" "$kdir/boot/config-virt"
+cp -a "$work/kernel-deb/lib/modules" "$kdir/lib/"
+pack linux-virt "$(alpine_version "$(deb_version "$kernel_deb")")" "$kdir"
+
+# busybox: the static binary and the list of applet paths its post-install would link.
+bdir="$work/busybox"
+extract busybox-static "$work/busybox-deb"
+mkdir -p "$bdir/bin" "$bdir/etc/busybox-paths.d"
+cp "$work/busybox-deb/bin/busybox" "$bdir/bin/busybox"
+if [ -d "$work/debs/host" ]; then
+	dpkg-deb -x "$(ls "$work/debs/host"/busybox-static_*.deb)" "$work/busybox-host"
+	runner="$work/busybox-host/bin/busybox"
+else
+	runner="$bdir/bin/busybox"
+fi
+"$runner" --list-full | sed 's|^|/|' | grep -v '^/bin/sh$' | LC_ALL=C sort >"$bdir/etc/busybox-paths.d/busybox"
+printf '#!/bin/sh\n/bin/busybox --install -s\n' >"$work/busybox.post-install"
+bb_version=$(alpine_version "$(deb_version busybox-static)")
+pack busybox "$bb_version" "$bdir" --provides "cmd:busybox=$bb_version" --post-install "$work/busybox.post-install"
+
+# busybox-binsh: /bin/sh.
+shdir="$work/busybox-binsh"
+mkdir -p "$shdir/bin"
+ln -sf /bin/busybox "$shdir/bin/sh"
+pack busybox-binsh "$bb_version" "$shdir" --depends "busybox" --provides "/bin/sh cmd:sh=$bb_version"
+
+# musl: the C library Debian's dynamic binaries need (glibc and its loader).
+mdir="$work/musl"
+extract libc6 "$work/libc6-deb"
+mkdir -p "$mdir/lib/$triplet" "$mdir/$(dirname "$loader")"
+cp -a "$work/libc6-deb/lib/$triplet/." "$mdir/lib/$triplet/" 2>/dev/null || cp -a "$work/libc6-deb/usr/lib/$triplet/." "$mdir/lib/$triplet/"
+[ -e "$mdir/$loader" ] || ln -sf "/lib/$triplet/$(basename "$loader")" "$mdir/$loader"
+pack musl "$(alpine_version "$(deb_version libc6)")" "$mdir" --provides "so:libc.musl-$arch.so.1=1"
+
+# alpine-baselayout-data: the /etc files Alpine's base layout ships.
+ldir="$work/alpine-baselayout-data"
+mkdir -p "$ldir/etc"
+cp -a "$here/baselayout/." "$ldir/etc/"
+chmod 640 "$ldir/etc/shadow"
+pack alpine-baselayout-data 3.6.8-r1 "$ldir"
+
+"$hyve" repo index "$repo" --sign "$key" --description "hyve TEST FIXTURE mirror from Debian ($arch)" 2>>"$work/pack.log"
+rm -rf "$work"
+echo "test mirror: $repo ($(ls "$repo" | wc -l) files)"
