@@ -2,18 +2,23 @@
 
 CARGO ?= cargo
 HYVE  := target/release/hyve
+# The test mirror is packed with the debug build the tests use anyway.
+HYVE_DEV := target/debug/hyve
+MIRROR   := target/test-mirror
+MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(wildcard tests/keys/*) $(wildcard builder/src/apk/*.rs)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := index_parser package_reader version_parser
 
-.PHONY: all build test lint unit image fuzz clean
+.PHONY: all build test lint unit image mirror demo fuzz clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
-# The test command the README promises: lints, unit and integration tests.
-test: lint unit
+# The test command the README promises: lints, unit, integration and boot tests (the boot
+# tests need the test mirror and QEMU; HYVE_REQUIRE_BOOT_TESTS=1 makes a skip a failure).
+test: lint mirror unit
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -26,6 +31,21 @@ unit:
 # (HYVE_MIRROR overrides it) into out/minimal-<arch>/.
 image: build
 	$(HYVE) build --profile minimal
+
+# TEST FIXTURE: an Alpine-layout mirror of Debian's binaries (see tests/mirror/README.md).
+mirror: $(MIRROR)/.stamp
+
+$(MIRROR)/.stamp: $(MIRROR_INPUTS)
+	$(CARGO) build --locked
+	tests/mirror/build.sh x86_64 $(MIRROR) $(HYVE_DEV)
+	tests/mirror/build.sh aarch64 $(MIRROR) $(HYVE_DEV)
+	touch $@
+
+# Offline demo: the test mirror -> `hyve build --profile base` -> boot it in QEMU.
+demo: mirror build
+	$(HYVE) build --profile base --mirror file://$(CURDIR)/$(MIRROR) --key tests/keys/hyve-test-mirror.rsa.pub \
+		--lockfile target/demo/base.lock --cache-dir target/demo/cache --out target/demo/base
+	$(HYVE) run target/demo/base --append hyve.poweroff --timeout 300
 
 # Each fuzz target for FUZZ_SECONDS seconds (needs cargo-fuzz; stable Rust via
 # RUSTC_BOOTSTRAP), seeded with the real Alpine files. Findings land in
