@@ -41,11 +41,12 @@ $(MIRROR)/.stamp: $(MIRROR_INPUTS)
 	tests/mirror/build.sh aarch64 $(MIRROR) $(HYVE_DEV)
 	touch $@
 
-# Offline demo: the test mirror -> `hyve build --profile base` -> boot it in QEMU.
+# Offline demo: the test mirror (Debian's binaries, a TEST FIXTURE) -> `hyve build --profile
+# minimal` against it -> boot it in QEMU until it powers off. Its lock stays in target/demo.
 demo: mirror build
-	$(HYVE) build --profile base --mirror file://$(CURDIR)/$(MIRROR) --key tests/keys/hyve-test-mirror.rsa.pub \
-		--lockfile target/demo/base.lock --cache-dir target/demo/cache --out target/demo/base
-	$(HYVE) run target/demo/base --append hyve.poweroff --timeout 300
+	$(HYVE) build --profile minimal --mirror file://$(CURDIR)/$(MIRROR) --key tests/keys/hyve-test-mirror.rsa.pub \
+		--lockfile target/demo/minimal.lock --cache-dir target/demo/cache --out target/demo/minimal
+	$(HYVE) run target/demo/minimal --append hyve.poweroff --timeout 600
 
 # Each fuzz target for FUZZ_SECONDS seconds (needs cargo-fuzz; stable Rust via
 # RUSTC_BOOTSTRAP), seeded with the real Alpine files. Findings land in

@@ -194,9 +194,13 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
     let initrd_path = tmp.path().join("initrd.img");
     let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
     let hashing = HashingFile { file, hasher: Sha256::new(), len: 0 };
-    let mut compressor =
-        Compressor::new(profile.compression, std::io::BufWriter::with_capacity(1 << 20, hashing), workers)
-            .map_err(io_err(&initrd_path))?;
+    let mut compressor = Compressor::new(
+        profile.compression,
+        profile.level,
+        std::io::BufWriter::with_capacity(1 << 20, hashing),
+        workers,
+    )
+    .map_err(io_err(&initrd_path))?;
     let entries = cpio::write_tree(&tree, &store, epoch, &mut compressor).map_err(io_err(&initrd_path))?;
     let hashing =
         compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;

@@ -45,6 +45,7 @@ struct RawKernel {
 struct RawOutput {
     formats: Option<Vec<OutputFormat>>,
     compression: Option<Compression>,
+    level: Option<u32>,
     disk_size_mib: Option<u64>,
 }
 
@@ -87,6 +88,8 @@ pub struct Profile {
     pub hostname: String,
     pub formats: Vec<OutputFormat>,
     pub compression: Compression,
+    /// Compression level (gzip 1-9, zstd 1-22, xz 0-9); `None` = the codec's default here.
+    pub level: Option<u32>,
     pub disk_size_mib: u64,
 }
 
@@ -137,6 +140,7 @@ impl RawProfile {
             (Some(p), Some(c)) => Some(RawOutput {
                 formats: c.formats.or(p.formats),
                 compression: c.compression.or(p.compression),
+                level: if c.compression.is_some() { c.level } else { c.level.or(p.level) },
                 disk_size_mib: c.disk_size_mib.or(p.disk_size_mib),
             }),
             (p, c) => c.or(p),
@@ -278,6 +282,18 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     }
     let output = raw.output.unwrap_or_default();
     let disk_size_mib = output.disk_size_mib.unwrap_or(256);
+    if let Some(level) = output.level {
+        let max = match output.compression.unwrap_or_default() {
+            Compression::Gzip | Compression::Xz => 9,
+            Compression::Zstd => 22,
+        };
+        if level > max || (level == 0 && output.compression != Some(Compression::Xz)) {
+            return Err(invalid(
+                "output.level",
+                format!("{level} is out of range for {:?} (1..={max})", output.compression.unwrap_or_default()),
+            ));
+        }
+    }
     if disk_size_mib < 64 {
         return Err(invalid(
             "output.disk_size_mib",
@@ -299,6 +315,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         hostname,
         formats: output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd, OutputFormat::Disk]),
         compression: output.compression.unwrap_or_default(),
+        level: output.level,
         disk_size_mib,
     })
 }

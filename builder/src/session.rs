@@ -34,6 +34,9 @@ pub enum Error {
     /// `--locked` and the profile changed since locking.
     #[error("{path} is stale for {arch}: it was resolved from other profile inputs (locked {locked:.12}, profile now {current:.12}); run `hyve lock --profile {profile}` to update it")]
     LockStale { path: String, arch: Arch, profile: String, locked: String, current: String },
+    /// The mirror has no such repository.
+    #[error("{url}: the mirror has no {repo} repository for {arch} on branch {branch} (HTTP 404); check --mirror, --branch and the profile's repositories")]
+    NoRepository { url: String, repo: String, arch: Arch, branch: String },
     /// A lock entry is unusable.
     #[error("{path}: {detail}; regenerate it with `hyve lock --update`")]
     BadLockEntry { path: String, detail: String },
@@ -111,7 +114,7 @@ impl<'r> Session<'r> {
                     if self.fetcher.index(&adb, true).is_ok() {
                         return Err(crate::apk::Error::V3Unsupported { origin: adb, what: "repository" }.into());
                     }
-                    return Err(FetchError::NotFound { url }.into());
+                    return Err(Error::NoRepository { url, repo: name.clone(), arch, branch: self.branch.clone() });
                 }
                 Err(e) => return Err(e.into()),
             };

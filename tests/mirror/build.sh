@@ -16,6 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 key="$here/../keys/hyve-test-mirror.rsa"
 branch=v3.24
 repo="$out/$branch/main/$arch"
+community="$out/$branch/community/$arch"
 work="$out/.work/$arch"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
@@ -37,9 +38,33 @@ if [ -z "$kernel_deb" ]; then
 	exit 1
 fi
 
-rm -rf "$work" "$repo"
-mkdir -p "$work/debs" "$repo"
-debs=("$kernel_deb" busybox-static libc6)
+# The docker host's packages: each Alpine name gets its Debian packages plus every shared
+# library package they need (apt's closure), minus glibc itself (that is `musl`).
+declare -A host_pkgs=(
+	[docker-engine]="docker.io tini"
+	[containerd]="containerd"
+	[runc]="runc"
+	[iptables]="iptables"
+	[e2fsprogs]="e2fsprogs logsave"
+	[openssl]="openssl"
+	[socat]="socat"
+	[ca-certificates]="ca-certificates"
+)
+lib_closure() {
+	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
+		"${@/%/:$deb_arch}" 2>/dev/null | awk '/^[a-z]/{print $1}' | sed 's/:.*//' |
+		grep -E '^lib' | grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' | LC_ALL=C sort -u
+}
+declare -A host_libs=()
+all_debs=()
+for name in "${!host_pkgs[@]}"; do
+	host_libs[$name]=$(lib_closure ${host_pkgs[$name]} | tr '\n' ' ')
+	all_debs+=(${host_pkgs[$name]} ${host_libs[$name]})
+done
+
+rm -rf "$work" "$repo" "$community"
+mkdir -p "$work/debs" "$repo" "$community"
+mapfile -t debs < <(printf '%s\n' "$kernel_deb" busybox-static libc6 "${all_debs[@]}" | LC_ALL=C sort -u)
 (cd "$work/debs" && apt-get download -q "${debs[@]/%/:$deb_arch}" >/dev/null 2>"$work/apt.log") || {
 	cat "$work/apt.log" >&2
 	exit 1
@@ -68,12 +93,14 @@ alpine_version() {
 deb_version() { dpkg-deb -f "$(ls "$work/debs/$1"_*.deb | head -n1)" Version; }
 
 pack() { # name version dir [extra pkg create args...]
-	local name=$1 version=$2 dir=$3
+	local name=$1 version=$2 dir=$3 dest=$repo
 	shift 3
+	# Where Alpine keeps them: the docker engine in community, the rest in main.
+	case $name in docker-engine | containerd | runc) dest=$community ;; esac
 	"$hyve" pkg create "$dir" --name "$name" --version "$version" --arch "$arch" \
 		--description "TEST FIXTURE: $name repackaged from Debian by tests/mirror/build.sh" \
 		--license "various (Debian)" --url "https://www.debian.org" \
-		--sign "$key" -o "$repo/$name-$version.apk" "$@" 2>>"$work/pack.log"
+		--sign "$key" -o "$dest/$name-$version.apk" "$@" 2>>"$work/pack.log"
 }
 
 # linux-virt: Debian's cloud kernel, at Alpine's path; every module, no modules.dep (hyve
@@ -124,6 +151,30 @@ cp -a "$here/baselayout/." "$ldir/etc/"
 chmod 640 "$ldir/etc/shadow"
 pack alpine-baselayout-data 3.6.8-r1 "$ldir"
 
-"$hyve" repo index "$repo" --sign "$key" --description "hyve TEST FIXTURE mirror from Debian ($arch)" 2>>"$work/pack.log"
+# The docker host: Debian's binaries and their libraries under Alpine's names.
+for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
+	dir="$work/$name"
+	for deb in ${host_pkgs[$name]} ${host_libs[$name]}; do
+		extract "$deb" "$dir"
+	done
+	rm -rf "$dir/usr/share/doc" "$dir/usr/share/man" "$dir/usr/share/lintian" "$dir/usr/share/bug" \
+		"$dir/etc/init.d" "$dir/etc/default" "$dir/lib/systemd" "$dir/usr/lib/systemd" "$dir/etc/logrotate.d"
+	first=${host_pkgs[$name]%% *}
+	extra=()
+	case $name in
+		docker-engine) extra=(--depends "containerd runc iptables") ;;
+		containerd) extra=(--depends "runc") ;;
+		ca-certificates)
+			# Debian assembles the bundle in its postinst; do it here.
+			mkdir -p "$dir/etc/ssl/certs"
+			find "$dir/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat >"$dir/etc/ssl/certs/ca-certificates.crt"
+			;;
+	esac
+	pack "$name" "$(alpine_version "$(deb_version "$first")")" "$dir" "${extra[@]}"
+done
+
+for r in "$repo" "$community"; do
+	"$hyve" repo index "$r" --sign "$key" --description "hyve TEST FIXTURE mirror from Debian ($arch)" 2>>"$work/pack.log"
+done
 rm -rf "$work"
-echo "test mirror: $repo ($(ls "$repo" | wc -l) files)"
+echo "test mirror: $repo ($(ls "$repo" | wc -l) files), $community ($(ls "$community" | wc -l) files)"

@@ -303,14 +303,15 @@ pub fn symlink_sha1(target: &str) -> [u8; 20] {
     Sha1::digest(target.as_bytes()).into()
 }
 
-/// A gzip stream the way abuild writes one (`gzip -n -9`): no name, mtime 0, Unix OS byte.
-pub fn gzip_writer<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
-    flate2::GzBuilder::new().operating_system(3).write(out, flate2::Compression::best())
+/// A gzip stream the way `gzip -n` writes one: no name, mtime 0, Unix OS byte. abuild
+/// uses level 9.
+pub fn gzip_writer<W: Write>(out: W, level: u32) -> flate2::write::GzEncoder<W> {
+    flate2::GzBuilder::new().operating_system(3).write(out, flate2::Compression::new(level))
 }
 
 /// `gzip_writer` over an in-memory buffer.
 pub fn gzip_best(data: &[u8]) -> Vec<u8> {
-    let mut enc = gzip_writer(Vec::with_capacity(data.len() / 3 + 64));
+    let mut enc = gzip_writer(Vec::with_capacity(data.len() / 3 + 64), 9);
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }

@@ -503,7 +503,7 @@ pub fn write_package<W: Write>(
     key: &SigningKey,
     algo: SigAlgo,
 ) -> io::Result<Q1> {
-    let mut tar = TarWriter::new(archive::gzip_writer(Vec::new()));
+    let mut tar = TarWriter::new(archive::gzip_writer(Vec::new(), 9));
     let mut installed = 0u64;
     for e in entries {
         let mut content = e.open().map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.entry.path)))?;

@@ -14,13 +14,13 @@ pub enum Compressor<W: Write> {
 }
 
 impl<W: Write> Compressor<W> {
-    /// `workers` bounds zstd's threads (at least one worker keeps output identical for any
-    /// count).
-    pub fn new(kind: Compression, out: W, workers: u32) -> io::Result<Self> {
+    /// `level` defaults to gzip 9, zstd 12, xz 6. `workers` bounds zstd's threads (at least
+    /// one worker keeps the output identical for any count).
+    pub fn new(kind: Compression, level: Option<u32>, out: W, workers: u32) -> io::Result<Self> {
         Ok(match kind {
-            Compression::Gzip => Compressor::Gzip(crate::apk::archive::gzip_writer(out)),
+            Compression::Gzip => Compressor::Gzip(crate::apk::archive::gzip_writer(out, level.unwrap_or(9))),
             Compression::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(out, 19)?;
+                let mut e = zstd::stream::write::Encoder::new(out, level.unwrap_or(12) as i32)?;
                 e.multithread(workers.max(1))?;
                 e.include_checksum(true)?;
                 Compressor::Zstd(e)
@@ -87,7 +87,7 @@ mod tests {
         for kind in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
             let mut outputs = Vec::new();
             for workers in [1, 2, 4] {
-                let mut c = Compressor::new(kind, Vec::new(), workers).unwrap();
+                let mut c = Compressor::new(kind, None, Vec::new(), workers).unwrap();
                 c.write_all(&data).unwrap();
                 outputs.push(c.finish().unwrap());
             }
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn xz_uses_crc32() {
-        let mut c = Compressor::new(Compression::Xz, Vec::new(), 1).unwrap();
+        let mut c = Compressor::new(Compression::Xz, None, Vec::new(), 1).unwrap();
         c.write_all(b"x").unwrap();
         let out = c.finish().unwrap();
         // Stream flags: byte 7 is the check type; 0x01 = CRC32.
