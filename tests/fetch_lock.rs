@@ -153,21 +153,7 @@ fn offline_uses_only_the_cache() {
     ok(&env.run("plan", &["--offline"]));
     assert_eq!(env.server.total_requests_matching(""), requests, "--offline touched the network");
     let empty = env.root.join("empty-cache");
-    let o = hyve(
-        &[
-            "fetch",
-            "--profile",
-            env.profile.to_str().unwrap(),
-            "--mirror",
-            &env.server.url,
-            "--key",
-            env.repo.pub_path.to_str().unwrap(),
-            "--cache-dir",
-            empty.to_str().unwrap(),
-            "--offline",
-        ],
-        &[],
-    );
+    let o = env.run_in(&empty, "fetch", &["--key", env.repo.pub_path.to_str().unwrap(), "--offline"], &[]);
     fails_with(&o, &["not in the cache", "--offline"]);
 }
 

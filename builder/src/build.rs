@@ -211,18 +211,10 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         size: hashing.len,
     });
     outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
-    let manifest = json!({
-        "hyve_version": env!("CARGO_PKG_VERSION"),
-        "profile": profile.name,
-        "arch": arch,
-        "branch": section.branch,
-        "lock_inputs_hash": section.inputs_hash,
-        "source_date_epoch": epoch,
-        "kernel": guest_manifest["kernel"],
-        "cmdline": cmdline,
-        "packages": guest_manifest["packages"],
-        "outputs": outputs.iter().map(|a| (a.name.clone(), json!({"sha256": a.sha256, "size": a.size}))).collect::<serde_json::Map<_, _>>(),
-    });
+    // The output manifest is the guest's plus the outputs' hashes.
+    let mut manifest = guest_manifest;
+    manifest["outputs"] =
+        outputs.iter().map(|a| (a.name.clone(), json!({"sha256": a.sha256, "size": a.size}))).collect();
     outputs.push(write_artifact(
         tmp.path(),
         "manifest.json",
