@@ -49,6 +49,8 @@ declare -A host_pkgs=(
 	[openssl]="openssl"
 	[socat]="socat"
 	[ca-certificates]="ca-certificates"
+	[systemd-efistub]="systemd-boot-efi"
+	[systemd-boot]="systemd-boot-efi"
 )
 lib_closure() {
 	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
@@ -162,6 +164,9 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 	first=${host_pkgs[$name]%% *}
 	extra=()
 	case $name in
+		# One Debian package holds both: the stub for Unified Kernel Images, the boot manager.
+		systemd-efistub) find "$dir" -name 'systemd-boot*.efi' -delete ;;
+		systemd-boot) find "$dir" -name 'linux*.efi.stub' -delete ;;
 		docker-engine) extra=(--depends "containerd runc iptables") ;;
 		containerd) extra=(--depends "runc") ;;
 		ca-certificates)
