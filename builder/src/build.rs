@@ -14,6 +14,7 @@ use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
 use crate::overlay::{self, Generated};
+use crate::profile::OutputFormat;
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, Tree};
 
@@ -190,26 +191,16 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = tempfile::Builder::new().prefix(&format!(".{name}.tmp-")).tempdir_in(parent).map_err(io_err(parent))?;
-    let mut outputs = vec![write_artifact(tmp.path(), "kernel", &kernel.image)?];
-    let initrd_path = tmp.path().join("initrd.img");
-    let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
-    let hashing = HashingFile { file, hasher: Sha256::new(), len: 0 };
-    let mut compressor = Compressor::new(
-        profile.compression,
-        profile.level,
-        std::io::BufWriter::with_capacity(1 << 20, hashing),
-        workers,
-    )
-    .map_err(io_err(&initrd_path))?;
-    let entries = cpio::write_tree(&tree, &store, epoch, &mut compressor).map_err(io_err(&initrd_path))?;
-    let hashing =
-        compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
-    hashing.file.sync_all().map_err(io_err(&initrd_path))?;
-    outputs.push(Artifact {
-        name: "initrd.img".into(),
-        sha256: hex::encode(hashing.hasher.finalize()),
-        size: hashing.len,
-    });
+    let mut outputs = Vec::new();
+    if profile.formats.contains(&OutputFormat::Kernel) {
+        outputs.push(write_artifact(tmp.path(), "kernel", &kernel.image)?);
+    }
+    let mut entries = 0;
+    if profile.formats.contains(&OutputFormat::Initrd) {
+        let (artifact, n) = write_initrd(tmp.path(), &tree, &store, profile, epoch, workers)?;
+        outputs.push(artifact);
+        entries = n;
+    }
     outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
     // The output manifest is the guest's plus the outputs' hashes.
     let mut manifest = guest_manifest;
@@ -241,6 +232,35 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         outputs,
         warnings,
     })
+}
+
+/// The compressed newc initramfs of `tree`, streamed to `dir/initrd.img` while hashing.
+fn write_initrd(
+    dir: &Path,
+    tree: &Tree,
+    store: &ContentStore,
+    profile: &crate::profile::Profile,
+    epoch: u64,
+    workers: u32,
+) -> Result<(Artifact, u64)> {
+    let initrd_path = dir.join("initrd.img");
+    let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
+    let hashing = HashingFile { file, hasher: Sha256::new(), len: 0 };
+    let mut compressor = Compressor::new(
+        profile.compression,
+        profile.level,
+        std::io::BufWriter::with_capacity(1 << 20, hashing),
+        workers,
+    )
+    .map_err(io_err(&initrd_path))?;
+    let entries = cpio::write_tree(tree, store, epoch, &mut compressor).map_err(io_err(&initrd_path))?;
+    let hashing =
+        compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
+    hashing.file.sync_all().map_err(io_err(&initrd_path))?;
+    Ok((
+        Artifact { name: "initrd.img".into(), sha256: hex::encode(hashing.hasher.finalize()), size: hashing.len },
+        entries,
+    ))
 }
 
 /// Moves `staged` to `out`, replacing an existing `out` (the old one is renamed aside first,

@@ -31,10 +31,6 @@ pub trait Reporter: Send + Sync {
     fn note(&self, _message: &str) {}
 }
 
-/// A reporter that says nothing.
-pub struct Silent;
-impl Reporter for Silent {}
-
 /// Why a fetch failed. Each names the URL or file and says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

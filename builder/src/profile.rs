@@ -281,6 +281,12 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
     }
     let output = raw.output.unwrap_or_default();
+    if output.formats.as_ref().is_some_and(|f| f.contains(&OutputFormat::Disk)) {
+        return Err(invalid(
+            "output.formats",
+            "\"disk\" (the EFI disk image) is not implemented yet (issue #7); remove it for now".into(),
+        ));
+    }
     let disk_size_mib = output.disk_size_mib.unwrap_or(256);
     if let Some(level) = output.level {
         let max = match output.compression.unwrap_or_default() {
@@ -313,7 +319,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         cmdline: raw.cmdline.unwrap_or_default(),
         overlays: raw.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
         hostname,
-        formats: output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd, OutputFormat::Disk]),
+        formats: output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd]),
         compression: output.compression.unwrap_or_default(),
         level: output.level,
         disk_size_mib,
@@ -377,6 +383,9 @@ mod tests {
         let p = write(d.path(), "type.toml", "branch = \"v3.24\"\npackages = \"busybox\"\n");
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("type.toml:2:12") && e.contains("sequence"), "{e}");
+        let p = write(d.path(), "disk.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("disk.toml") && e.contains("not implemented yet"), "{e}");
         let p = write(d.path(), "arch.toml", "arches = [\"riscv64\"]\n");
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("arch.toml:1:") && e.contains("riscv64"), "{e}");

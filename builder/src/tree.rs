@@ -164,14 +164,6 @@ impl Tree {
         self.nodes.iter()
     }
 
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     pub fn remove(&mut self, path: &str) -> Option<Node> {
         self.nodes.remove(path)
     }

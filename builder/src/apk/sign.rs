@@ -220,10 +220,6 @@ impl Keyring {
         self.keys.keys().map(String::as_str)
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.keys.contains_key(name)
-    }
-
     /// apk's rule: the first signature whose key is trusted decides.
     pub fn verify(&self, signatures: &[Signature], signed: &[u8]) -> Verdict {
         let Some(sig) = signatures.iter().find(|s| self.keys.contains_key(&s.key_name)) else {
