@@ -8,6 +8,7 @@
 #     OUT   mirror root (target/test-mirror); writes OUT/v3.24/main/ARCH/
 #     HYVE  the hyve binary (its own `pkg create` / `repo index` do the packing)
 set -euo pipefail
+trap 'echo "test mirror: $0 failed at line $LINENO (see ${work:-the work dir}/*.log if present)" >&2' ERR
 
 arch=$1
 out=$(mkdir -p "$2" && cd "$2" && pwd)
@@ -55,7 +56,8 @@ declare -A host_pkgs=(
 lib_closure() {
 	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
 		"${@/%/:$deb_arch}" 2>/dev/null | awk '/^[a-z]/{print $1}' | sed 's/:.*//' |
-		grep -E '^lib' | grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' | LC_ALL=C sort -u
+		{ grep -E '^lib' || true; } | { grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' || true; } |
+		LC_ALL=C sort -u
 }
 declare -A host_libs=()
 all_debs=()
