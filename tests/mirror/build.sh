@@ -162,7 +162,7 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		extract "$deb" "$dir"
 	done
 	rm -rf "$dir/usr/share/doc" "$dir/usr/share/man" "$dir/usr/share/lintian" "$dir/usr/share/bug" \
-		"$dir/etc/init.d" "$dir/etc/default" "$dir/lib/systemd" "$dir/usr/lib/systemd" "$dir/etc/logrotate.d"
+		"$dir/etc/init.d" "$dir/etc/default" "$dir/lib/systemd/system" "$dir/usr/lib/systemd/system" "$dir/etc/logrotate.d"
 	first=${host_pkgs[$name]%% *}
 	extra=()
 	case $name in
