@@ -40,7 +40,8 @@ if [ -z "$kernel_deb" ]; then
 fi
 
 # The docker host's packages: each Alpine name gets its Debian packages plus every shared
-# library package they need (apt's closure), minus glibc itself (that is `musl`).
+# library package they need (apt's closure of lib* packages, without perl modules), minus
+# glibc itself (that is `musl`).
 declare -A host_pkgs=(
 	[docker-engine]="docker.io tini"
 	[containerd]="containerd"
@@ -56,7 +57,7 @@ declare -A host_pkgs=(
 lib_closure() {
 	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
 		"${@/%/:$deb_arch}" 2>/dev/null | awk '/^[a-z]/{print $1}' | sed 's/:.*//' |
-		{ grep -E '^lib' || true; } | { grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' || true; } |
+		{ grep -E '^lib' || true; } | { grep -v -- '-perl$' || true; } | { grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' || true; } |
 		LC_ALL=C sort -u
 }
 declare -A host_libs=()
@@ -69,7 +70,14 @@ done
 rm -rf "$work" "$repo" "$community"
 mkdir -p "$work/debs" "$repo" "$community"
 mapfile -t debs < <(printf '%s\n' "$kernel_deb" busybox-static libc6 "${all_debs[@]}" | LC_ALL=C sort -u)
-(cd "$work/debs" && apt-get download -q "${debs[@]/%/:$deb_arch}" >/dev/null 2>"$work/apt.log") || {
+# Architecture-specific packages by their :arch name; "Architecture: all" ones (certificates,
+# config files) only by their plain name.
+(
+	cd "$work/debs"
+	for p in "${debs[@]}"; do
+		apt-get download -q "$p:$deb_arch" >/dev/null 2>>"$work/apt.log" || apt-get download -q "$p" >/dev/null 2>>"$work/apt.log"
+	done
+) || {
 	cat "$work/apt.log" >&2
 	exit 1
 }
