@@ -338,7 +338,7 @@ pub fn installed_db(packages: &[InstalledPackage]) -> String {
     let mut out = String::new();
     for p in packages {
         let i = &p.info;
-        let list = |d: &[Dep]| d.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
+        let list = Dep::format_list;
         out.push_str(&format!(
             "C:{}\nP:{}\nV:{}\nA:{}\nS:0\nI:{}\nT:{}\nU:{}\nL:{}\no:{}\n",
             p.q1, i.name, i.version, i.arch, i.installed_size, i.description, i.url, i.license, i.origin

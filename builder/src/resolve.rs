@@ -398,8 +398,7 @@ impl<'u, 'a> Attempt<'u, 'a> {
                 return Ok(());
             }
             for (_, p) in joined {
-                let trigger =
-                    self.u.cands[p.cand].rec.install_if.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
+                let trigger = Dep::format_list(&self.u.cands[p.cand].rec.install_if);
                 self.select(p.cand, vec!["world".into(), format!("install_if({trigger})")], &mut queue);
             }
         }

@@ -93,11 +93,7 @@ impl<'r> Session<'r> {
 
     /// Alpine's keys for `arch` plus `--key` files.
     pub fn keyring(&self, arch: Arch) -> Result<Keyring> {
-        let mut ring = Keyring::alpine(Some(arch));
-        for k in &self.keys {
-            ring.add_file(k)?;
-        }
-        Ok(ring)
+        Ok(Keyring::with_files(Some(arch), &self.keys)?)
     }
 
     /// Trust link 1 for every repository of the profile. A cached copy that fails

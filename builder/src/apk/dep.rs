@@ -143,6 +143,11 @@ impl Dep {
         s.split_ascii_whitespace().map(Dep::parse).collect()
     }
 
+    /// Formats a list the way `D:` / `p:` / `i:` fields and `.PKGINFO install_if` hold it.
+    pub fn format_list(deps: &[Dep]) -> String {
+        deps.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ")
+    }
+
     pub fn namespace(&self) -> Namespace {
         match self.name.split_once(':') {
             Some(("so", _)) => Namespace::SharedObject,

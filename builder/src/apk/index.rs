@@ -97,7 +97,7 @@ impl IndexRecord {
     }
 
     fn write_text(&self, out: &mut String) {
-        let list = |deps: &[Dep]| deps.iter().map(Dep::to_string).collect::<Vec<_>>().join(" ");
+        let list = Dep::format_list;
         let _ = write!(
             out,
             "C:{}\nP:{}\nV:{}\nA:{}\nS:{}\nI:{}\nT:{}\nU:{}\nL:{}\n",

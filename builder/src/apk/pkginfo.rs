@@ -172,8 +172,7 @@ impl PkgInfo {
             kv("provides", &d.to_string());
         }
         if !self.install_if.is_empty() {
-            let list: Vec<String> = self.install_if.iter().map(Dep::to_string).collect();
-            kv("install_if", &list.join(" "));
+            kv("install_if", &Dep::format_list(&self.install_if));
         }
         for (k, v) in &self.other {
             kv(k, v);

@@ -202,6 +202,15 @@ impl Keyring {
         ring
     }
 
+    /// Alpine's keys for `arch` (all arches when `None`) plus the public keys in `files`.
+    pub fn with_files(arch: Option<Arch>, files: &[std::path::PathBuf]) -> Result<Self, KeyError> {
+        let mut ring = Keyring::alpine(arch);
+        for f in files {
+            ring.add_file(f)?;
+        }
+        Ok(ring)
+    }
+
     /// Trusts the public key in `path`; its file name is its key name.
     pub fn add_file(&mut self, path: &Path) -> Result<String, KeyError> {
         let shown = path.display().to_string();

@@ -159,7 +159,7 @@ fn inspect_package(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
         println!("maintainer: {}", i.maintainer);
         println!("builddate:  {}", i.build_date);
         println!("size:       {}", i.installed_size);
-        let list = |d: &[hyve::apk::Dep]| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ");
+        let list = hyve::apk::Dep::format_list;
         println!("depends:    {}", list(&i.depends));
         println!("provides:   {}", list(&i.provides));
         println!("install_if: {}", list(&i.install_if));
@@ -185,7 +185,7 @@ fn inspect_package(args: &Args, keyring: &hyve::apk::Keyring) -> Outcome {
 }
 
 fn record_line(r: &IndexRecord) -> String {
-    let list = |d: &[hyve::apk::Dep]| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ");
+    let list = hyve::apk::Dep::format_list;
     let mut line = format!("  {}-{} {} {} {}", r.name, r.version, r.arch, r.size, r.checksum);
     for (tag, deps) in [("D", &r.depends), ("p", &r.provides), ("i", &r.install_if)] {
         if !deps.is_empty() {

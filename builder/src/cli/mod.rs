@@ -61,11 +61,7 @@ pub struct KeyArgs {
 impl KeyArgs {
     /// Alpine's built-in keys for `arch` (all arches when `None`) plus `--key` files.
     pub fn keyring(&self, arch: Option<Arch>) -> anyhow::Result<Keyring> {
-        let mut ring = Keyring::alpine(arch);
-        for k in &self.keys {
-            ring.add_file(k)?;
-        }
-        Ok(ring)
+        Ok(Keyring::with_files(arch, &self.keys)?)
     }
 }
 
