@@ -119,7 +119,14 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         .iter()
         .find(|p| p.info.name == profile.kernel_package)
         .ok_or_else(|| BuildError::NoKernelPackage { arch, package: profile.kernel_package.clone() })?;
-    let kernel = kernel::prepare(&mut tree, &mut store, arch, &profile.kernel_package, &profile.kernel_modules)?;
+    let kernel = kernel::prepare(
+        &mut tree,
+        &mut store,
+        arch,
+        &profile.kernel_package,
+        &profile.kernel_modules,
+        &profile.kernel_optional_modules,
+    )?;
     for m in &kernel.builtin {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
     }
@@ -132,6 +139,7 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
     let modules_to_load: String = profile
         .kernel_modules
         .iter()
+        .chain(&profile.kernel_optional_modules)
         .map(|m| m.replace('-', "_"))
         .filter(|m| kernel.modules.contains(m))
         .map(|m| m + "\n")
@@ -154,7 +162,7 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         "branch": section.branch,
         "lock_inputs_hash": section.inputs_hash,
         "source_date_epoch": epoch,
-        "kernel": {"package": kernel_pkg.info.name, "version": kernel_pkg.info.version, "release": kernel.release, "modules": kernel.modules},
+        "kernel": {"package": kernel_pkg.info.name, "version": kernel_pkg.info.version, "release": kernel.release, "modules": kernel.modules, "optional_modules_missing": kernel.skipped},
         "cmdline": cmdline,
         "packages": packages,
     });

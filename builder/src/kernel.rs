@@ -38,6 +38,8 @@ pub struct Kernel {
     pub modules: Vec<String>,
     /// Requested modules that are built in.
     pub builtin: Vec<String>,
+    /// Optional modules this kernel has neither as a module nor built in.
+    pub skipped: Vec<String>,
 }
 
 fn read_node(tree: &Tree, store: &ContentStore, path: &str) -> Result<Vec<u8>> {
@@ -126,6 +128,7 @@ pub fn prepare(
     arch: Arch,
     package: &str,
     wanted: &[String],
+    optional: &[String],
 ) -> Result<Kernel> {
     let boot: Vec<String> =
         tree.iter().filter(|(p, n)| p.starts_with("boot/") && n.owner == package).map(|(p, _)| p.clone()).collect();
@@ -163,10 +166,10 @@ pub fn prepare(
                 examples: "(none: the package ships no modules)".into(),
             });
         }
-        return Ok(Kernel { image, release: None, modules: vec![], builtin: vec![] });
+        return Ok(Kernel { image, release: None, modules: vec![], builtin: vec![], skipped: optional.to_vec() });
     };
-    let (modules, builtin) = select_modules(tree, store, package, &release, wanted)?;
-    Ok(Kernel { image, release: Some(release), modules, builtin })
+    let (modules, builtin, skipped) = select_modules(tree, store, package, &release, wanted, optional)?;
+    Ok(Kernel { image, release: Some(release), modules, builtin, skipped })
 }
 
 fn select_modules(
@@ -175,7 +178,8 @@ fn select_modules(
     package: &str,
     release: &str,
     wanted: &[String],
-) -> Result<(Vec<String>, Vec<String>)> {
+    optional: &[String],
+) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
     let base = format!("lib/modules/{release}");
     let files: BTreeMap<String, String> = tree
         .children_of(&base)
@@ -207,12 +211,16 @@ fn select_modules(
     let mut included: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut builtin_requested = Vec::new();
     let mut queue: Vec<String> = Vec::new();
-    for w in wanted {
+    let mut skipped = Vec::new();
+    let requests = wanted.iter().map(|w| (w, false)).chain(optional.iter().map(|o| (o, true)));
+    for (w, is_optional) in requests {
         let name = module_name(w);
         if files.contains_key(&name) {
             queue.push(name);
         } else if builtin.contains(&name) {
             builtin_requested.push(name);
+        } else if is_optional {
+            skipped.push(name);
         } else {
             let examples: Vec<&String> =
                 files.keys().filter(|k| k.contains(&name[..name.len().min(4)])).take(5).collect();
@@ -291,7 +299,7 @@ fn select_modules(
     };
     tree.insert(&format!("{base}/modules.dep"), node, Overwrite::Allowed)
         .expect("lib/modules/<release> is a directory");
-    Ok((included.into_keys().collect(), builtin_requested))
+    Ok((included.into_keys().collect(), builtin_requested, skipped))
 }
 
 /// Removes directories under `root` that hold nothing any more (deepest first).

@@ -2,6 +2,7 @@
 
 pub mod apk;
 pub mod build;
+pub mod datadisk;
 pub mod epoch;
 pub mod fetch;
 pub mod fsutil;

@@ -38,6 +38,7 @@ struct RawProfile {
 struct RawKernel {
     package: Option<String>,
     modules: Option<Vec<String>>,
+    optional_modules: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -82,6 +83,9 @@ pub struct Profile {
     pub packages: Vec<String>,
     pub kernel_package: String,
     pub kernel_modules: Vec<String>,
+    /// Modules included and loaded when the kernel has them, skipped when it does not (e.g.
+    /// the ACPI `button` driver, which arm64 kernels lack).
+    pub kernel_optional_modules: Vec<String>,
     pub cmdline: String,
     /// Overlay directories, resolved relative to the profile file that named them.
     pub overlays: Vec<PathBuf>,
@@ -131,9 +135,11 @@ impl RawProfile {
     /// `self` is the parent; `child` overrides and extends it.
     fn merge(self, child: RawProfile) -> RawProfile {
         let kernel = match (self.kernel, child.kernel) {
-            (Some(p), Some(c)) => {
-                Some(RawKernel { package: c.package.or(p.package), modules: merge_list(p.modules, c.modules) })
-            }
+            (Some(p), Some(c)) => Some(RawKernel {
+                package: c.package.or(p.package),
+                modules: merge_list(p.modules, c.modules),
+                optional_modules: merge_list(p.optional_modules, c.optional_modules),
+            }),
             (p, c) => c.or(p),
         };
         let output = match (self.output, child.output) {
@@ -316,6 +322,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         packages,
         kernel_package,
         kernel_modules: kernel.modules.unwrap_or_default(),
+        kernel_optional_modules: kernel.optional_modules.unwrap_or_default(),
         cmdline: raw.cmdline.unwrap_or_default(),
         overlays: raw.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
         hostname,

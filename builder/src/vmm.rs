@@ -126,9 +126,12 @@ pub struct RunOptions {
     pub cpus: u32,
     pub accel: Accel,
     pub ports: Vec<PortForward>,
-    pub disk: Option<PathBuf>,
+    /// Raw disks, in order (vda, vdb, ...).
+    pub disks: Vec<PathBuf>,
     /// Appended to the output's cmdline.
     pub append: Option<String>,
+    /// QEMU's human monitor on this unix socket (how `hyve run` presses the power button).
+    pub monitor: Option<PathBuf>,
 }
 
 /// Whether KVM can really run a guest here: `/dev/kvm` must open read-write, and on x86 the
@@ -197,16 +200,19 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
             push(&["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]);
             push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmd]);
             push(&["-nographic", "-no-reboot", "-nic", &nic, "-device", "virtio-rng-pci"]);
-            if let Some(d) = &opts.disk {
+            for d in &opts.disks {
                 push(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]);
+            }
+            if let Some(m) = &opts.monitor {
+                push(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]);
             }
         }
         Vmm::Vfkit => {
             push(&["vfkit", "--cpus", &opts.cpus.to_string(), "--memory", &opts.memory_mib.to_string()]);
             push(&["--bootloader", &format!("linux,kernel={kernel},initrd={initrd},cmdline=\"{cmd}\"")]);
             push(&["--device", "virtio-serial,stdio", "--device", "virtio-net,nat", "--device", "virtio-rng"]);
-            push(&["--device", "virtio-vsock,port=2375,socketURL=/tmp/hyve-docker.sock,listen"]);
-            if let Some(d) = &opts.disk {
+            push(&["--device", "virtio-vsock,port=2375,socketURL=/tmp/hyve-docker.sock,connect"]);
+            for d in &opts.disks {
                 push(&["--device", &format!("virtio-blk,path={}", d.display())]);
             }
         }
@@ -228,13 +234,71 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
                 "-s",
                 "3:0,virtio-rnd",
             ]);
-            if let Some(d) = &opts.disk {
-                push(&["-s", &format!("4:0,virtio-blk,{}", d.display())]);
+            // The Docker API's vsock port is reached through hyperkit's socket directory.
+            push(&["-s", "4:0,virtio-sock,guest_cid=3,path=/tmp/hyve-vsock"]);
+            for (slot, d) in (5..).zip(&opts.disks) {
+                push(&["-s", &format!("{slot}:0,virtio-blk,{}", d.display())]);
             }
             push(&["-f", &format!("kexec,{kernel},{initrd},\"{cmd}\"")]);
         }
     }
     Ok(a)
+}
+
+/// The Docker client bundle (`ca.pem`, `cert.pem`, `key.pem`) the docker guest prints on its
+/// console between `hyve-docker-client-bundle: begin` and `: end` lines. Kernel messages may
+/// land in the middle of it, so inside a file only PEM armour and base64 lines are kept.
+#[derive(Debug, Default)]
+pub struct BundleScanner {
+    current: Option<(String, String)>,
+    files: Vec<(String, String)>,
+    inside: bool,
+}
+
+/// The files of a complete bundle, in the guest's order.
+pub type ClientBundle = Vec<(String, String)>;
+
+const BUNDLE_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
+impl BundleScanner {
+    /// Feeds one console line; returns the bundle when this line completes a valid one.
+    pub fn line(&mut self, raw: &str) -> Option<ClientBundle> {
+        let line = raw.trim_end_matches(['\r', '\n']);
+        if let Some(cmd) = line.strip_prefix("hyve-docker-client-bundle: ") {
+            if let Some(done) = self.current.take() {
+                self.files.push(done);
+            }
+            match cmd {
+                "begin" => {
+                    self.files.clear();
+                    self.inside = true;
+                }
+                "end" if self.inside => {
+                    self.inside = false;
+                    let files = std::mem::take(&mut self.files);
+                    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+                    let complete = names == BUNDLE_FILES
+                        && files.iter().all(|(_, t)| t.starts_with("-----BEGIN ") && t.contains("\n-----END "));
+                    return complete.then_some(files);
+                }
+                _ => {
+                    if let Some(name) = cmd.strip_prefix("file ").filter(|_| self.inside) {
+                        self.current = Some((name.to_string(), String::new()));
+                    }
+                }
+            }
+            return None;
+        }
+        let pem_line = (line.starts_with("-----BEGIN ") || line.starts_with("-----END ")) && line.ends_with("-----")
+            || (!line.is_empty()
+                && line.len() <= 76
+                && line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='));
+        if let Some((_, text)) = self.current.as_mut().filter(|_| pem_line) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        None
+    }
 }
 
 /// Quotes an argv for a POSIX shell.
@@ -265,8 +329,9 @@ mod tests {
             cpus: 2,
             accel: Accel::Tcg,
             ports: vec!["2376:2376".parse().unwrap()],
-            disk: None,
+            disks: vec![],
             append: Some("hyve.poweroff".into()),
+            monitor: None,
         }
     }
 
@@ -286,6 +351,23 @@ mod tests {
         assert!(a.starts_with("hyperkit -A -m 1024M -c 2") && a.contains("kexec,/o/kernel,/o/initrd.img"), "{a}");
         assert!(command(Vmm::Xhyve, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
         assert!("2376".parse::<PortForward>().is_err());
+    }
+
+    #[test]
+    fn client_bundle_survives_kernel_noise() {
+        let console = "hyve: dockerd ready\r\nhyve-docker-client-bundle: begin\r\nhyve-docker-client-bundle: file ca.pem\r\n-----BEGIN CERTIFICATE-----\r\nQUJD\r\n[    3.1] virtio_net virtio1 eth0: link up\r\nREVG\r\n-----END CERTIFICATE-----\r\nhyve-docker-client-bundle: file cert.pem\r\n-----BEGIN CERTIFICATE-----\r\nR0hJ\r\n-----END CERTIFICATE-----\r\nhyve-docker-client-bundle: file key.pem\r\n-----BEGIN PRIVATE KEY-----\r\nSktM\r\n-----END PRIVATE KEY-----\r\nhyve-docker-client-bundle: end\r\n";
+        let mut scanner = BundleScanner::default();
+        let found: Vec<ClientBundle> = console.split_inclusive('\n').filter_map(|l| scanner.line(l)).collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0][0],
+            ("ca.pem".into(), "-----BEGIN CERTIFICATE-----\nQUJD\nREVG\n-----END CERTIFICATE-----\n".into())
+        );
+        assert_eq!(found[0][2].0, "key.pem");
+        // A bundle cut short (no key) is not a bundle.
+        let mut scanner = BundleScanner::default();
+        let cut = console.replace("hyve-docker-client-bundle: file key.pem", "noise");
+        assert!(cut.split_inclusive('\n').all(|l| scanner.line(l).is_none()));
     }
 
     #[test]

@@ -48,6 +48,7 @@ declare -A host_pkgs=(
 	[runc]="runc"
 	[iptables]="iptables"
 	[e2fsprogs]="e2fsprogs logsave"
+	[sfdisk]="fdisk"
 	[openssl]="openssl"
 	[socat]="socat"
 	[ca-certificates]="ca-certificates"
@@ -178,6 +179,12 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		systemd-efistub) find "$dir" -name 'systemd-boot*.efi' -delete ;;
 		systemd-boot) find "$dir" -name 'linux*.efi.stub' -delete ;;
 		docker-engine) extra=(--depends "containerd runc iptables") ;;
+		iptables)
+			# Debian's postinst picks the variant with update-alternatives; Alpine ships links.
+			for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+				ln -sf xtables-legacy-multi "$dir/usr/sbin/$t"
+			done
+			;;
 		containerd) extra=(--depends "runc") ;;
 		ca-certificates)
 			# Debian assembles the bundle in its postinst; do it here.

@@ -2,6 +2,7 @@
 //! the exit code. Work happens in the library.
 
 mod build;
+mod disk;
 mod inspect;
 mod packages;
 mod pkg;
@@ -42,6 +43,9 @@ enum Command {
     Vendor(packages::VendorArgs),
     /// Show what is inside an .apk, APKINDEX.tar.gz or initrd.img and check every signature and hash
     Inspect(inspect::Args),
+    /// Persistent data disks for the guest
+    #[command(subcommand)]
+    Disk(disk::Command),
     /// Local packages
     #[command(subcommand)]
     Pkg(pkg::Command),
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(args) => packages::fetch(args),
         Command::Vendor(args) => packages::vendor(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Disk(cmd) => disk::run(cmd),
         Command::Pkg(cmd) => pkg::run(cmd),
         Command::Repo(cmd) => repo::run(cmd),
     };

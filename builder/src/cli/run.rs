@@ -1,11 +1,20 @@
 //! `hyve run DIR`: boot an output directory in QEMU with the serial console on stdout, or
 //! `--print` the command line any supported VMM needs.
+//!
+//! SIGTERM or SIGINT asks the guest to power off (QEMU's ACPI power button, through its
+//! monitor) and waits `--stop-timeout` seconds before killing QEMU; a second signal kills it
+//! at once.
 
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hyve::vmm::{self, Accel, Guest, PortForward, RunOptions, Vmm};
+use hyve::fsutil;
+use hyve::vmm::{self, Accel, BundleScanner, ClientBundle, Guest, PortForward, RunOptions, Vmm};
 
 use super::Outcome;
 
@@ -19,9 +28,9 @@ pub struct RunArgs {
     /// kvm, tcg, hvf, or auto: KVM only when it really works, else TCG
     #[arg(long, default_value = "auto")]
     accel: Accel,
-    /// A raw disk for the guest (virtio-blk)
-    #[arg(long, value_name = "FILE")]
-    disk: Option<PathBuf>,
+    /// A raw disk for the guest (virtio-blk); `hyve disk create` makes a data disk. Repeatable
+    #[arg(long = "disk", value_name = "FILE")]
+    disks: Vec<PathBuf>,
     /// Forward 127.0.0.1:HOST to the guest's GUEST port (TCP). Repeatable
     #[arg(long = "port", value_name = "HOST:GUEST")]
     ports: Vec<PortForward>,
@@ -32,23 +41,33 @@ pub struct RunArgs {
     /// Extra kernel command line arguments
     #[arg(long, value_name = "ARGS")]
     append: Option<String>,
+    /// Save the Docker client bundle the guest prints on its console (ca.pem, cert.pem,
+    /// key.pem) in DIR, for DOCKER_CERT_PATH
+    #[arg(long, value_name = "DIR")]
+    docker_certs: Option<PathBuf>,
     /// Print the command line instead of running it
     #[arg(long)]
     print: bool,
     /// Stop the VM after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// After SIGTERM/SIGINT, how long the guest gets to power off before QEMU is killed
+    #[arg(long, default_value_t = 90, value_name = "SECS")]
+    stop_timeout: u64,
 }
 
 pub fn run(a: RunArgs) -> Outcome {
     let guest = Guest::open(&a.dir)?;
+    let monitor_dir = tempfile::Builder::new().prefix("hyve-run-").tempdir().context("creating a temp dir")?;
+    let monitor = monitor_dir.path().join("monitor.sock");
     let opts = RunOptions {
         memory_mib: a.memory,
         cpus: a.cpus,
         accel: if a.vmm == Vmm::Qemu { vmm::resolve_accel(a.accel, guest.arch) } else { a.accel },
         ports: a.ports,
-        disk: a.disk,
+        disks: a.disks,
         append: a.append,
+        monitor: (a.vmm == Vmm::Qemu && !a.print).then(|| monitor.clone()),
     };
     let argv = vmm::command(a.vmm, &guest, &opts)?;
     if a.print {
@@ -60,14 +79,47 @@ pub fn run(a: RunArgs) -> Outcome {
         "hyve starts only QEMU itself; use --print for {:?} and run the printed command on the Mac",
         a.vmm
     );
+    let signals = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_usize(sig, Arc::clone(&signals), 1).context("installing signal handlers")?;
+    }
     eprintln!("hyve: booting {} ({}, {} accel)", guest.dir.display(), guest.arch, opts.accel);
-    let mut child = std::process::Command::new(&argv[0]).args(&argv[1..]).spawn().with_context(|| {
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if a.docker_certs.is_some() {
+        cmd.stdout(std::process::Stdio::piped());
+    }
+    let mut child = cmd.spawn().with_context(|| {
         format!("starting {} (install QEMU: apt-get install qemu-system-x86 qemu-system-arm)", argv[0])
     })?;
+    let console = match (child.stdout.take(), a.docker_certs.clone()) {
+        (Some(out), Some(dir)) => Some(std::thread::spawn(move || tee_console(out, &dir))),
+        _ => None,
+    };
     let started = Instant::now();
-    loop {
+    let mut stop_requested: Option<Instant> = None;
+    let mut seen_signals = 0;
+    let status = loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(status.success());
+            break status;
+        }
+        let now_signals = signals.swap(0, Ordering::SeqCst);
+        if now_signals > 0 {
+            seen_signals += 1;
+            if seen_signals == 1 {
+                eprintln!("hyve: asking the guest to power off (ACPI power button); signal again to stop it at once");
+                press_power_button(&monitor);
+                stop_requested = Some(Instant::now());
+            } else {
+                eprintln!("hyve: stopping QEMU now");
+                let _ = child.kill();
+            }
+        }
+        if stop_requested.is_some_and(|t| t.elapsed() > Duration::from_secs(a.stop_timeout)) {
+            eprintln!("hyve: the guest did not power off within {} s; stopped it", a.stop_timeout);
+            let _ = child.kill();
+            let _ = child.wait();
+            std::process::exit(124);
         }
         if a.timeout.is_some_and(|t| started.elapsed() > Duration::from_secs(t)) {
             let _ = child.kill();
@@ -76,5 +128,53 @@ pub fn run(a: RunArgs) -> Outcome {
             std::process::exit(124);
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    if let Some(t) = console {
+        let _ = t.join();
     }
+    Ok(status.success())
+}
+
+/// QEMU's `system_powerdown`: the ACPI power button (x86), the GPIO power key (arm64 virt).
+fn press_power_button(monitor: &Path) {
+    match std::os::unix::net::UnixStream::connect(monitor) {
+        Ok(mut s) => {
+            let _ = s.write_all(b"system_powerdown\n");
+            // Give QEMU a moment to read the command before the connection closes.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(e) => eprintln!("hyve: cannot reach QEMU's monitor at {}: {e}", monitor.display()),
+    }
+}
+
+/// Copies the console to stdout, saving each complete client bundle it carries in `dir`.
+fn tee_console(out: std::process::ChildStdout, dir: &Path) {
+    let mut reader = std::io::BufReader::new(out);
+    let mut scanner = BundleScanner::default();
+    let stdout = std::io::stdout();
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        let mut o = stdout.lock();
+        let _ = o.write_all(&line);
+        let _ = o.flush();
+        if let Some(bundle) = scanner.line(&String::from_utf8_lossy(&line)) {
+            match save_bundle(dir, &bundle) {
+                Ok(()) => eprintln!(
+                    "hyve: Docker client bundle saved in {d}: DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={d}",
+                    d = dir.display()
+                ),
+                Err(e) => eprintln!("hyve: cannot save the Docker client bundle in {}: {e:#}", dir.display()),
+            }
+        }
+        line.clear();
+    }
+}
+
+fn save_bundle(dir: &Path, bundle: &ClientBundle) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for (name, text) in bundle {
+        fsutil::write_atomic(&dir.join(name), text.as_bytes(), 0o600)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,20 @@
+# Kernel filesystems, the unified cgroup hierarchy, and the tmpfs mounts a container host needs.
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o nosuid,noexec,gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
+mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
+mount -t cgroup2 -o nsdelegate,nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+[ -e /sys/kernel/security ] && mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+rm -rf /.hyve-stage1
+mkdir -p /run/hyve/services /var/log /var/lib "$HYVE_DATA"
+[ -e /var/run ] || ln -s /run /var/run
+log "init reached userspace (HYVE-BOOT-OK)"
+if [ "$(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1)" = tmpfs ]; then
+	log "root on tmpfs ($(df -m / | awk 'NR == 2 {print $2}') MiB)"
+else
+	log "WARNING: root is not a tmpfs (stage 1 did not switch_root); runc's pivot_root will fail"
+fi

@@ -1,0 +1,88 @@
+# The persistent data disk, boot2docker's protocol renamed:
+#  1. a filesystem labelled hyve-data is checked (e2fsck -p) and mounted at $HYVE_DATA;
+#  2. else a whole disk that starts with "hyve, please format-me" (what `hyve disk create`
+#     writes) and holds no partition table or filesystem gets its first 4 KiB (the user-data
+#     tar) saved, a GPT with one partition, ext4 labelled hyve-data, and the user data
+#     unpacked onto it;
+#  3. else everything stays in RAM, and the console says so.
+# Docker's and containerd's state live on it (bind mounts), and so does the TLS material.
+HYVE_FORMAT_MAGIC="hyve, please format-me"
+
+disk_hex() { # DEV OFFSET COUNT
+	dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null | od -An -tx1 | tr -d ' \n'
+}
+disk_text() { # DEV OFFSET COUNT
+	dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null
+}
+
+# Why DEV must not be formatted; nothing when it is only the format-me header.
+disk_holds_data() {
+	name=${1#/dev/}
+	if ls -d "/sys/block/$name/$name"* >/dev/null 2>&1; then echo "the kernel sees partitions on it"
+	elif [ "$(disk_hex "$1" 510 2)" = 55aa ]; then echo "it has an MBR boot signature"
+	elif [ "$(disk_text "$1" 512 8)" = "EFI PART" ]; then echo "it has a GPT header"
+	elif [ "$(disk_hex "$1" 1080 2)" = 53ef ]; then echo "it has an ext2/3/4 superblock"
+	elif [ "$(disk_text "$1" 65600 8)" = "_BHRfS_M" ]; then echo "it has a btrfs superblock"
+	elif [ "$(disk_text "$1" 4086 10)" = SWAPSPACE2 ]; then echo "it has a swap signature"
+	fi
+}
+
+format_data_disk() { # DEV -> data_dev
+	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null || return 1
+	log "$1: formatting for data (GPT, ext4 labelled hyve-data); user data saved"
+	printf 'label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="hyve-data"\n' |
+		sfdisk --quiet "$1" >/var/log/sfdisk.log 2>&1 || { log "sfdisk failed on $1 (see /var/log/sfdisk.log)"; return 1; }
+	case $1 in *[0-9]) part=${1}p1 ;; *) part=${1}1 ;; esac
+	i=0
+	while [ ! -b "$part" ] && [ $i -lt 50 ]; do
+		[ $i = 10 ] && blockdev --rereadpt "$1" 2>/dev/null
+		sleep 0.1
+		i=$((i + 1))
+	done
+	[ -b "$part" ] || { log "$part did not appear after partitioning $1"; return 1; }
+	mkfs.ext4 -q -L hyve-data "$part" >/var/log/mkfs.log 2>&1 || { log "mkfs.ext4 failed on $part (see /var/log/mkfs.log)"; return 1; }
+	data_dev=$part
+	data_new=1
+}
+
+data_dev=$(findfs LABEL=hyve-data 2>/dev/null)
+data_new=
+if [ -z "$data_dev" ]; then
+	for b in /sys/block/*; do
+		disk=/dev/${b##*/}
+		case ${b##*/} in loop* | ram* | sr* | zram* | nbd*) continue ;; esac
+		[ "$(disk_text "$disk" 0 22)" = "$HYVE_FORMAT_MAGIC" ] || continue
+		why=$(disk_holds_data "$disk")
+		if [ -n "$why" ]; then
+			log "$disk starts with \"$HYVE_FORMAT_MAGIC\" but $why: not formatting it"
+			continue
+		fi
+		format_data_disk "$disk" && break
+	done
+fi
+if [ -n "$data_dev" ]; then
+	e2fsck -p "$data_dev" >/var/log/e2fsck.log 2>&1
+	fsck=$?
+	if [ $fsck -ge 4 ]; then
+		log "e2fsck found errors on $data_dev it cannot fix (status $fsck, /var/log/e2fsck.log); not mounting it"
+		data_dev=
+	elif ! mount -t ext4 -o noatime "$data_dev" "$HYVE_DATA"; then
+		log "cannot mount $data_dev at $HYVE_DATA"
+		data_dev=
+	fi
+fi
+if [ -n "$data_dev" ]; then
+	if [ -n "$data_new" ]; then
+		tar -xf /run/hyve/userdata.tar -C "$HYVE_DATA" 2>/var/log/userdata.log || log "user data: tar failed (/var/log/userdata.log)"
+		rm -f "$HYVE_DATA/$HYVE_FORMAT_MAGIC" /run/hyve/userdata.tar
+		[ -d "$HYVE_DATA/.ssh" ] && chmod -R go-rwx "$HYVE_DATA/.ssh"
+		log "user data unpacked: $(cd "$HYVE_DATA" && find . -type f | sed 's|^\./||' | tr '\n' ' ')"
+	fi
+	log "data disk $data_dev mounted at $HYVE_DATA ($(df -m "$HYVE_DATA" | awk 'NR == 2 {print $4}') MiB free)"
+else
+	log "no data disk (none labelled hyve-data or starting with \"$HYVE_FORMAT_MAGIC\"): Docker's data lives in RAM and is lost at power-off"
+fi
+for d in docker containerd; do
+	mkdir -p "$HYVE_DATA/$d" "/var/lib/$d"
+	mount --bind "$HYVE_DATA/$d" "/var/lib/$d"
+done
