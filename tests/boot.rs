@@ -208,7 +208,7 @@ impl Vm {
     }
 
     /// Waits for QEMU to exit after a power-off and checks the clean-shutdown trail.
-    fn wait_powered_off(mut self, secs: u64) {
+    fn wait_powered_off(&mut self, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -230,6 +230,14 @@ impl Vm {
             self.log.display()
         );
         assert!(status.success(), "{}: hyve run exited with {status} (log: {})", self.name, self.log.display());
+    }
+}
+
+/// A failed test must not leave its VM running.
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -494,6 +502,11 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
         "/data/marker",
     ]);
     assert_eq!(marker.trim(), "persisted");
+    // Supervision: dockerd killed from inside comes back by itself.
+    let killer = ["run", "--rm", "--privileged", "--pid", "host", "--network", "none", "hyve-test:1"];
+    let _ = api.run(&[&killer[..], &["/bin/busybox", "killall", "-KILL", "dockerd"]].concat());
+    vm.wait_for("hyve: 30-dockerd exited", 60);
+    api.wait_ready(&mut vm, 180);
     power_off(arch, &vm, &api);
     vm.wait_powered_off(180);
     eprintln!("docker test {arch}: both boots done after {:.1} s", started.elapsed().as_secs_f64());
@@ -519,4 +532,69 @@ fn docker_host_on_x86_64_with_tls() {
 #[test]
 fn docker_host_on_aarch64_with_plain_tcp() {
     boot_docker_host("aarch64", "qemu-system-aarch64", true);
+}
+
+/// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host
+/// keys on the data disk, so the second boot presents the same host key; the in-guest docker
+/// CLI and curl work. (The real `dev` profile also has docker-cli-compose, which the test
+/// mirror cannot provide from Debian; this test profile is `dev` without it.)
+#[test]
+fn dev_ssh_on_x86_64() {
+    let (arch, qemu) = ("x86_64", "qemu-system-x86_64");
+    if !can_run(arch, qemu) {
+        return;
+    }
+    let root = workspace();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let profile = t.join("dev-test.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "extends = \"{}\"\noverlays = [\"{}\"]\npackages = [\"openssh\", \"docker-cli\", \"curl\", \"strace\", \"tcpdump\"]\n[output]\nlevel = 3\n",
+            root.join("profiles/minimal.toml").display(),
+            root.join("overlay/dev").display()
+        ),
+    )
+    .unwrap();
+    let out = t.join("out");
+    build(&profile, arch, t, &out);
+    let key = t.join("id");
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
+    assert!(o.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&o.stderr));
+    let data = t.join("data.img");
+    let o = hyve(&["disk", "create", &s(&data), "--size", "1G", "--ssh-key", &s(&t.join("id.pub"))]);
+    assert!(o.status.success(), "disk create: {}", String::from_utf8_lossy(&o.stderr));
+    let ssh_port = free_port();
+    let args = vec!["--port".to_string(), format!("{ssh_port}:22"), "--disk".to_string(), s(&data)];
+    let known = t.join("known_hosts");
+    let ssh = |strict: &str, command: &str| {
+        Command::new("ssh")
+            .args(["-i", &s(&key), "-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+            .args([
+                "-o",
+                &format!("StrictHostKeyChecking={strict}"),
+                "-o",
+                &format!("UserKnownHostsFile={}", s(&known)),
+            ])
+            .args(["root@127.0.0.1", command])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for (boot, strict) in [(1, "accept-new"), (2, "yes")] {
+        let mut vm = Vm::start(&out, &format!("dev-{arch}-boot{boot}"), &args);
+        vm.wait_for("hyve: dockerd ", 600);
+        vm.assert_console("the user's key", "hyve: ssh: root login with the 1 key(s) from the user data");
+        let o = ssh(strict, "docker version --format '{{.Server.Version}}' && curl --version >/dev/null && strace -V >/dev/null && echo dev-tools-ok");
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && said.contains("dev-tools-ok"),
+            "boot {boot}: ssh (host key check {strict}) failed: {}\n{said} (log: {})",
+            String::from_utf8_lossy(&o.stderr),
+            vm.log.display()
+        );
+        assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
+        vm.wait_powered_off(180);
+    }
 }

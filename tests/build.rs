@@ -371,3 +371,42 @@ fn conflicting_packages_are_refused() {
     );
     assert_eq!(e.matches("different contents").count(), 1, "said once: {e}");
 }
+
+#[test]
+fn optional_modules_are_included_when_present_and_listed_when_not() {
+    let env = setup(&["x86_64"]);
+    let text = std::fs::read_to_string(&env.profile).unwrap();
+    let text = text.replace("[kernel]\n", "[kernel]\noptional_modules = [\"failover\", \"no_such_button\"]\n");
+    std::fs::write(&env.profile, text).unwrap();
+    let out = env.root.join("out");
+    ok(&env.build(&out, &env.root.join("cache"), &["--arch", "x86_64"], &[], "022"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kernel"]["optional_modules_missing"], serde_json::json!(["no_such_button"]));
+    assert!(cpio_extract(&out.join("initrd.img"), "etc/hyve/modules").lines().any(|m| m == "failover"));
+}
+
+#[test]
+fn disk_create_checks_its_input_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let hyve =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_hyve")).args(args).current_dir(dir.path()).output().unwrap();
+    std::fs::write(dir.path().join("name"), "box\n").unwrap();
+    ok(&hyve(&["disk", "create", "d.img", "--size", "64M", "--file", "name:hostname"]));
+    let bytes = std::fs::read(dir.path().join("d.img")).unwrap();
+    assert_eq!(bytes.len(), 64 << 20);
+    assert!(bytes.starts_with(b"hyve, please format-me"));
+    let cases: [(&[&str], &str); 5] = [
+        (&["disk", "create", "d.img", "--size", "64M"], "already exists"),
+        (&["disk", "create", "e.img", "--size", "1M"], "at least 64M"),
+        (&["disk", "create", "e.img", "--size", "64M", "--file", "name"], "expected SRC:DEST"),
+        (&["disk", "create", "e.img", "--size", "64M", "--file", "name:../etc/passwd"], "`..` components"),
+        (&["disk", "create", "e.img", "--size", "64M", "--ssh-key", "name"], "OpenSSH public keys"),
+    ];
+    for (args, expected) in cases {
+        let o = hyve(args);
+        assert!(!o.status.success() && stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!dir.path().join("e.img").exists(), "nothing half-written");
+    assert_eq!(std::fs::read(dir.path().join("d.img")).unwrap(), bytes, "the existing disk is untouched");
+}

@@ -49,6 +49,11 @@ declare -A host_pkgs=(
 	[iptables]="iptables"
 	[e2fsprogs]="e2fsprogs logsave"
 	[sfdisk]="fdisk"
+	[openssh]="openssh-server openssh-client openssh-sftp-server"
+	[docker-cli]="docker.io"
+	[curl]="curl"
+	[strace]="strace"
+	[tcpdump]="tcpdump"
 	[openssl]="openssl"
 	[socat]="socat"
 	[ca-certificates]="ca-certificates"
@@ -179,6 +184,15 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		systemd-efistub) find "$dir" -name 'systemd-boot*.efi' -delete ;;
 		systemd-boot) find "$dir" -name 'linux*.efi.stub' -delete ;;
 		docker-engine) extra=(--depends "containerd runc iptables") ;;
+		docker-cli)
+			# Only the client out of docker.io (Alpine splits it the same way).
+			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/docker" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			;;
+		openssh)
+			# Debian's postinst makes the privilege separation user; Alpine's pre-install does.
+			printf '#!/bin/sh\naddgroup -S sshd 2>/dev/null\nadduser -S -D -H -h /var/empty -s /sbin/nologin -G sshd -g sshd sshd 2>/dev/null\nexit 0\n' >"$work/openssh.pre-install"
+			extra=(--pre-install "$work/openssh.pre-install")
+			;;
 		iptables)
 			# Debian's postinst picks the variant with update-alternatives; Alpine ships links.
 			for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do

@@ -89,6 +89,20 @@ pub fn run(a: RunArgs) -> Outcome {
     if a.docker_certs.is_some() {
         cmd.stdout(std::process::Stdio::piped());
     }
+    // QEMU must not outlive `hyve run`, however it ends (even SIGKILL).
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
     let mut child = cmd.spawn().with_context(|| {
         format!("starting {} (install QEMU: apt-get install qemu-system-x86 qemu-system-arm)", argv[0])
     })?;
