@@ -265,6 +265,13 @@ impl Docker {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `docker run --rm --network none FLAGS hyve-test:1 /bin/busybox ARGS`: `run` is
+    /// `Docker::run` or `Docker::ok`.
+    fn busybox<T>(&self, run: fn(&Self, &[&str]) -> T, flags: &[&str], args: &[&str]) -> T {
+        let head = ["run", "--rm", "--network", "none"];
+        run(self, &[&head[..], flags, &["hyve-test:1", "/bin/busybox"], args].concat())
+    }
+
     /// Polls `docker version` until the daemon answers.
     fn wait_ready(&self, vm: &mut Vm, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -455,23 +462,10 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
     }
     let api = if plain_tcp { &plain } else { &tls };
     api.ok(&["import", &s(&image), "hyve-test:1"]);
-    let said =
-        api.ok(&["run", "--rm", "--network", "none", "hyve-test:1", "/bin/busybox", "echo", "hyve-container-ok"]);
+    let said = api.busybox(Docker::ok, &[], &["echo", "hyve-container-ok"]);
     assert_eq!(said.trim(), "hyve-container-ok");
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
-    api.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        "/var/lib/hyve:/data",
-        "hyve-test:1",
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "echo persisted >/data/marker",
-    ]);
+    api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);
     // The guest's own hostname came from the user data.
     let host = api.ok(&["info", "--format", "{{.Name}}"]);
     assert_eq!(host.trim(), "hyve-test");
@@ -489,22 +483,10 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
     api.wait_ready(&mut vm, 300);
     let names = api.ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(names.lines().any(|n| n == "keeper"), "the container did not survive the reboot: {names:?}");
-    let marker = api.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        "/var/lib/hyve:/data",
-        "hyve-test:1",
-        "/bin/busybox",
-        "cat",
-        "/data/marker",
-    ]);
+    let marker = api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["cat", "/data/marker"]);
     assert_eq!(marker.trim(), "persisted");
     // Supervision: dockerd killed from inside comes back by itself.
-    let killer = ["run", "--rm", "--privileged", "--pid", "host", "--network", "none", "hyve-test:1"];
-    let _ = api.run(&[&killer[..], &["/bin/busybox", "killall", "-KILL", "dockerd"]].concat());
+    let _ = api.busybox(Docker::run, &["--privileged", "--pid", "host"], &["killall", "-KILL", "dockerd"]);
     vm.wait_for("hyve: 30-dockerd exited", 60);
     api.wait_ready(&mut vm, 180);
     power_off(arch, &vm, &api);
@@ -519,8 +501,7 @@ fn power_off(arch: &str, vm: &Vm, api: &Docker) {
     if arch == "x86_64" {
         assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
     } else {
-        let args = ["run", "--rm", "--privileged", "--pid", "host", "--network", "none", "hyve-test:1"];
-        let _ = api.run(&[&args[..], &["/bin/busybox", "kill", "-USR2", "1"]].concat());
+        let _ = api.busybox(Docker::run, &["--privileged", "--pid", "host"], &["kill", "-USR2", "1"]);
     }
 }
 

@@ -40,8 +40,8 @@ if [ -z "$kernel_deb" ]; then
 fi
 
 # The docker host's packages: each Alpine name gets its Debian packages plus every shared
-# library package they need (apt's closure of lib* packages, without perl modules), minus
-# glibc itself (that is `musl`).
+# library package they need (apt's closure of lib* packages and zlib1g, without perl
+# modules), minus glibc itself (that is `musl`).
 declare -A host_pkgs=(
 	[docker-engine]="docker.io tini"
 	[containerd]="containerd"
@@ -63,7 +63,7 @@ declare -A host_pkgs=(
 lib_closure() {
 	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
 		"${@/%/:$deb_arch}" 2>/dev/null | awk '/^[a-z]/{print $1}' | sed 's/:.*//' |
-		{ grep -E '^lib' || true; } | { grep -v -- '-perl$' || true; } | { grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' || true; } |
+		{ grep -E '^(lib|zlib1g$)' || true; } | { grep -v -- '-perl$' || true; } | { grep -vxE 'libc6|libc-bin|libc-l10n|libc-dev-bin|libdebconfclient0|libaudit-common|libsemanage-common' || true; } |
 		LC_ALL=C sort -u
 }
 declare -A host_libs=()
