@@ -44,7 +44,13 @@ fn module(depends: &str) -> Vec<u8> {
 fn packages(arch: &str) -> Vec<Pkg> {
     let kernel = if arch == "aarch64" { zboot(&arm64_image()) } else { bzimage() };
     let kernel: &'static [u8] = Box::leak(kernel.into_boxed_slice());
+    let (stub_path, machine) = if arch == "aarch64" {
+        ("usr/lib/systemd/boot/efi/linuxaa64.efi.stub", 0xaa64)
+    } else {
+        ("usr/lib/systemd/boot/efi/linuxx64.efi.stub", 0x8664)
+    };
     vec![
+        Pkg::new("systemd-efistub", "257.9-r0").file(stub_path, &hyve::output::uki::test_stub(machine)),
         Pkg::new("alpine-baselayout-data", "3.6.8-r1")
             .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n")
             .file("etc/group", b"root:x:0:root\nshadow:x:42:\nnogroup:x:65533:\n")
@@ -409,4 +415,84 @@ fn disk_create_checks_its_input_and_never_overwrites() {
     }
     assert!(!dir.path().join("e.img").exists(), "nothing half-written");
     assert_eq!(std::fs::read(dir.path().join("d.img")).unwrap(), bytes, "the existing disk is untouched");
+}
+
+/// A host tool the disk checks need (CI installs gdisk, dosfstools and mtools).
+fn tool(name: &str, package: &str) -> String {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    assert!(found, "{name} is needed to check the disk image independently: apt-get install {package}");
+    name.to_string()
+}
+
+#[test]
+fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
+    let env = setup(&["x86_64"]);
+    let text = std::fs::read_to_string(&env.profile).unwrap();
+    let text = text.replace(
+        "[output]\n",
+        "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\ndisk_size_mib = 160\ndata_partition_mib = 64\n",
+    );
+    std::fs::write(&env.profile, text).unwrap();
+    let (a, b) = (env.root.join("a"), env.root.join("b"));
+    ok(&env.build(&a, &env.root.join("cache-a"), &["--arch", "x86_64"], &[], "022"));
+    ok(&env.build(&b, &env.root.join("cache-b"), &["--arch", "x86_64"], &[("TZ", "Asia/Tokyo")], "077"));
+    let disk = a.join("disk.img");
+    let bytes = std::fs::read(&disk).unwrap();
+    assert_eq!(bytes.len(), 160 << 20);
+    assert!(bytes == std::fs::read(b.join("disk.img")).unwrap(), "two builds give the same disk.img bytes");
+    assert!(std::fs::read_to_string(a.join("SHA256SUMS")).unwrap().contains("  disk.img\n"));
+
+    // sgdisk's own verdict on the GPT.
+    let o = Command::new(tool("sgdisk", "gdisk")).arg("-v").arg(&disk).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("No problems found"), "sgdisk -v: {said}{}", stderr(&o));
+    let o = Command::new("sgdisk").arg("-p").arg(&disk).output().unwrap();
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("EF00") && table.contains("EFI System Partition") && table.contains("hyve-data"), "{table}");
+
+    // fsck.vfat on the ESP alone, and mtools' listing.
+    let esp = env.root.join("esp.img");
+    let esp_bytes = &bytes[1 << 20..(160 - 64 - 1) << 20];
+    std::fs::write(&esp, esp_bytes).unwrap();
+    let o = Command::new(tool("fsck.vfat", "dosfstools")).arg("-n").arg(&esp).output().unwrap();
+    assert!(o.status.success(), "fsck.vfat -n: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let o = Command::new(tool("mdir", "mtools"))
+        .args(["-/", "-b", "-i", &format!("{}@@1M", disk.display()), "::"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/hyve/kernel", "::/hyve/initrd.img", "::/loader/entries/hyve.conf"] {
+        assert!(listing.lines().any(|l| l == f), "{f} not on the ESP: {listing}{}", stderr(&o));
+    }
+    assert!(
+        esp_bytes[0x47..0x52] == *b"HYVE-EFI   " && esp_bytes[0x52..0x5a] == *b"FAT32   ",
+        "FAT32 labelled HYVE-EFI"
+    );
+
+    // The UKI's sections hold exactly the build's pieces; inspect shows them.
+    let o = hyve(&["inspect", "--json", disk.to_str().unwrap()], &[]);
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sections = doc["uki"]["sections"].as_array().unwrap();
+    let names: Vec<&str> = sections.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [".text", ".osrel", ".cmdline", ".initrd", ".linux"]);
+    let o = Command::new("mcopy")
+        .args(["-n", "-i", &format!("{}@@1M", disk.display()), "::/EFI/BOOT/BOOTX64.EFI", "-"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mcopy: {}", stderr(&o));
+    let section = |name: &str| {
+        let s = sections.iter().find(|s| s["name"] == name).unwrap();
+        let (at, len) = (s["raw_offset"].as_u64().unwrap() as usize, s["virtual_size"].as_u64().unwrap() as usize);
+        o.stdout[at..at + len].to_vec()
+    };
+    assert_eq!(section(".linux"), std::fs::read(a.join("kernel")).unwrap());
+    assert_eq!(section(".initrd"), std::fs::read(a.join("initrd.img")).unwrap());
+    assert_eq!(section(".cmdline"), std::fs::read_to_string(a.join("cmdline")).unwrap().trim_end().as_bytes());
+    assert!(String::from_utf8(section(".osrel")).unwrap().contains("ID=hyve"));
+    // The data partition waits for the guest with the format-me header.
+    let data = doc["partitions"][1]["first_lba"].as_u64().unwrap() as usize * 512;
+    assert!(bytes[data..].starts_with(b"hyve, please format-me"));
 }

@@ -13,10 +13,12 @@ use crate::install::{install, installed_db, PackageFile};
 use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
+use crate::output::disk::{self, DiskSpec, EspFile};
+use crate::output::uki::UkiLayout;
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
 use crate::session::{LockPolicy, Session};
-use crate::tree::{ContentStore, Tree};
+use crate::tree::{ContentStore, NodeKind, Tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -34,6 +36,13 @@ pub enum BuildError {
     Io { path: String, source: std::io::Error },
     #[error("the lock for {arch} has no {package}, the profile's kernel package")]
     NoKernelPackage { arch: Arch, package: String },
+    /// The disk image needs systemd's EFI stub and the package set has none.
+    #[error("output.formats has \"disk\" but no package installs /{path} ({arch}); the profile's world gets {package} for it — is it in the repositories?")]
+    NoEfiStub { arch: Arch, path: String, package: &'static str },
+    #[error(transparent)]
+    Uki(#[from] crate::output::uki::UkiError),
+    #[error(transparent)]
+    Disk(#[from] crate::output::disk::DiskError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -180,7 +189,7 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         ("tmp", Generated::Dir, 0o1777),
         ("root", Generated::Dir, 0o700),
         ("etc/hostname", Generated::Text(format!("{}\n", profile.hostname)), 0o644),
-        ("etc/os-release", Generated::Text(os_release), 0o644),
+        ("etc/os-release", Generated::Text(os_release.clone()), 0o644),
         (
             "etc/hyve/manifest.json",
             Generated::Text(serde_json::to_string_pretty(&guest_manifest).expect("json") + "\n"),
@@ -204,10 +213,36 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         outputs.push(write_artifact(tmp.path(), "kernel", &kernel.image)?);
     }
     let mut entries = 0;
-    if profile.formats.contains(&OutputFormat::Initrd) {
+    let wants_disk = profile.formats.contains(&OutputFormat::Disk);
+    if profile.formats.contains(&OutputFormat::Initrd) || wants_disk {
         let (artifact, n) = write_initrd(tmp.path(), &tree, &store, profile, epoch, workers)?;
-        outputs.push(artifact);
         entries = n;
+        if wants_disk {
+            let guest = GuestFiles {
+                kernel: &kernel.image,
+                kernel_version: &kernel_pkg.info.version.to_string(),
+                initrd: &tmp.path().join("initrd.img"),
+                initrd_sha256: &artifact.sha256,
+                cmdline: &cmdline,
+                os_release: &os_release,
+            };
+            outputs.push(write_disk_image(
+                tmp.path(),
+                &tree,
+                &store,
+                arch,
+                profile,
+                &section.inputs_hash,
+                &guest,
+                epoch,
+            )?);
+        }
+        if profile.formats.contains(&OutputFormat::Initrd) {
+            outputs.push(artifact);
+        } else {
+            let path = tmp.path().join("initrd.img");
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
     }
     outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
     // The output manifest is the guest's plus the outputs' hashes.
@@ -269,6 +304,114 @@ fn write_initrd(
         Artifact { name: "initrd.img".into(), sha256: hex::encode(hashing.hasher.finalize()), size: hashing.len },
         entries,
     ))
+}
+
+/// What the disk image carries of the guest.
+struct GuestFiles<'a> {
+    kernel: &'a [u8],
+    kernel_version: &'a str,
+    initrd: &'a Path,
+    initrd_sha256: &'a str,
+    cmdline: &'a str,
+    os_release: &'a str,
+}
+
+/// `disk.img`: a GPT disk whose ESP holds the Unified Kernel Image as the removable-media
+/// boot path (`\EFI\BOOT\BOOT{X64,AA64}.EFI`), plus the kernel, the initrd and a Boot Loader
+/// Specification entry for systemd-boot. GUIDs and the FAT serial come from a hash of the
+/// inputs, FAT times from SOURCE_DATE_EPOCH.
+#[allow(clippy::too_many_arguments)]
+fn write_disk_image(
+    dir: &Path,
+    tree: &Tree,
+    store: &ContentStore,
+    arch: Arch,
+    profile: &crate::profile::Profile,
+    inputs_hash: &str,
+    guest: &GuestFiles,
+    epoch: u64,
+) -> Result<Artifact> {
+    let (stub_name, boot_name) = match arch {
+        Arch::X86_64 => ("linuxx64.efi.stub", "BOOTX64.EFI"),
+        Arch::Aarch64 => ("linuxaa64.efi.stub", "BOOTAA64.EFI"),
+    };
+    let stub_path = format!("usr/lib/systemd/boot/efi/{stub_name}");
+    let stub = match tree.get(&stub_path).map(|n| &n.kind) {
+        Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(io_err(Path::new(&stub_path)))?,
+        _ => return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
+    };
+    let initrd_len = std::fs::metadata(guest.initrd).map_err(io_err(guest.initrd))?.len();
+    let uki = UkiLayout::new(
+        &stub,
+        &stub_path,
+        &[
+            (".osrel", guest.os_release.len() as u64),
+            (".cmdline", guest.cmdline.len() as u64),
+            (".initrd", initrd_len),
+            (".linux", guest.kernel.len() as u64),
+        ],
+    )?;
+    let open_initrd = || std::fs::File::open(guest.initrd).map(std::io::BufReader::new);
+    let entry = format!(
+        "title hyve {name} ({arch})\nversion {version}\nlinux /hyve/kernel\ninitrd /hyve/initrd.img\noptions {cmdline}\n",
+        name = profile.name,
+        version = guest.kernel_version,
+        cmdline = guest.cmdline,
+    );
+    let uki_size = uki.size();
+    let files = vec![
+        EspFile {
+            path: format!("EFI/BOOT/{boot_name}"),
+            size: uki_size,
+            write: Box::new(|w: &mut dyn Write| {
+                let mut initrd = open_initrd()?;
+                let (mut osrel, mut cmd, mut linux) =
+                    (guest.os_release.as_bytes(), guest.cmdline.as_bytes(), guest.kernel);
+                let mut w = w;
+                uki.write(
+                    &mut w,
+                    vec![
+                        (".osrel", &mut osrel),
+                        (".cmdline", &mut cmd),
+                        (".initrd", &mut initrd),
+                        (".linux", &mut linux),
+                    ],
+                )
+                .map_err(std::io::Error::other)
+            }),
+        },
+        EspFile {
+            path: "hyve/kernel".into(),
+            size: guest.kernel.len() as u64,
+            write: Box::new(|w: &mut dyn Write| w.write_all(guest.kernel)),
+        },
+        EspFile {
+            path: "hyve/initrd.img".into(),
+            size: initrd_len,
+            write: Box::new(|w: &mut dyn Write| std::io::copy(&mut open_initrd()?, w).map(|_| ())),
+        },
+        EspFile {
+            path: "loader/entries/hyve.conf".into(),
+            size: entry.len() as u64,
+            write: Box::new(|w: &mut dyn Write| w.write_all(entry.as_bytes())),
+        },
+    ];
+    let seed = Sha256::new()
+        .chain_update(inputs_hash.as_bytes())
+        .chain_update(arch.to_string().as_bytes())
+        .chain_update(profile.name.as_bytes())
+        .chain_update(Sha256::digest(guest.kernel))
+        .chain_update(guest.initrd_sha256.as_bytes())
+        .chain_update(guest.cmdline.as_bytes())
+        .finalize();
+    let spec =
+        DiskSpec { size: profile.disk_size_mib * disk::MIB, data_mib: profile.data_partition_mib, seed: &seed, epoch };
+    let path = dir.join("disk.img");
+    disk::write_disk(&path, &spec, files)?;
+    let mut hasher = Sha256::new();
+    let size =
+        std::io::copy(&mut std::fs::File::open(&path).map_err(io_err(&path))?, &mut hasher).map_err(io_err(&path))?;
+    Ok(Artifact { name: "disk.img".into(), sha256: hex::encode(hasher.finalize()), size })
 }
 
 /// Moves `staged` to `out`, replacing an existing `out` (the old one is renamed aside first,

@@ -14,6 +14,8 @@ use crate::apk::{Arch, Dep};
 
 /// Default Alpine branch, mirror and repositories.
 pub const DEFAULT_BRANCH: &str = "v3.24";
+/// The package with `linux{x64,aa64}.efi.stub`, added to the world when a disk is built.
+pub const EFI_STUB_PACKAGE: &str = "systemd-efistub";
 pub const DEFAULT_MIRROR: &str = "https://dl-cdn.alpinelinux.org/alpine";
 
 /// A profile as written in one file: every field optional so that `extends` can merge.
@@ -48,6 +50,7 @@ struct RawOutput {
     compression: Option<Compression>,
     level: Option<u32>,
     disk_size_mib: Option<u64>,
+    data_partition_mib: Option<u64>,
 }
 
 /// Artifacts a build can write.
@@ -95,6 +98,8 @@ pub struct Profile {
     /// Compression level (gzip 1-9, zstd 1-22, xz 0-9); `None` = the codec's default here.
     pub level: Option<u32>,
     pub disk_size_mib: u64,
+    /// A `hyve-data` partition of this size at the end of the disk image (format-me header).
+    pub data_partition_mib: Option<u64>,
 }
 
 /// Problems with a profile, each naming the file.
@@ -148,6 +153,7 @@ impl RawProfile {
                 compression: c.compression.or(p.compression),
                 level: if c.compression.is_some() { c.level } else { c.level.or(p.level) },
                 disk_size_mib: c.disk_size_mib.or(p.disk_size_mib),
+                data_partition_mib: c.data_partition_mib.or(p.data_partition_mib),
             }),
             (p, c) => c.or(p),
         };
@@ -287,12 +293,6 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
     }
     let output = raw.output.unwrap_or_default();
-    if output.formats.as_ref().is_some_and(|f| f.contains(&OutputFormat::Disk)) {
-        return Err(invalid(
-            "output.formats",
-            "\"disk\" (the EFI disk image) is not implemented yet (issue #7); remove it for now".into(),
-        ));
-    }
     let disk_size_mib = output.disk_size_mib.unwrap_or(256);
     if let Some(level) = output.level {
         let max = match output.compression.unwrap_or_default() {
@@ -312,6 +312,14 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             format!("{disk_size_mib} MiB is too small for an ESP (minimum 64)"),
         ));
     }
+    if let Some(data) = output.data_partition_mib {
+        if data < 64 || data + 64 > disk_size_mib {
+            return Err(invalid(
+                "output.data_partition_mib",
+                format!("{data} MiB: expected at least 64, leaving at least 64 MiB of the {disk_size_mib} MiB disk for the ESP"),
+            ));
+        }
+    }
     Ok(Profile {
         name,
         path: path.to_path_buf(),
@@ -330,6 +338,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         compression: output.compression.unwrap_or_default(),
         level: output.level,
         disk_size_mib,
+        data_partition_mib: output.data_partition_mib,
     })
 }
 
@@ -339,6 +348,10 @@ impl Profile {
         let mut world = self.packages.clone();
         if !world.iter().any(|p| Dep::parse(p).is_ok_and(|d| d.name == self.kernel_package)) {
             world.push(self.kernel_package.clone());
+        }
+        // The disk image's Unified Kernel Image is built on systemd's EFI stub.
+        if self.formats.contains(&OutputFormat::Disk) && !world.iter().any(|p| p == EFI_STUB_PACKAGE) {
+            world.push(EFI_STUB_PACKAGE.to_string());
         }
         world
     }
@@ -390,9 +403,11 @@ mod tests {
         let p = write(d.path(), "type.toml", "branch = \"v3.24\"\npackages = \"busybox\"\n");
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("type.toml:2:12") && e.contains("sequence"), "{e}");
-        let p = write(d.path(), "disk.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
+        let p = write(d.path(), "disk.toml", "[output]\ndisk_size_mib = 128\ndata_partition_mib = 100\n");
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains("disk.toml") && e.contains("not implemented yet"), "{e}");
+        assert!(e.contains("disk.toml") && e.contains("output.data_partition_mib"), "{e}");
+        let p = write(d.path(), "stub.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
+        assert!(load(&p).unwrap().world().contains(&EFI_STUB_PACKAGE.to_string()));
         let p = write(d.path(), "arch.toml", "arches = [\"riscv64\"]\n");
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("arch.toml:1:") && e.contains("riscv64"), "{e}");

@@ -68,6 +68,8 @@ pub enum VmmError {
     WrongArch { vmm: &'static str, arch: Arch, hint: &'static str },
     #[error("--port {0:?}: expected HOST:GUEST, e.g. 2376:2376")]
     BadPort(String),
+    #[error("{vmm} cannot boot the EFI disk image here; use qemu or vfkit")]
+    NoEfi { vmm: &'static str },
 }
 
 /// An output directory to boot.
@@ -132,6 +134,31 @@ pub struct RunOptions {
     pub append: Option<String>,
     /// QEMU's human monitor on this unix socket (how `hyve run` presses the power button).
     pub monitor: Option<PathBuf>,
+    /// Boot `disk.img` through UEFI firmware instead of the kernel directly.
+    pub efi: Option<Firmware>,
+}
+
+/// UEFI firmware for QEMU: the read-only code and a writable copy of the variable store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+/// Where Debian's `ovmf` / `qemu-efi-aarch64` (and Fedora's edk2) put the firmware:
+/// (code, variable-store template).
+pub fn firmware_candidates(arch: Arch) -> &'static [(&'static str, &'static str)] {
+    match arch {
+        Arch::X86_64 => &[
+            ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+            ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+        ],
+        Arch::Aarch64 => &[
+            ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+            ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
+        ],
+    }
 }
 
 /// Whether KVM can really run a guest here: `/dev/kvm` must open read-write, and on x86 the
@@ -180,7 +207,7 @@ fn cmdline(guest: &Guest, opts: &RunOptions) -> String {
 /// The argv that boots `guest` in `vmm` (`opts.accel` must be resolved for QEMU).
 pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
     let cmd = cmdline(guest, opts);
-    let (kernel, initrd) = (guest.file("kernel"), guest.file("initrd.img"));
+    let (kernel, initrd, disk) = (guest.file("kernel"), guest.file("initrd.img"), guest.file("disk.img"));
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match vmm {
@@ -198,7 +225,14 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
                 .join(",");
             push(&[binary, "-M", machine, "-accel", &opts.accel.to_string(), "-cpu", cpu]);
             push(&["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]);
-            push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmd]);
+            match &opts.efi {
+                Some(fw) => {
+                    push(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", fw.code.display())]);
+                    push(&["-drive", &format!("if=pflash,format=raw,file={}", fw.vars.display())]);
+                    push(&["-drive", &format!("file={disk},format=raw,if=virtio")]);
+                }
+                None => push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmd]),
+            }
             push(&["-nographic", "-no-reboot", "-nic", &nic, "-device", "virtio-rng-pci"]);
             for d in &opts.disks {
                 push(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]);
@@ -209,7 +243,13 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
         }
         Vmm::Vfkit => {
             push(&["vfkit", "--cpus", &opts.cpus.to_string(), "--memory", &opts.memory_mib.to_string()]);
-            push(&["--bootloader", &format!("linux,kernel={kernel},initrd={initrd},cmdline=\"{cmd}\"")]);
+            match &opts.efi {
+                Some(fw) => {
+                    push(&["--bootloader", &format!("efi,variable-store={},create", fw.vars.display())]);
+                    push(&["--device", &format!("virtio-blk,path={disk}")]);
+                }
+                None => push(&["--bootloader", &format!("linux,kernel={kernel},initrd={initrd},cmdline=\"{cmd}\"")]),
+            }
             push(&["--device", "virtio-serial,stdio", "--device", "virtio-net,nat", "--device", "virtio-rng"]);
             push(&["--device", "virtio-vsock,port=2375,socketURL=/tmp/hyve-docker.sock,connect"]);
             for d in &opts.disks {
@@ -220,6 +260,9 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
             let name = if vmm == Vmm::Hyperkit { "hyperkit" } else { "xhyve" };
             if guest.arch != Arch::X86_64 {
                 return Err(VmmError::WrongArch { vmm: name, arch: guest.arch, hint: "vfkit or qemu" });
+            }
+            if opts.efi.is_some() {
+                return Err(VmmError::NoEfi { vmm: name });
             }
             push(&[name, "-A", "-m", &format!("{}M", opts.memory_mib), "-c", &opts.cpus.to_string()]);
             push(&[
@@ -332,6 +375,7 @@ mod tests {
             disks: vec![],
             append: Some("hyve.poweroff".into()),
             monitor: None,
+            efi: None,
         }
     }
 
@@ -368,6 +412,21 @@ mod tests {
         let mut scanner = BundleScanner::default();
         let cut = console.replace("hyve-docker-client-bundle: file key.pem", "noise");
         assert!(cut.split_inclusive('\n').all(|l| scanner.line(l).is_none()));
+    }
+
+    #[test]
+    fn efi_boot_lines() {
+        let fw = Firmware { code: "/fw/CODE.fd".into(), vars: "/run/VARS.fd".into() };
+        let efi = RunOptions { efi: Some(fw), ..opts() };
+        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::X86_64), &efi).unwrap());
+        assert!(a.contains("-drive if=pflash,format=raw,readonly=on,file=/fw/CODE.fd -drive if=pflash,format=raw,file=/run/VARS.fd -drive file=/o/disk.img,format=raw,if=virtio"), "{a}");
+        assert!(!a.contains("-kernel"), "{a}");
+        let a = shell_line(&command(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap());
+        assert!(
+            a.contains("--bootloader efi,variable-store=/run/VARS.fd,create --device virtio-blk,path=/o/disk.img"),
+            "{a}"
+        );
+        assert!(command(Vmm::Hyperkit, &guest(Arch::X86_64), &efi).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{KeyArgs, Outcome};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .apk package, an APKINDEX.tar.gz or an initrd.img
+    /// An .apk package, an APKINDEX.tar.gz, an initrd.img or a disk.img
     file: PathBuf,
     #[command(flatten)]
     keys: KeyArgs,
@@ -27,13 +27,17 @@ enum Kind {
     Package,
     Index,
     Initramfs,
+    Disk,
 }
 
 /// Looks past any `.SIGN.*` entries at the first real entry name.
 fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut head = [0u8; 4];
-    let n = (&f).take(4).read(&mut head)?;
+    let mut head = vec![0u8; 520];
+    let n = (&f).take(520).read(&mut head)?;
+    if n == 520 && head[510..512] == [0x55, 0xAA] && &head[512..520] == b"EFI PART" {
+        return Ok(Kind::Disk);
+    }
     if head[..n].starts_with(b"ADB") {
         // The library gives the precise "apk v3 is not supported" error.
         return Ok(if file.to_string_lossy().ends_with(".apk") { Kind::Package } else { Kind::Index });
@@ -75,6 +79,7 @@ pub fn run(args: Args) -> Outcome {
         Kind::Package => inspect_package(&args, &keyring),
         Kind::Index => inspect_index(&args, &keyring),
         Kind::Initramfs => inspect_initramfs(&args),
+        Kind::Disk => inspect_disk(&args),
     }
 }
 
@@ -256,6 +261,90 @@ fn inspect_initramfs(args: &Args) -> Outcome {
                 String::new()
             };
             println!("  {:06o} {:>5}:{:<5} {:>3} {:>10} {}{link}{dev}", e.mode, e.uid, e.gid, e.nlink, e.size, e.name);
+        }
+    }
+    Ok(true)
+}
+
+/// A disk image: its GPT (every CRC checked), the ESP's files, and the UKI's sections.
+fn inspect_disk(args: &Args) -> Outcome {
+    use hyve::output::disk;
+    let origin = args.file.display().to_string();
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).open(&args.file).with_context(|| {
+            format!("opening {origin} (read-write: the FAT reader asks for it; nothing is written)")
+        })?;
+    let size = file.metadata()?.len();
+    let (disk_guid, parts) = disk::read_gpt(&mut file, &origin)?;
+    let esp = parts.iter().find(|p| p.type_guid == disk::ESP_TYPE);
+    let files = match esp {
+        Some(esp) => disk::list_esp(&mut file, esp, &origin)?,
+        None => vec![],
+    };
+    let uki = files.iter().find(|(p, _)| p.starts_with("EFI/BOOT/BOOT") && p.ends_with(".EFI")).map(|(p, _)| p.clone());
+    let sections = match (esp, &uki) {
+        (Some(esp), Some(path)) => {
+            let head = disk::read_esp_file(&mut file, esp, path, 64 << 10)?;
+            hyve::output::uki::sections(&head).map_err(|e| anyhow::anyhow!("{origin}: {path}: {e}"))?
+        }
+        _ => vec![],
+    };
+    if args.json {
+        let doc = json!({
+            "file": origin,
+            "type": "disk",
+            "size": size,
+            "disk_guid": disk_guid,
+            "partitions": parts.iter().map(|p| json!({
+                "type": p.type_guid, "guid": p.guid, "first_lba": p.first_lba, "last_lba": p.last_lba, "name": p.name,
+            })).collect::<Vec<_>>(),
+            "esp_files": files.iter().map(|(p, s)| json!({"path": p, "size": s})).collect::<Vec<_>>(),
+            "uki": uki.as_ref().map(|u| json!({"path": u, "sections": sections.iter().map(|s| json!({
+                "name": s.name, "virtual_address": s.virtual_address, "virtual_size": s.virtual_size,
+                "raw_offset": s.raw_offset, "raw_size": s.raw_size,
+            })).collect::<Vec<_>>()})),
+            "ok": true,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("file:       {origin}");
+        println!("type:       raw disk, GPT (headers, tables and backup checked)");
+        println!("size:       {size} bytes ({} MiB)", size / disk::MIB);
+        println!("disk GUID:  {disk_guid}");
+        println!("partitions:");
+        for (i, p) in parts.iter().enumerate() {
+            let kind = match p.type_guid.as_str() {
+                disk::ESP_TYPE => "EFI System",
+                disk::LINUX_DATA_TYPE => "Linux data",
+                _ => "other",
+            };
+            let mib = (p.last_lba + 1 - p.first_lba) * disk::SECTOR / disk::MIB;
+            println!(
+                "  {} {:>8}..{:<8} {mib:>6} MiB  {kind:<10} {:<22} {}",
+                i + 1,
+                p.first_lba,
+                p.last_lba,
+                p.name,
+                p.guid
+            );
+        }
+        if esp.is_some() {
+            println!("ESP files:");
+            for (path, size) in &files {
+                match size {
+                    Some(n) => println!("  {n:>12}  {path}"),
+                    None => println!("  {:>12}  {path}", "dir"),
+                }
+            }
+        }
+        if let Some(u) = &uki {
+            println!("UKI {u} sections:");
+            for s in &sections {
+                println!(
+                    "  {:<9} va {:#010x} size {:>10}  file {:#010x} raw {:>10}",
+                    s.name, s.virtual_address, s.virtual_size, s.raw_offset, s.raw_size
+                );
+            }
         }
     }
     Ok(true)

@@ -45,6 +45,13 @@ pub struct RunArgs {
     /// key.pem) in DIR, for DOCKER_CERT_PATH
     #[arg(long, value_name = "DIR")]
     docker_certs: Option<PathBuf>,
+    /// Boot disk.img through UEFI firmware (OVMF / AAVMF; vfkit's EFI loader) instead of
+    /// the kernel directly
+    #[arg(long)]
+    efi: bool,
+    /// The UEFI firmware's code image (default: the distribution's OVMF / AAVMF)
+    #[arg(long, value_name = "FILE", requires = "efi")]
+    firmware: Option<PathBuf>,
     /// Print the command line instead of running it
     #[arg(long)]
     print: bool,
@@ -60,6 +67,7 @@ pub fn run(a: RunArgs) -> Outcome {
     let guest = Guest::open(&a.dir)?;
     let monitor_dir = tempfile::Builder::new().prefix("hyve-run-").tempdir().context("creating a temp dir")?;
     let monitor = monitor_dir.path().join("monitor.sock");
+    let efi = if a.efi { Some(firmware(&guest, a.firmware.as_deref(), monitor_dir.path(), a.print)?) } else { None };
     let opts = RunOptions {
         memory_mib: a.memory,
         cpus: a.cpus,
@@ -68,6 +76,7 @@ pub fn run(a: RunArgs) -> Outcome {
         disks: a.disks,
         append: a.append,
         monitor: (a.vmm == Vmm::Qemu && !a.print).then(|| monitor.clone()),
+        efi,
     };
     let argv = vmm::command(a.vmm, &guest, &opts)?;
     if a.print {
@@ -147,6 +156,49 @@ pub fn run(a: RunArgs) -> Outcome {
         let _ = t.join();
     }
     Ok(status.success())
+}
+
+/// The firmware to boot `guest`'s disk with, and a fresh copy of its variable store in
+/// `scratch` (firmware writes to it; the distribution's template must stay pristine).
+fn firmware(guest: &Guest, code: Option<&Path>, scratch: &Path, print: bool) -> anyhow::Result<vmm::Firmware> {
+    let disk = guest.dir.join("disk.img");
+    anyhow::ensure!(
+        disk.is_file(),
+        "{}: no disk.img; add \"disk\" to output.formats in the profile and build again",
+        guest.dir.display()
+    );
+    let candidates = vmm::firmware_candidates(guest.arch);
+    let (code, template) = match code {
+        Some(c) => {
+            let vars = candidates.iter().map(|(_, v)| PathBuf::from(v)).find(|v| v.is_file());
+            (c.to_path_buf(), vars)
+        }
+        None => {
+            let found = candidates.iter().find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file());
+            let Some((c, v)) = found else {
+                anyhow::bail!(
+                    "no UEFI firmware for {} (looked for {}); install it (apt-get install ovmf qemu-efi-aarch64) or pass --firmware",
+                    guest.arch,
+                    candidates.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+                );
+            };
+            (PathBuf::from(c), Some(PathBuf::from(v)))
+        }
+    };
+    let vars = scratch.join("VARS.fd");
+    if !print {
+        match template {
+            Some(t) => {
+                std::fs::copy(&t, &vars).with_context(|| format!("copying {}", t.display()))?;
+            }
+            None => {
+                // Without a template, an empty store of the code image's size.
+                let len = std::fs::metadata(&code).with_context(|| format!("{}", code.display()))?.len();
+                std::fs::File::create(&vars)?.set_len(len)?;
+            }
+        }
+    }
+    Ok(vmm::Firmware { code, vars })
 }
 
 /// QEMU's `system_powerdown`: the ACPI power button (x86), the GPIO power key (arm64 virt).

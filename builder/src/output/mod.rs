@@ -2,3 +2,6 @@
 
 pub mod compress;
 pub mod cpio;
+pub mod disk;
+pub mod fat;
+pub mod uki;

@@ -5,7 +5,8 @@ for type in ed25519 ecdsa rsa; do
 	key=$HYVE_DATA/ssh/ssh_host_${type}_key
 	[ -s "$key" ] || ssh-keygen -q -t "$type" -N "" -C "hyve host key" -f "$key" || log "ssh: cannot make the $type host key"
 done
-mkdir -p /var/empty /root
+# /var/empty for privilege separation (Alpine's sshd), /run/sshd (Debian-built ones).
+mkdir -p /var/empty /run/sshd /root
 ln -sfn "$HYVE_DATA/.ssh" /root/.ssh
 if [ -s "$HYVE_DATA/.ssh/authorized_keys" ]; then
 	log "ssh: root login with the $(grep -c . "$HYVE_DATA/.ssh/authorized_keys") key(s) from the user data; host key $(ssh-keygen -l -f "$HYVE_DATA/ssh/ssh_host_ed25519_key.pub" | awk '{print $2}')"

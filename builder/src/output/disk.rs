@@ -1,0 +1,477 @@
+//! Raw EFI disk images: a GPT (protective MBR, primary and backup headers and partition
+//! tables, CRC32s) holding an EFI System Partition — FAT32, label `HYVE-EFI` — and, when asked
+//! for, a `hyve-data` partition left unformatted with the guest's format-me header.
+//!
+//! The GPT is written by hand (UEFI 2.10 §5.3): it is a few fixed structures, and the `gpt`
+//! crate draws partition GUIDs at random and owns the device I/O, while every byte here must
+//! follow from the inputs. The ESP's FAT32 is written by `output::fat`; `fatfs` reads it
+//! back for `hyve inspect`.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::fat;
+use crate::datadisk;
+
+pub const SECTOR: u64 = 512;
+pub const MIB: u64 = 1 << 20;
+/// The ESP and the data partition start on 1 MiB boundaries.
+const ALIGN_LBA: u64 = MIB / SECTOR;
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: u64 = 128;
+/// LBAs the partition entry array takes (128 × 128 bytes).
+const TABLE_LBAS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+pub const ESP_LABEL: &str = "HYVE-EFI";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The files do not fit the ESP the profile sized.
+    #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile")]
+    TooSmall { esp_mib: u64, need_mib: u64, suggest_mib: u64 },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// A disk image that is not what `hyve` writes (for `inspect`).
+    #[error("{path}: {detail}")]
+    NotGpt { path: String, detail: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
+    let what = what.into();
+    move |source| DiskError::Io { what, source }
+}
+
+/// A GUID's on-disk bytes from its text form (first three fields little-endian).
+pub fn guid_bytes(text: &str) -> [u8; 16] {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let raw: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("GUID literal")).collect();
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
+    b[4..6].copy_from_slice(&[raw[5], raw[4]]);
+    b[6..8].copy_from_slice(&[raw[7], raw[6]]);
+    b[8..].copy_from_slice(&raw[8..]);
+    b
+}
+
+/// The text form of on-disk GUID bytes.
+pub fn guid_text(b: &[u8]) -> String {
+    format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        hex::encode_upper(&b[10..16])
+    )
+}
+
+/// A version-4-shaped GUID derived from `seed` and `what`: the same inputs, the same GUID.
+fn derived_guid(seed: &[u8], what: &str) -> [u8; 16] {
+    let h = Sha256::new().chain_update(seed).chain_update(what.as_bytes()).finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[7] = (b[7] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+/// A partition to write into the GPT.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub type_guid: [u8; 16],
+    pub guid: [u8; 16],
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub name: String,
+}
+
+/// Byte offset and length of the partitions of a disk of `size` bytes: the ESP, and the data
+/// partition of `data_mib` MiB at the end when asked for.
+pub fn layout(size: u64, data_mib: Option<u64>) -> Vec<(u64, u64)> {
+    let total = size / SECTOR;
+    // The last usable LBA before the backup table, rounded down to the alignment.
+    let end = (total - 1 - TABLE_LBAS) / ALIGN_LBA * ALIGN_LBA;
+    let esp_start = ALIGN_LBA;
+    match data_mib {
+        Some(mib) => {
+            let data_start = end - mib * ALIGN_LBA;
+            vec![
+                (esp_start * SECTOR, (data_start - esp_start) * SECTOR),
+                (data_start * SECTOR, (end - data_start) * SECTOR),
+            ]
+        }
+        None => vec![(esp_start * SECTOR, (end - esp_start) * SECTOR)],
+    }
+}
+
+fn header(total: u64, disk_guid: &[u8; 16], primary: bool, table_crc: u32) -> [u8; SECTOR as usize] {
+    let mut h = [0u8; SECTOR as usize];
+    let (my, alternate, table) = if primary { (1, total - 1, 2) } else { (total - 1, 1, total - 1 - TABLE_LBAS) };
+    h[..8].copy_from_slice(b"EFI PART");
+    h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+    h[12..16].copy_from_slice(&92u32.to_le_bytes());
+    h[24..32].copy_from_slice(&my.to_le_bytes());
+    h[32..40].copy_from_slice(&alternate.to_le_bytes());
+    h[40..48].copy_from_slice(&(2 + TABLE_LBAS).to_le_bytes());
+    h[48..56].copy_from_slice(&(total - 2 - TABLE_LBAS).to_le_bytes());
+    h[56..72].copy_from_slice(disk_guid);
+    h[72..80].copy_from_slice(&table.to_le_bytes());
+    h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
+    h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
+    h[88..92].copy_from_slice(&table_crc.to_le_bytes());
+    let crc = crc32fast::hash(&h[..92]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Writes the protective MBR and both GPT copies into `disk` (of `size` bytes).
+pub fn write_gpt(
+    disk: &mut (impl Write + Seek),
+    size: u64,
+    disk_guid: &[u8; 16],
+    parts: &[Partition],
+) -> std::io::Result<()> {
+    let total = size / SECTOR;
+    let mut mbr = [0u8; SECTOR as usize];
+    let entry = &mut mbr[446..462];
+    entry[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
+    entry[4] = 0xEE;
+    entry[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&u32::try_from(total - 1).unwrap_or(u32::MAX).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    let mut table = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+    for (i, p) in parts.iter().enumerate() {
+        let e = &mut table[i * ENTRY_SIZE as usize..][..ENTRY_SIZE as usize];
+        e[..16].copy_from_slice(&p.type_guid);
+        e[16..32].copy_from_slice(&p.guid);
+        e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
+        e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
+        for (j, unit) in p.name.encode_utf16().take(36).enumerate() {
+            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    let table_crc = crc32fast::hash(&table);
+    disk.seek(SeekFrom::Start(0))?;
+    disk.write_all(&mbr)?;
+    disk.write_all(&header(total, disk_guid, true, table_crc))?;
+    disk.write_all(&table)?;
+    disk.seek(SeekFrom::Start((total - 1 - TABLE_LBAS) * SECTOR))?;
+    disk.write_all(&table)?;
+    disk.write_all(&header(total, disk_guid, false, table_crc))?;
+    Ok(())
+}
+
+/// A partition as read back from a GPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPartition {
+    pub type_guid: String,
+    pub guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub name: String,
+}
+
+/// Reads and checks a GPT: signature, header and table CRCs, the backup copy.
+pub fn read_gpt(disk: &mut (impl Read + Seek), path: &str) -> Result<(String, Vec<ReadPartition>), DiskError> {
+    let bad = |detail: String| DiskError::NotGpt { path: path.into(), detail };
+    let size = disk.seek(SeekFrom::End(0)).map_err(io(path))?;
+    let read_at = |disk: &mut dyn ReadSeek, at: u64, len: usize| -> Result<Vec<u8>, DiskError> {
+        let mut b = vec![0u8; len];
+        disk.seek(SeekFrom::Start(at)).map_err(io(path))?;
+        disk.read_exact(&mut b).map_err(io(path))?;
+        Ok(b)
+    };
+    let mbr = read_at(disk, 0, SECTOR as usize)?;
+    if mbr[510..512] != [0x55, 0xAA] || mbr[450] != 0xEE {
+        return Err(bad("no protective MBR (not a GPT disk)".into()));
+    }
+    let mut tables = Vec::new();
+    for lba in [1, size / SECTOR - 1] {
+        let h = read_at(disk, lba * SECTOR, SECTOR as usize)?;
+        if &h[..8] != b"EFI PART" {
+            return Err(bad(format!("no GPT header at LBA {lba}")));
+        }
+        let mut zeroed = h[..92].to_vec();
+        zeroed[16..20].fill(0);
+        let stored = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
+        if crc32fast::hash(&zeroed) != stored {
+            return Err(bad(format!("GPT header at LBA {lba}: CRC32 mismatch")));
+        }
+        let table_lba = u64::from_le_bytes(h[72..80].try_into().expect("8 bytes"));
+        let table = read_at(disk, table_lba * SECTOR, (ENTRIES * ENTRY_SIZE) as usize)?;
+        if crc32fast::hash(&table) != u32::from_le_bytes(h[88..92].try_into().expect("4 bytes")) {
+            return Err(bad(format!("partition table at LBA {table_lba}: CRC32 mismatch")));
+        }
+        tables.push((guid_text(&h[56..72]), table));
+    }
+    if tables[0] != tables[1] {
+        return Err(bad("the backup GPT differs from the primary".into()));
+    }
+    let (disk_guid, table) = tables.swap_remove(0);
+    let parts = table
+        .chunks(ENTRY_SIZE as usize)
+        .filter(|e| e[..16].iter().any(|b| *b != 0))
+        .map(|e| ReadPartition {
+            type_guid: guid_text(&e[..16]),
+            guid: guid_text(&e[16..32]),
+            first_lba: u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")),
+            last_lba: u64::from_le_bytes(e[40..48].try_into().expect("8 bytes")),
+            name: String::from_utf16_lossy(
+                &e[56..128]
+                    .chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .take_while(|u| *u != 0)
+                    .collect::<Vec<_>>(),
+            ),
+        })
+        .collect();
+    Ok((disk_guid, parts))
+}
+
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// A window of a file, so the FAT code sees one partition as a whole device.
+pub struct Slice<F> {
+    inner: F,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<F: Seek> Slice<F> {
+    pub fn new(mut inner: F, start: u64, len: u64) -> std::io::Result<Slice<F>> {
+        inner.seek(SeekFrom::Start(start))?;
+        Ok(Slice { inner, start, len, pos: 0 })
+    }
+}
+
+impl<F: Read + Seek> Read for Slice<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        let n = self.inner.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<F: Write + Seek> Write for Slice<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pos + buf.len() as u64 > self.len {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "write past the end of the partition"));
+        }
+        let n = self.inner.write(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<F: Seek> Seek for Slice<F> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => n as i128,
+            SeekFrom::End(d) => self.len as i128 + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if target < 0 || target > self.len as i128 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek outside the partition"));
+        }
+        self.pos = target as u64;
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        Ok(self.pos)
+    }
+}
+
+/// A file for the ESP: its path (`/`-separated), size, and how to write its bytes.
+pub struct EspFile<'a> {
+    pub path: String,
+    pub size: u64,
+    pub write: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>,
+}
+
+/// What the disk is made of besides its files.
+pub struct DiskSpec<'a> {
+    pub size: u64,
+    pub data_mib: Option<u64>,
+    /// Hashed into the disk and partition GUIDs and the FAT serial.
+    pub seed: &'a [u8],
+    pub epoch: u64,
+}
+
+/// Writes `path`: GPT, the ESP with `files`, and the data partition's format-me header.
+pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(), DiskError> {
+    let shown = path.display().to_string();
+    let parts = layout(spec.size, spec.data_mib);
+    let (esp_start, esp_len) = parts[0];
+    let cluster: u64 = if esp_len <= 260 * MIB { 512 } else { 4096 };
+    // Each file rounded up to clusters, plus room for directories and the FATs.
+    let need: u64 = files.iter().map(|f| f.size.div_ceil(cluster) * cluster).sum::<u64>()
+        + 64 * cluster
+        + esp_len / cluster * 4 * 2;
+    if need > esp_len {
+        let need_mib = need.div_ceil(MIB);
+        let other = spec.size / MIB - esp_len / MIB;
+        return Err(DiskError::TooSmall { esp_mib: esp_len / MIB, need_mib, suggest_mib: need_mib + other + 8 });
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io(&shown))?;
+    file.set_len(spec.size).map_err(io(&shown))?;
+    let mut disk = file;
+    let mut gpt_parts = vec![Partition {
+        type_guid: guid_bytes(ESP_TYPE),
+        guid: derived_guid(spec.seed, "esp"),
+        first_lba: esp_start / SECTOR,
+        last_lba: (esp_start + esp_len) / SECTOR - 1,
+        name: "EFI System Partition".into(),
+    }];
+    if let Some(&(start, len)) = parts.get(1) {
+        gpt_parts.push(Partition {
+            type_guid: guid_bytes(LINUX_DATA_TYPE),
+            guid: derived_guid(spec.seed, "data"),
+            first_lba: start / SECTOR,
+            last_lba: (start + len) / SECTOR - 1,
+            name: "hyve-data".into(),
+        });
+        // The guest formats this partition on first boot (datadisk's protocol).
+        let header = datadisk::user_data_tar(&[]).map_err(|e| DiskError::Io {
+            what: "format-me header".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        disk.seek(SeekFrom::Start(start)).map_err(io(&shown))?;
+        disk.write_all(&header).map_err(io(&shown))?;
+    }
+    write_gpt(&mut disk, spec.size, &derived_guid(spec.seed, "disk"), &gpt_parts).map_err(io(&shown))?;
+
+    let serial = u32::from_le_bytes(derived_guid(spec.seed, "fat-serial")[..4].try_into().expect("4 bytes"));
+    let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
+    fat::write_fat32(&mut disk, esp_start, esp_len, hidden, serial, ESP_LABEL, spec.epoch, files).map_err(|e| {
+        DiskError::Io { what: format!("{shown}: the ESP"), source: std::io::Error::other(e.to_string()) }
+    })?;
+    disk.sync_all().map_err(io(&shown))?;
+    Ok(())
+}
+
+/// One entry of a FAT directory listing: path, size (None for directories).
+pub type EspEntry = (String, Option<u64>);
+
+/// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
+pub fn list_esp(disk: &mut std::fs::File, esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
+    let start = esp.first_lba * SECTOR;
+    let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
+    let slice = Slice::new(disk, start, len).map_err(io(path))?;
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(format!("{path}: the ESP")))?;
+    let mut out = Vec::new();
+    fn walk<T: fatfs::ReadWriteSeek>(dir: fatfs::Dir<T>, prefix: &str, out: &mut Vec<EspEntry>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = dir.iter().collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let full = format!("{prefix}{name}");
+            if e.is_dir() {
+                out.push((format!("{full}/"), None));
+                walk(e.to_dir(), &format!("{full}/"), out)?;
+            } else {
+                out.push((full, Some(e.len())));
+            }
+        }
+        Ok(())
+    }
+    walk(fs.root_dir(), "", &mut out).map_err(io(format!("{path}: the ESP")))?;
+    Ok(out)
+}
+
+/// The first `limit` bytes of a file on the ESP (UKI headers, the loader entry).
+pub fn read_esp_file(
+    disk: &mut std::fs::File,
+    esp: &ReadPartition,
+    file: &str,
+    limit: u64,
+) -> Result<Vec<u8>, DiskError> {
+    let start = esp.first_lba * SECTOR;
+    let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
+    let slice = Slice::new(disk, start, len).map_err(io(file))?;
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(file))?;
+    let f = fs.root_dir().open_file(file).map_err(io(file))?;
+    let mut b = Vec::new();
+    f.take(limit).read_to_end(&mut b).map_err(io(file))?;
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_round_trip_and_are_derived() {
+        assert_eq!(guid_text(&guid_bytes(ESP_TYPE)), ESP_TYPE);
+        assert_eq!(guid_bytes(ESP_TYPE)[..4], [0x28, 0x73, 0x2A, 0xC1]);
+        let a = derived_guid(b"seed", "disk");
+        assert_eq!(a, derived_guid(b"seed", "disk"));
+        assert_ne!(a, derived_guid(b"seed", "esp"));
+        assert_eq!(guid_text(&a).as_bytes()[14], b'4', "version 4 shape: {}", guid_text(&a));
+    }
+
+    #[test]
+    fn disk_round_trips_and_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DiskSpec { size: 80 * MIB, data_mib: Some(8), seed: b"inputs", epoch: 1_700_000_000 };
+        let files = || {
+            vec![
+                EspFile {
+                    path: "EFI/BOOT/BOOTX64.EFI".into(),
+                    size: 3000,
+                    write: Box::new(|w: &mut dyn Write| w.write_all(&[7u8; 3000])),
+                },
+                EspFile {
+                    path: "loader/entries/hyve.conf".into(),
+                    size: 5,
+                    write: Box::new(|w: &mut dyn Write| w.write_all(b"title")),
+                },
+            ]
+        };
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        write_disk(&a, &spec, files()).unwrap();
+        write_disk(&b, &spec, files()).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "byte-identical");
+        let mut f = std::fs::File::open(&a).unwrap();
+        let (_, parts) = read_gpt(&mut f, "a.img").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].type_guid.as_str(), parts[0].first_lba), (ESP_TYPE, 2048));
+        assert_eq!(parts[1].name, "hyve-data");
+        let mut rw = std::fs::OpenOptions::new().read(true).write(true).open(&a).unwrap();
+        let listing = list_esp(&mut rw, &parts[0], "a.img").unwrap();
+        assert!(listing.contains(&("EFI/BOOT/BOOTX64.EFI".to_string(), Some(3000))), "{listing:?}");
+        assert_eq!(read_esp_file(&mut rw, &parts[0], "loader/entries/hyve.conf", 100).unwrap(), b"title");
+        let bytes = std::fs::read(&a).unwrap();
+        let data = (parts[1].first_lba * SECTOR) as usize;
+        assert!(bytes[data..].starts_with(datadisk::FORMAT_MAGIC.as_bytes()));
+        // A flipped byte in the backup table is caught.
+        let mut broken = bytes.clone();
+        let at = broken.len() - 2 * SECTOR as usize - 100;
+        broken[at] ^= 1;
+        std::fs::write(&b, &broken).unwrap();
+        let e = read_gpt(&mut std::fs::File::open(&b).unwrap(), "b.img").unwrap_err().to_string();
+        assert!(e.contains("CRC32"), "{e}");
+        let small = DiskSpec { size: 64 * MIB, data_mib: None, seed: b"x", epoch: 0 };
+        let big = vec![EspFile { path: "big".into(), size: 100 * MIB, write: Box::new(|_: &mut dyn Write| Ok(())) }];
+        let e = write_disk(&dir.path().join("c.img"), &small, big).unwrap_err().to_string();
+        assert!(e.contains("disk_size_mib"), "{e}");
+        assert!(!dir.path().join("c.img").exists());
+    }
+}
