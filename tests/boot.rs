@@ -1,6 +1,7 @@
 //! Boot tests: the real profiles built against the test mirror (Debian's binaries repackaged
 //! by `make mirror` — a TEST FIXTURE) and booted with `hyve run` under QEMU, x86_64 and
-//! aarch64. `base` must reach userspace, get a DHCP address and power off cleanly; `minimal`
+//! aarch64. `base` must reach userspace, get a DHCP address and power off cleanly, and reach
+//! userspace again from its EFI disk image alone (OVMF / AAVMF, UKI); `minimal`
 //! (the docker host) is driven from the host with the docker CLI over TLS or plain TCP,
 //! across two boots with a data disk from `hyve disk create`. Console logs are kept in
 //! target/boot-logs/.
@@ -112,6 +113,14 @@ fn boot_base(arch: &str, qemu: &str) {
     check("clean power-off", "reboot: Power down");
     assert!(o.status.success(), "{arch}: QEMU exited with {:?} (log: {})", o.status, log_path.display());
     eprintln!("boot test {arch}: powered off cleanly after {:.1} s", elapsed.as_secs_f64());
+
+    // The same guest from disk.img alone, through UEFI firmware and the UKI on its ESP (the
+    // UKI's command line is fixed, so the VM is stopped once the marker and DHCP are seen).
+    let started = std::time::Instant::now();
+    let mut vm = Vm::start(&out, &format!("base-{arch}-efi"), &["--efi".to_string()]);
+    vm.wait_for("hyve: init reached userspace (HYVE-BOOT-OK)", 600);
+    vm.wait_for("hyve: eth0 10.0.2.15/24 (DHCP)", 120);
+    eprintln!("boot test {arch}: EFI disk boot reached userspace after {:.1} s", started.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -304,12 +313,13 @@ impl Docker {
 /// The docker host (`minimal`) under QEMU with a data disk, driven from the host:
 ///
 /// boot 1 — a foreign disk (ext4, with the format-me text written over its unused boot
-/// sector) as vda must be left alone; a fresh `hyve disk create` disk as vdb is formatted and
-/// gets the user data; the API answers with the client bundle (or plain TCP where the test
+/// sector) as vda must be left alone; a fresh `hyve disk create` disk as vdb (on aarch64:
+/// the same user data in the first partition of a GPT disk) is formatted and gets the user
+/// data; the API answers with the client bundle (or plain TCP where the test
 /// profile asks for it), a connection without a client certificate is refused, `docker
 /// import` + `docker run` work; a container and a file are created; clean power-off.
 /// boot 2 — the data disk alone: not reformatted, the container and the file are there.
-fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
+fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) {
     if !can_run(arch, qemu) {
         return;
     }
@@ -358,6 +368,21 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
         &format!("{}:hostname", t.join("hostname").display()),
     ]);
     assert!(o.status.success(), "disk create: {}", String::from_utf8_lossy(&o.stderr));
+    if partitioned {
+        // The same user data in the first partition of a GPT disk (like a disk image's
+        // hyve-data partition): the guest formats the partition in place.
+        let header = std::fs::read(&data).unwrap()[..4096].to_vec();
+        std::fs::remove_file(&data).unwrap();
+        std::fs::File::create(&data).unwrap().set_len(2 << 30).unwrap();
+        let o = Command::new("sgdisk")
+            .args(["-n", "1:2048:0", "-t", "1:8300", "-c", "1:hyve-data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "sgdisk (apt-get install gdisk): {}", String::from_utf8_lossy(&o.stderr));
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&data).unwrap().write_all_at(&header, 1 << 20).unwrap();
+    }
     let foreign = t.join("foreign.img");
     std::fs::File::create(&foreign).unwrap().set_len(64 << 20).unwrap();
     let o = Command::new("mkfs.ext4").args(["-q", "-F", "-L", "not-hyve"]).arg(&foreign).output().unwrap();
@@ -421,7 +446,12 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool) {
     let mut vm = Vm::start(&out, &format!("docker-{arch}-boot1"), &vm1_args);
     vm.wait_for("hyve: dockerd ", 600);
     vm.assert_console("foreign disk left alone", "/dev/vda starts with \"hyve, please format-me\" but it has");
-    vm.assert_console("data disk formatted", "hyve: /dev/vdb: formatting for data");
+    let formatted = if partitioned {
+        "hyve: /dev/vdb1: formatting for data in place"
+    } else {
+        "hyve: /dev/vdb: formatting for data (GPT"
+    };
+    vm.assert_console("data disk formatted", formatted);
     vm.assert_console("user data unpacked", ".ssh/authorized_keys");
     vm.assert_console("data disk mounted", "hyve: data disk /dev/vdb1 mounted at /var/lib/hyve");
     vm.wait_for("hyve: Docker client bundle saved in", 60);
@@ -507,12 +537,12 @@ fn power_off(arch: &str, vm: &Vm, api: &Docker) {
 
 #[test]
 fn docker_host_on_x86_64_with_tls() {
-    boot_docker_host("x86_64", "qemu-system-x86_64", false);
+    boot_docker_host("x86_64", "qemu-system-x86_64", false, false);
 }
 
 #[test]
-fn docker_host_on_aarch64_with_plain_tcp() {
-    boot_docker_host("aarch64", "qemu-system-aarch64", true);
+fn docker_host_on_aarch64_with_plain_tcp_and_a_data_partition() {
+    boot_docker_host("aarch64", "qemu-system-aarch64", true, true);
 }
 
 /// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host

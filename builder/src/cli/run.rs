@@ -65,6 +65,10 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Outcome {
     let guest = Guest::open(&a.dir)?;
+    anyhow::ensure!(
+        !(a.efi && a.append.is_some()),
+        "--append does not reach an EFI boot: the command line is the UKI's .cmdline section (change `cmdline` in the profile and build again)"
+    );
     let monitor_dir = tempfile::Builder::new().prefix("hyve-run-").tempdir().context("creating a temp dir")?;
     let monitor = monitor_dir.path().join("monitor.sock");
     let efi = if a.efi { Some(firmware(&guest, a.firmware.as_deref(), monitor_dir.path(), a.print)?) } else { None };

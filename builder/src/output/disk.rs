@@ -296,11 +296,14 @@ impl<F: Seek> Seek for Slice<F> {
     }
 }
 
+/// Writes one file's bytes (exactly its announced size).
+pub type WriteContent<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>;
+
 /// A file for the ESP: its path (`/`-separated), size, and how to write its bytes.
 pub struct EspFile<'a> {
     pub path: String,
     pub size: u64,
-    pub write: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>,
+    pub write: WriteContent<'a>,
 }
 
 /// What the disk is made of besides its files.
@@ -357,8 +360,10 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
 
     let serial = u32::from_le_bytes(derived_guid(spec.seed, "fat-serial")[..4].try_into().expect("4 bytes"));
     let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
-    fat::write_fat32(&mut disk, esp_start, esp_len, hidden, serial, ESP_LABEL, spec.epoch, files).map_err(|e| {
-        DiskError::Io { what: format!("{shown}: the ESP"), source: std::io::Error::other(e.to_string()) }
+    let volume = fat::Volume { start: esp_start, len: esp_len, hidden, serial, label: ESP_LABEL, epoch: spec.epoch };
+    fat::write_fat32(&mut disk, &volume, files).map_err(|e| DiskError::Io {
+        what: format!("{shown}: the ESP"),
+        source: std::io::Error::other(e.to_string()),
     })?;
     disk.sync_all().map_err(io(&shown))?;
     Ok(())

@@ -202,18 +202,22 @@ impl Geometry {
     }
 }
 
-/// Writes a FAT32 file system holding `files` into `dev` at byte `start`, `len` bytes long.
-/// `hidden` is the partition's first LBA (recorded in the boot sector).
-pub fn write_fat32(
-    dev: &mut (impl Write + Seek),
-    start: u64,
-    len: u64,
-    hidden: u32,
-    serial: u32,
-    label: &str,
-    epoch: u64,
-    files: Vec<EspFile>,
-) -> Result<(), FatError> {
+/// Where and what the file system is.
+pub struct Volume<'a> {
+    /// Byte offset of the partition in the device, and its length.
+    pub start: u64,
+    pub len: u64,
+    /// The partition's first LBA (recorded in the boot sector).
+    pub hidden: u32,
+    pub serial: u32,
+    pub label: &'a str,
+    /// Every timestamp.
+    pub epoch: u64,
+}
+
+/// Writes a FAT32 file system holding `files` into `dev` where `volume` says.
+pub fn write_fat32(dev: &mut (impl Write + Seek), volume: &Volume, files: Vec<EspFile>) -> Result<(), FatError> {
+    let Volume { start, len, hidden, serial, label, epoch } = *volume;
     let io = |what: String| move |source| FatError::Io { what, source };
     let g = Geometry::new(len)?;
     let cb = g.cluster_bytes();

@@ -3,7 +3,8 @@
 #  2. else a whole disk that starts with "hyve, please format-me" (what `hyve disk create`
 #     writes) and holds no partition table or filesystem gets its first 4 KiB (the user-data
 #     tar) saved, a GPT with one partition, ext4 labelled hyve-data, and the user data
-#     unpacked onto it;
+#     unpacked onto it; a partition that starts with the header (the hyve-data partition of
+#     a disk image) is formatted in place the same way;
 #  3. else everything stays in RAM, and the console says so.
 # Docker's and containerd's state live on it (bind mounts), and so does the TLS material.
 HYVE_FORMAT_MAGIC="hyve, please format-me"
@@ -45,19 +46,32 @@ format_data_disk() { # DEV -> data_dev
 	data_new=1
 }
 
+format_data_partition() { # DEV -> data_dev
+	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null || return 1
+	log "$1: formatting for data in place (ext4 labelled hyve-data); user data saved"
+	mkfs.ext4 -q -F -L hyve-data "$1" >/var/log/mkfs.log 2>&1 || { log "mkfs.ext4 failed on $1 (see /var/log/mkfs.log)"; return 1; }
+	data_dev=$1
+	data_new=1
+}
+
 data_dev=$(findfs LABEL=hyve-data 2>/dev/null)
 data_new=
 if [ -z "$data_dev" ]; then
-	for b in /sys/block/*; do
-		disk=/dev/${b##*/}
+	# Whole disks and partitions alike.
+	for b in /sys/class/block/*; do
+		dev=/dev/${b##*/}
 		case ${b##*/} in loop* | ram* | sr* | zram* | nbd*) continue ;; esac
-		[ "$(disk_text "$disk" 0 22)" = "$HYVE_FORMAT_MAGIC" ] || continue
-		why=$(disk_holds_data "$disk")
+		[ "$(disk_text "$dev" 0 22)" = "$HYVE_FORMAT_MAGIC" ] || continue
+		why=$(disk_holds_data "$dev")
 		if [ -n "$why" ]; then
-			log "$disk starts with \"$HYVE_FORMAT_MAGIC\" but $why: not formatting it"
+			log "$dev starts with \"$HYVE_FORMAT_MAGIC\" but $why: not formatting it"
 			continue
 		fi
-		format_data_disk "$disk" && break
+		if [ -e "$b/partition" ]; then
+			format_data_partition "$dev" && break
+		else
+			format_data_disk "$dev" && break
+		fi
 	done
 fi
 if [ -n "$data_dev" ]; then
