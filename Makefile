@@ -9,7 +9,7 @@ MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(w
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := index_parser package_reader version_parser
 
-.PHONY: all build test lint unit image mirror demo fuzz clean
+.PHONY: all build test lint unit image mirror demo bench fuzz clean
 
 all: build
 
@@ -47,6 +47,11 @@ demo: mirror build
 	$(HYVE) build --profile minimal --mirror file://$(CURDIR)/$(MIRROR) --key tests/keys/hyve-test-mirror.rsa.pub \
 		--lockfile target/demo/minimal.lock --cache-dir target/demo/cache --out target/demo/minimal
 	$(HYVE) run target/demo/minimal --append hyve.poweroff --timeout 600
+
+# Speed and memory against the classic pipeline, side by side on this machine (never fails on
+# a time): prints a table and writes target/bench/results.json. BENCH_RUNS, BENCH_BOOTS.
+bench: mirror build
+	python3 tests/bench/bench.py
 
 # Each fuzz target for FUZZ_SECONDS seconds (needs cargo-fuzz; stable Rust via
 # RUSTC_BOOTSTRAP), seeded with the real Alpine files. Findings land in
