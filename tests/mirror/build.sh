@@ -77,9 +77,18 @@ rm -rf "$work" "$repo" "$community"
 mkdir -p "$work/debs" "$repo" "$community"
 mapfile -t debs < <(printf '%s\n' "$kernel_deb" busybox-static libc6 "${all_debs[@]}" | LC_ALL=C sort -u)
 # Architecture-specific packages by their :arch name; "Architecture: all" ones (certificates,
-# config files) only by their plain name.
+# config files) only by their plain name. One apt-cache call sorts them, one apt-get call
+# fetches them all (a call per package costs minutes); if that fails, one by one, so the log
+# names the package that is missing.
+mapfile -t arch_all < <(apt-cache show --no-all-versions "${debs[@]}" 2>/dev/null |
+	awk '/^Package:/ {p = $2} /^Architecture: all$/ {print p}' | LC_ALL=C sort -u)
+wanted=()
+for p in "${debs[@]}"; do
+	if printf '%s\n' "${arch_all[@]}" | grep -qx -- "$p"; then wanted+=("$p"); else wanted+=("$p:$deb_arch"); fi
+done
 (
 	cd "$work/debs"
+	apt-get download -q "${wanted[@]}" >/dev/null 2>>"$work/apt.log" && exit 0
 	for p in "${debs[@]}"; do
 		apt-get download -q "$p:$deb_arch" >/dev/null 2>>"$work/apt.log" || apt-get download -q "$p" >/dev/null 2>>"$work/apt.log"
 	done
