@@ -124,16 +124,14 @@ pub fn run(a: RunArgs) -> Outcome {
         _ => None,
     };
     let started = Instant::now();
+    // When the first SIGTERM/SIGINT pressed the power button; a second one kills QEMU.
     let mut stop_requested: Option<Instant> = None;
-    let mut seen_signals = 0;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        let now_signals = signals.swap(0, Ordering::SeqCst);
-        if now_signals > 0 {
-            seen_signals += 1;
-            if seen_signals == 1 {
+        if signals.swap(0, Ordering::SeqCst) > 0 {
+            if stop_requested.is_none() {
                 eprintln!("hyve: asking the guest to power off (ACPI power button); signal again to stop it at once");
                 press_power_button(&monitor);
                 stop_requested = Some(Instant::now());
@@ -142,16 +140,17 @@ pub fn run(a: RunArgs) -> Outcome {
                 let _ = child.kill();
             }
         }
-        if stop_requested.is_some_and(|t| t.elapsed() > Duration::from_secs(a.stop_timeout)) {
-            eprintln!("hyve: the guest did not power off within {} s; stopped it", a.stop_timeout);
+        let overdue = if stop_requested.is_some_and(|t| t.elapsed() > Duration::from_secs(a.stop_timeout)) {
+            Some(format!("the guest did not power off within {} s", a.stop_timeout))
+        } else if a.timeout.is_some_and(|t| started.elapsed() > Duration::from_secs(t)) {
+            Some(format!("the guest did not finish within {} s", a.timeout.unwrap_or_default()))
+        } else {
+            None
+        };
+        if let Some(why) = overdue {
             let _ = child.kill();
             let _ = child.wait();
-            std::process::exit(124);
-        }
-        if a.timeout.is_some_and(|t| started.elapsed() > Duration::from_secs(t)) {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("hyve: the guest did not finish within {} s; stopped it", a.timeout.unwrap_or_default());
+            eprintln!("hyve: {why}; stopped it");
             std::process::exit(124);
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -320,15 +320,19 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
     let shown = path.display().to_string();
     let parts = layout(spec.size, spec.data_mib);
     let (esp_start, esp_len) = parts[0];
-    let cluster: u64 = if esp_len <= 260 * MIB { 512 } else { 4096 };
-    // Each file rounded up to clusters, plus room for directories and the FATs.
-    let need: u64 = files.iter().map(|f| f.size.div_ceil(cluster) * cluster).sum::<u64>()
-        + 64 * cluster
-        + esp_len / cluster * 4 * 2;
-    if need > esp_len {
-        let need_mib = need.div_ceil(MIB);
-        let other = spec.size / MIB - esp_len / MIB;
-        return Err(DiskError::TooSmall { esp_mib: esp_len / MIB, need_mib, suggest_mib: need_mib + other + 8 });
+    let fat_error = |e: fat::FatError| DiskError::Io {
+        what: format!("{shown}: the ESP"),
+        source: std::io::Error::other(e.to_string()),
+    };
+    match fat::check_fits(esp_len, &files) {
+        Ok(()) => {}
+        Err(fat::FatError::Full { need, cluster, .. }) => {
+            // The files' clusters plus the two FATs, and the rest of the disk as it is.
+            let need_mib = (need * cluster).div_ceil(MIB) + (esp_len / cluster * 4 * 2).div_ceil(MIB);
+            let other = spec.size / MIB - esp_len / MIB;
+            return Err(DiskError::TooSmall { esp_mib: esp_len / MIB, need_mib, suggest_mib: need_mib + other + 8 });
+        }
+        Err(e) => return Err(fat_error(e)),
     }
     let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io(&shown))?;
     file.set_len(spec.size).map_err(io(&shown))?;
@@ -361,10 +365,7 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
     let serial = u32::from_le_bytes(derived_guid(spec.seed, "fat-serial")[..4].try_into().expect("4 bytes"));
     let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
     let volume = fat::Volume { start: esp_start, len: esp_len, hidden, serial, label: ESP_LABEL, epoch: spec.epoch };
-    fat::write_fat32(&mut disk, &volume, files).map_err(|e| DiskError::Io {
-        what: format!("{shown}: the ESP"),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    fat::write_fat32(&mut disk, &volume, files).map_err(fat_error)?;
     disk.sync_all().map_err(io(&shown))?;
     Ok(())
 }
@@ -372,12 +373,21 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
 /// One entry of a FAT directory listing: path, size (None for directories).
 pub type EspEntry = (String, Option<u64>);
 
-/// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
-pub fn list_esp(disk: &mut std::fs::File, esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
+/// The ESP of a hyve disk, opened for reading with `fatfs`.
+fn open_esp<'a>(
+    disk: &'a mut std::fs::File,
+    esp: &ReadPartition,
+    what: &str,
+) -> Result<fatfs::FileSystem<Slice<&'a mut std::fs::File>>, DiskError> {
     let start = esp.first_lba * SECTOR;
     let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
-    let slice = Slice::new(disk, start, len).map_err(io(path))?;
-    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(format!("{path}: the ESP")))?;
+    let slice = Slice::new(disk, start, len).map_err(io(what))?;
+    fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(format!("{what}: the ESP")))
+}
+
+/// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
+pub fn list_esp(disk: &mut std::fs::File, esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
+    let fs = open_esp(disk, esp, path)?;
     let mut out = Vec::new();
     fn walk<T: fatfs::ReadWriteSeek>(dir: fatfs::Dir<T>, prefix: &str, out: &mut Vec<EspEntry>) -> std::io::Result<()> {
         let mut entries: Vec<_> = dir.iter().collect::<Result<_, _>>()?;
@@ -408,10 +418,7 @@ pub fn read_esp_file(
     file: &str,
     limit: u64,
 ) -> Result<Vec<u8>, DiskError> {
-    let start = esp.first_lba * SECTOR;
-    let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
-    let slice = Slice::new(disk, start, len).map_err(io(file))?;
-    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(file))?;
+    let fs = open_esp(disk, esp, file)?;
     let f = fs.root_dir().open_file(file).map_err(io(file))?;
     let mut b = Vec::new();
     f.take(limit).read_to_end(&mut b).map_err(io(file))?;

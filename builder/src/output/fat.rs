@@ -32,8 +32,8 @@ pub enum FatError {
     BadName { name: String, reason: &'static str },
     #[error("a {size} MiB partition has {clusters} clusters of {cluster} bytes; FAT32 needs at least 65525")]
     TooFewClusters { size: u64, clusters: u64, cluster: u64 },
-    #[error("the files need {need} clusters, the partition has {have}")]
-    Full { need: u64, have: u64 },
+    #[error("the files need {need} clusters of {cluster} bytes, the partition has {have}")]
+    Full { need: u64, have: u64, cluster: u64 },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -215,55 +215,78 @@ pub struct Volume<'a> {
     pub epoch: u64,
 }
 
+/// Where everything goes: the directory tree (each directory's children, name -> file index
+/// or `None` for a directory), each directory's and file's first cluster and cluster count.
+struct Plan {
+    g: Geometry,
+    dirs: BTreeMap<String, Vec<(String, Option<usize>)>>,
+    dir_cluster: BTreeMap<String, (u32, u32)>,
+    file_cluster: Vec<(u32, u32)>,
+    /// The first free cluster.
+    next: u32,
+}
+
+impl Plan {
+    fn new(len: u64, files: &[EspFile]) -> Result<Plan, FatError> {
+        let g = Geometry::new(len)?;
+        let cb = g.cluster_bytes();
+        let mut dirs: BTreeMap<String, Vec<(String, Option<usize>)>> = BTreeMap::new();
+        dirs.insert(String::new(), vec![]);
+        for (i, f) in files.iter().enumerate() {
+            let parts: Vec<&str> = f.path.split('/').collect();
+            for depth in 0..parts.len() {
+                let parent = parts[..depth].join("/");
+                let is_file = depth == parts.len() - 1;
+                let children = dirs.entry(parent).or_default();
+                let name = parts[depth].to_string();
+                if !children.iter().any(|(n, _)| *n == name) {
+                    children.push((name, is_file.then_some(i)));
+                }
+                if !is_file {
+                    dirs.entry(parts[..=depth].join("/")).or_default();
+                }
+            }
+        }
+        // Clusters: directories first (root at 2), then each file's contiguous run.
+        let mut next: u32 = 2;
+        let mut dir_cluster: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        for (path, children) in &dirs {
+            let mut taken = Vec::new();
+            let mut entries = if path.is_empty() { 1 } else { 2 };
+            for (name, _) in children {
+                entries += name_entries(name, &mut taken, |s, f| dir_entry(s, f, 0, 0, 0, (0, 0)))?.len() as u64;
+            }
+            let n = (entries * 32).div_ceil(cb).max(1) as u32;
+            dir_cluster.insert(path.clone(), (next, n));
+            next += n;
+        }
+        let mut file_cluster = Vec::new();
+        for f in files {
+            let n = f.size.div_ceil(cb) as u32;
+            file_cluster.push(if n == 0 { (0, 0) } else { (next, n) });
+            next += n;
+        }
+        let used = u64::from(next - 2);
+        if used > g.clusters {
+            return Err(FatError::Full { need: used, have: g.clusters, cluster: cb });
+        }
+        Ok(Plan { g, dirs, dir_cluster, file_cluster, next })
+    }
+}
+
+/// Whether `files` fit a FAT32 file system of `len` bytes, checked before anything is written.
+pub fn check_fits(len: u64, files: &[EspFile]) -> Result<(), FatError> {
+    Plan::new(len, files).map(|_| ())
+}
+
 /// Writes a FAT32 file system holding `files` into `dev` where `volume` says.
 pub fn write_fat32(dev: &mut (impl Write + Seek), volume: &Volume, files: Vec<EspFile>) -> Result<(), FatError> {
     let Volume { start, len, hidden, serial, label, epoch } = *volume;
     let io = |what: String| move |source| FatError::Io { what, source };
-    let g = Geometry::new(len)?;
+    let Plan { g, dirs, dir_cluster, file_cluster, next } = Plan::new(len, &files)?;
     let cb = g.cluster_bytes();
-    let stamp = fat_time(epoch);
-
-    // The directory tree: every directory with its children (name -> is it a directory).
-    let mut dirs: BTreeMap<String, Vec<(String, Option<usize>)>> = BTreeMap::new();
-    dirs.insert(String::new(), vec![]);
-    for (i, f) in files.iter().enumerate() {
-        let parts: Vec<&str> = f.path.split('/').collect();
-        for depth in 0..parts.len() {
-            let parent = parts[..depth].join("/");
-            let is_file = depth == parts.len() - 1;
-            let children = dirs.entry(parent).or_default();
-            let name = parts[depth].to_string();
-            if !children.iter().any(|(n, _)| *n == name) {
-                children.push((name, is_file.then_some(i)));
-            }
-            if !is_file {
-                dirs.entry(parts[..=depth].join("/")).or_default();
-            }
-        }
-    }
-    // Clusters: directories first (root at 2), then each file's contiguous run.
-    let mut next: u32 = 2;
-    let mut dir_cluster: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    for (path, children) in &dirs {
-        let mut taken = Vec::new();
-        let mut entries = if path.is_empty() { 1 } else { 2 };
-        for (name, _) in children {
-            entries += name_entries(name, &mut taken, |s, f| dir_entry(s, f, 0, 0, 0, stamp))?.len() as u64;
-        }
-        let n = (entries * 32).div_ceil(cb).max(1) as u32;
-        dir_cluster.insert(path.clone(), (next, n));
-        next += n;
-    }
-    let mut file_cluster = Vec::new();
-    for f in &files {
-        let n = f.size.div_ceil(cb) as u32;
-        file_cluster.push(if n == 0 { (0, 0) } else { (next, n) });
-        next += n;
-    }
     let used = u64::from(next - 2);
-    if used > g.clusters {
-        return Err(FatError::Full { need: used, have: g.clusters });
-    }
+    let stamp = fat_time(epoch);
 
     // The FAT: each run chained, the last cluster marked.
     let mut fat = vec![0u8; (g.fat_sectors * SECTOR) as usize];
