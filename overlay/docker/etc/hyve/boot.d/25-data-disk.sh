@@ -28,8 +28,20 @@ disk_holds_data() {
 	fi
 }
 
-format_data_disk() { # DEV -> data_dev
-	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null || return 1
+# Saves the user-data tar at the start of DEV before anything overwrites it.
+save_user_data() { # DEV
+	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null
+}
+
+# ext4 labelled hyve-data on DEV (already checked to hold no file system) -> data_dev
+make_data_fs() { # DEV
+	mkfs.ext4 -q -F -L hyve-data "$1" >/var/log/mkfs.log 2>&1 || { log "mkfs.ext4 failed on $1 (see /var/log/mkfs.log)"; return 1; }
+	data_dev=$1
+	data_new=1
+}
+
+format_data_disk() { # DEV
+	save_user_data "$1" || return 1
 	log "$1: formatting for data (GPT, ext4 labelled hyve-data); user data saved"
 	printf 'label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="hyve-data"\n' |
 		sfdisk --quiet "$1" >/var/log/sfdisk.log 2>&1 || { log "sfdisk failed on $1 (see /var/log/sfdisk.log)"; return 1; }
@@ -41,17 +53,13 @@ format_data_disk() { # DEV -> data_dev
 		i=$((i + 1))
 	done
 	[ -b "$part" ] || { log "$part did not appear after partitioning $1"; return 1; }
-	mkfs.ext4 -q -L hyve-data "$part" >/var/log/mkfs.log 2>&1 || { log "mkfs.ext4 failed on $part (see /var/log/mkfs.log)"; return 1; }
-	data_dev=$part
-	data_new=1
+	make_data_fs "$part"
 }
 
-format_data_partition() { # DEV -> data_dev
-	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null || return 1
+format_data_partition() { # DEV
+	save_user_data "$1" || return 1
 	log "$1: formatting for data in place (ext4 labelled hyve-data); user data saved"
-	mkfs.ext4 -q -F -L hyve-data "$1" >/var/log/mkfs.log 2>&1 || { log "mkfs.ext4 failed on $1 (see /var/log/mkfs.log)"; return 1; }
-	data_dev=$1
-	data_new=1
+	make_data_fs "$1"
 }
 
 data_dev=$(findfs LABEL=hyve-data 2>/dev/null)
