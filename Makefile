@@ -9,7 +9,7 @@ MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(w
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := index_parser package_reader version_parser
 
-.PHONY: all build test lint unit image mirror demo bench fuzz clean
+.PHONY: all build test lint unit image mirror demo bench fuzz reproducible clean
 
 all: build
 
@@ -47,6 +47,18 @@ demo: mirror build
 	$(HYVE) build --profile minimal --mirror file://$(CURDIR)/$(MIRROR) --key tests/keys/hyve-test-mirror.rsa.pub \
 		--lockfile target/demo/minimal.lock --cache-dir target/demo/cache --out target/demo/minimal
 	$(HYVE) run target/demo/minimal --append hyve.poweroff --timeout 600
+
+# Build REPRO_PROFILE, then `hyve verify` it: a second build from the lock in another
+# directory, cache, time zone, locale, umask and thread count, compared byte for byte (what the
+# release workflow does per profile and arch). Offline by default, against the test mirror;
+# for Alpine: make reproducible REPRO_MIRROR=https://dl-cdn.alpinelinux.org/alpine REPRO_KEY= REPRO_LOCK=
+REPRO_PROFILE ?= minimal
+REPRO_MIRROR  ?= file://$(CURDIR)/$(MIRROR)
+REPRO_KEY     ?= tests/keys/hyve-test-mirror.rsa.pub
+REPRO_LOCK    ?= target/reproducible-locks/$(REPRO_PROFILE).lock
+reproducible: build $(if $(findstring $(MIRROR),$(REPRO_MIRROR)),mirror)
+	HYVE=$(HYVE) PROFILE=$(REPRO_PROFILE) MIRROR=$(REPRO_MIRROR) KEY=$(REPRO_KEY) LOCKFILE=$(REPRO_LOCK) \
+		WORK=target/reproducible sh tests/reproducible.sh
 
 # Speed and memory against the classic pipeline, side by side on this machine (never fails on
 # a time): prints a table and writes target/bench/results.json. BENCH_RUNS, BENCH_BOOTS.

@@ -5,161 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::{hyve, stderr, Pkg, Server, TestRepo};
-
-const KREL: &str = "6.6.1-0-virt";
-
-fn bzimage() -> Vec<u8> {
-    let mut k: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
-    k[0x202..0x206].copy_from_slice(b"HdrS");
-    k
-}
-
-fn arm64_image() -> Vec<u8> {
-    let mut k: Vec<u8> = (0..60_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    k[0x38..0x3c].copy_from_slice(b"ARM\x64");
-    k
-}
-
-/// An EFI zboot wrapper (layout from shared/alpine/README.md) around `image`, gzip payload.
-fn zboot(image: &[u8]) -> Vec<u8> {
-    let payload = hyve::apk::archive::gzip_best(image);
-    let mut pe = vec![0u8; 0x200];
-    pe[0..2].copy_from_slice(b"MZ");
-    pe[4..8].copy_from_slice(b"zimg");
-    pe[8..12].copy_from_slice(&0x200u32.to_le_bytes());
-    pe[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    pe[0x18..0x1c].copy_from_slice(b"gzip");
-    pe.extend_from_slice(&payload);
-    pe
-}
-
-fn module(depends: &str) -> Vec<u8> {
-    format!("\x7fELF fake module\0license=GPL\0depends={depends}\0vermagic={KREL}\0").into_bytes()
-}
-
-fn packages(arch: &str) -> Vec<Pkg> {
-    let kernel = if arch == "aarch64" { zboot(&arm64_image()) } else { bzimage() };
-    let kernel: &'static [u8] = Box::leak(kernel.into_boxed_slice());
-    let (stub_path, machine) = if arch == "aarch64" {
-        ("usr/lib/systemd/boot/efi/linuxaa64.efi.stub", 0xaa64)
-    } else {
-        ("usr/lib/systemd/boot/efi/linuxx64.efi.stub", 0x8664)
-    };
-    vec![
-        Pkg::new("systemd-efistub", "257.9-r0").file(stub_path, &hyve::output::uki::test_stub(machine)),
-        Pkg::new("alpine-baselayout-data", "3.6.8-r1")
-            .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n")
-            .file("etc/group", b"root:x:0:root\nshadow:x:42:\nnogroup:x:65533:\n")
-            .file("etc/shadow", b"root:*::0:::::\n")
-            .mode("etc/shadow", 0o640)
-            .owner("etc/shadow", 0, 42, "shadow"),
-        Pkg::new("musl", "1.2.5-r10").provides("so:libc.musl-x86_64.so.1=1").file("lib/ld-musl-x86_64.so.1", b"\x7fELF musl"),
-        Pkg::new("busybox", "1.37.0-r19")
-            .depends("so:libc.musl-x86_64.so.1")
-            .file("bin/busybox", b"\x7fELF busybox")
-            .mode("bin/busybox", 0o755)
-            .file("etc/busybox-paths.d/busybox", b"/bin/sh\n/bin/ls\n/sbin/modprobe\n/usr/bin/env\n")
-            .script(".post-install", b"#!/bin/sh\n/bin/busybox --install -s\n"),
-        Pkg::new("tool", "2.0-r0")
-            .depends("busybox")
-            .file("usr/bin/tool", b"#!/bin/sh\necho tool\n")
-            .mode("usr/bin/tool", 0o4755)
-            .hardlink("usr/bin/tool-alias", "usr/bin/tool")
-            .symlink("usr/bin/t", "tool")
-            .script(".pre-install", b"#!/bin/sh\naddgroup -S tool 2>/dev/null\nadduser -S -D -H -h /var/lib/tool -s /sbin/nologin -G tool tool 2>/dev/null\nexit 0\n"),
-        Pkg::new("linux-virt", "6.6.1-r0")
-            .file("boot/vmlinuz-virt", kernel)
-            .file("boot/config-6.6.1-0-virt", b"CONFIG_X=y\n")
-            .file("lib/modules/6.6.1-0-virt/kernel/drivers/net/virtio_net.ko", &module("net_failover"))
-            .file("lib/modules/6.6.1-0-virt/kernel/drivers/net/net_failover.ko", &module("failover"))
-            .file("lib/modules/6.6.1-0-virt/kernel/net/core/failover.ko", &module(""))
-            .file("lib/modules/6.6.1-0-virt/kernel/drivers/block/virtio_blk.ko", &module(""))
-            .file("lib/modules/6.6.1-0-virt/kernel/sound/unrelated.ko", &module(""))
-            .file("lib/modules/6.6.1-0-virt/modules.builtin", b"kernel/drivers/virtio/virtio_pci.ko\n")
-            .file("lib/modules/6.6.1-0-virt/modules.alias", b"alias stale unrelated\n"),
-    ]
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: TestRepo,
-    server: Server,
-    profile: PathBuf,
-}
-
-fn setup(arches: &[&str]) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let repo = TestRepo::new(&root);
-    for arch in arches {
-        repo.publish("v3.24", "main", arch, &packages(arch));
-    }
-    let server = Server::start(&repo.root);
-    let overlay = root.join("profiles/overlay-test");
-    std::fs::create_dir_all(overlay.join("etc/init.d")).unwrap();
-    std::fs::write(overlay.join("etc/init.d/hyve-marker"), b"#!/bin/sh\necho HYVE-MARKER\n").unwrap();
-    std::fs::set_permissions(
-        overlay.join("etc/init.d/hyve-marker"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let profile = root.join("profiles/guest.toml");
-    let arch_list = arches.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    std::fs::write(
-        &profile,
-        format!(
-            "arches = [{arch_list}]\npackages = [\"alpine-baselayout-data\", \"busybox\", \"tool\"]\nhostname = \"testbox\"\ncmdline = \"panic=-1 quiet\"\noverlays = [\"overlay-test\"]\n[kernel]\nmodules = [\"virtio_net\", \"virtio-blk\", \"virtio_pci\"]\n[output]\ncompression = \"gzip\"\n"
-        ),
-    )
-    .unwrap();
-    Env { _dir: dir, root, repo, server, profile }
-}
-
-impl Env {
-    /// `hyve build` with `extra` args, environment `envs`, run under `umask`.
-    fn build(
-        &self,
-        out: &Path,
-        cache: &Path,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-        umask: &str,
-    ) -> std::process::Output {
-        let mut args: Vec<String> = [
-            "build",
-            "--profile",
-            self.profile.to_str().unwrap(),
-            "--mirror",
-            &self.server.url,
-            "--key",
-            self.repo.pub_path.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_hyve")).args(&args);
-        cmd.env_remove("SOURCE_DATE_EPOCH").env_remove("HYVE_MIRROR").env_remove("HYVE_CACHE_DIR");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    }
-}
-
-fn ok(o: &std::process::Output) {
-    assert!(o.status.success(), "expected success:\n{}", stderr(o));
-}
+use support::guest::{arm64_image, bzimage, ok, packages, setup, KREL};
+use support::{hyve, stderr, Pkg};
 
 /// One line of `cpio -itv`: (mode string, links, uid, gid, size, link target).
 type Listed = (String, u32, u32, u32, u64, Option<String>);
@@ -211,7 +61,7 @@ fn build_writes_a_complete_guest_that_gnu_cpio_reads() {
     let mut files: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
-    assert_eq!(files, ["SHA256SUMS", "cmdline", "initrd.img", "kernel", "manifest.json"]);
+    assert_eq!(files, ["SHA256SUMS", "cmdline", "initrd.img", "kernel", "manifest.json", "sbom.spdx.json"]);
     let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&out).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
     assert_eq!(std::fs::read(out.join("kernel")).unwrap(), bzimage(), "x86_64 uses the bzImage as is");
@@ -290,15 +140,21 @@ fn builds_are_byte_identical_whatever_the_environment() {
     // And once more from a different cold cache.
     let c = env.root.join("c");
     ok(&env.build(&c, &env.root.join("cache-other"), &[], &[("TZ", "America/St_Johns")], "002"));
-    for f in ["kernel", "initrd.img", "cmdline", "manifest.json", "SHA256SUMS"] {
+    let outputs = ["kernel", "initrd.img", "cmdline", "manifest.json", "sbom.spdx.json", "SHA256SUMS"];
+    for f in outputs {
         let x = std::fs::read(a.join(f)).unwrap();
         assert_eq!(x, std::fs::read(b.join(f)).unwrap(), "{f} differs between builds a and b");
         assert_eq!(x, std::fs::read(c.join(f)).unwrap(), "{f} differs between builds a and c");
     }
-    // SOURCE_DATE_EPOCH changes the mtimes, so the initrd changes.
+    // SOURCE_DATE_EPOCH changes every output that carries a time: the initrd (mtimes), the
+    // manifest, the SBOM and so SHA256SUMS. The kernel and cmdline carry none and stay.
     let d = env.root.join("d");
     ok(&env.build(&d, &env.root.join("cache-cold"), &[], &[("SOURCE_DATE_EPOCH", "1600000000")], "022"));
-    assert_ne!(std::fs::read(a.join("initrd.img")).unwrap(), std::fs::read(d.join("initrd.img")).unwrap());
+    let changed: Vec<&str> = outputs
+        .into_iter()
+        .filter(|f| std::fs::read(a.join(f)).unwrap() != std::fs::read(d.join(f)).unwrap())
+        .collect();
+    assert_eq!(changed, ["initrd.img", "manifest.json", "sbom.spdx.json", "SHA256SUMS"]);
 }
 
 #[test]
@@ -440,6 +296,10 @@ fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     let bytes = std::fs::read(&disk).unwrap();
     assert_eq!(bytes.len(), 160 << 20);
     assert!(bytes == std::fs::read(b.join("disk.img")).unwrap(), "two builds give the same disk.img bytes");
+    // Another SOURCE_DATE_EPOCH: other FAT times and initrd mtimes, so another disk.
+    let c = env.root.join("c");
+    ok(&env.build(&c, &env.root.join("cache-a"), &["--arch", "x86_64"], &[("SOURCE_DATE_EPOCH", "1600000000")], "022"));
+    assert!(bytes != std::fs::read(c.join("disk.img")).unwrap(), "SOURCE_DATE_EPOCH reaches disk.img");
     assert!(std::fs::read_to_string(a.join("SHA256SUMS")).unwrap().contains("  disk.img\n"));
 
     // sgdisk's own verdict on the GPT.

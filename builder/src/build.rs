@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::apk::Arch;
@@ -14,6 +13,7 @@ use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
 use crate::output::disk::{self, DiskSpec, EspFile};
+use crate::output::manifest::{self, KernelSummary, LockSummary, Manifest, OutputEntry, OverlayEntry, PackageSummary};
 use crate::output::uki::UkiLayout;
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
@@ -30,8 +30,6 @@ pub enum BuildError {
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
-    #[error(transparent)]
-    Epoch(#[from] crate::epoch::BadEpoch),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("the lock for {arch} has no {package}, the profile's kernel package")]
@@ -50,6 +48,9 @@ type Result<T> = std::result::Result<T, BuildError>;
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io { path: p.display().to_string(), source }
 }
+
+/// The checksum file every build writes; it lists every other output.
+pub const SHA256SUMS: &str = "SHA256SUMS";
 
 /// One written artifact.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -105,10 +106,22 @@ fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Result<Artifact> {
     Ok(Artifact { name: name.into(), sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })
 }
 
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub policy: LockPolicy,
+    /// Compression threads.
+    pub workers: u32,
+    /// The one time source for every timestamp written; `None` means the newest package's
+    /// build date.
+    pub source_date_epoch: Option<u64>,
+}
+
 /// Builds `arch` of the session's profile into `out` (default `out/<profile>-<arch>`).
-pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, workers: u32) -> Result<BuildResult> {
+pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
     let profile = &session.profile;
-    let (section, _) = session.ensure_lock(arch, policy)?;
+    let workers = opts.workers;
+    let (section, _) = session.ensure_lock(arch, opts.policy)?;
     let cached = session.fetch_locked(arch, &section)?;
     let files: Vec<PackageFile> = section
         .packages
@@ -120,10 +133,8 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
     let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
     let mut tree = Tree::new();
     let (installed, mut warnings) = install(&mut tree, &mut store, &files)?;
-    let epoch = match crate::epoch::source_date_epoch()? {
-        Some(e) => e,
-        None => installed.iter().map(|p| p.info.build_date).max().unwrap_or(0),
-    };
+    let epoch =
+        opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
     let kernel_pkg = installed
         .iter()
         .find(|p| p.info.name == profile.kernel_package)
@@ -139,8 +150,10 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
     for m in &kernel.builtin {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
     }
+    let mut overlays = Vec::new();
     for dir in &profile.overlays {
-        overlay::apply_dir(&mut tree, &mut store, dir, epoch)?;
+        let o = overlay::apply_dir(&mut tree, &mut store, dir, epoch)?;
+        overlays.push(OverlayEntry { name: o.name, entries: o.entries, sha256: o.sha256 });
     }
     let cmdline = cmdline(arch, &profile.cmdline);
     // What init modprobes: the profile's modules that are not built in (modprobe follows
@@ -153,28 +166,45 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         .filter(|m| kernel.modules.contains(m))
         .map(|m| m + "\n")
         .collect();
-    let packages: Vec<_> = section
+    let packages = section
         .packages
         .iter()
         .zip(&installed)
-        .map(|(l, i)| {
-            json!({
-                "name": l.name, "version": l.version, "repository": l.repository, "sha256": l.sha256,
-                "checksum": l.checksum, "origin": i.info.origin, "license": i.info.license,
-            })
+        .map(|(l, i)| PackageSummary {
+            name: l.name.clone(),
+            version: l.version.clone(),
+            repository: l.repository.clone(),
+            sha256: l.sha256.clone(),
+            checksum: l.checksum.clone(),
+            datahash: l.datahash.clone(),
+            origin: i.info.origin.clone(),
+            license: i.info.license.clone(),
+            maintainer: i.info.maintainer.clone(),
+            url: i.info.url.clone(),
+            description: i.info.description.clone(),
+            build_date: i.info.build_date,
         })
         .collect();
-    let guest_manifest = json!({
-        "hyve_version": env!("CARGO_PKG_VERSION"),
-        "profile": profile.name,
-        "arch": arch,
-        "branch": section.branch,
-        "lock_inputs_hash": section.inputs_hash,
-        "source_date_epoch": epoch,
-        "kernel": {"package": kernel_pkg.info.name, "version": kernel_pkg.info.version, "release": kernel.release, "modules": kernel.modules, "optional_modules_missing": kernel.skipped},
-        "cmdline": cmdline,
-        "packages": packages,
-    });
+    let lock_json = serde_json::to_vec(&section).expect("a lock serializes");
+    let mut manifest = Manifest {
+        hyve_version: env!("CARGO_PKG_VERSION").into(),
+        profile: profile.name.clone(),
+        arch: arch.to_string(),
+        branch: section.branch.clone(),
+        source_date_epoch: epoch,
+        lock: LockSummary { inputs_hash: section.inputs_hash.clone(), sha256: hex::encode(Sha256::digest(&lock_json)) },
+        kernel: KernelSummary {
+            package: kernel_pkg.info.name.clone(),
+            version: kernel_pkg.info.version.to_string(),
+            release: kernel.release.clone(),
+            modules: kernel.modules.clone(),
+            optional_modules_missing: kernel.skipped.clone(),
+        },
+        cmdline: cmdline.clone(),
+        packages,
+        overlays,
+        outputs: Default::default(),
+    };
     let os_release = format!(
         "NAME=\"hyve\"\nID=hyve\nID_LIKE=alpine\nVERSION_ID={branch}\nVARIANT_ID={name}\nPRETTY_NAME=\"hyve {name} (Alpine {branch})\"\nHOME_URL=\"https://github.com/hyve\"\nBUILD_ID={epoch}\n",
         branch = section.branch.trim_start_matches('v'),
@@ -190,11 +220,7 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         ("root", Generated::Dir, 0o700),
         ("etc/hostname", Generated::Text(format!("{}\n", profile.hostname)), 0o644),
         ("etc/os-release", Generated::Text(os_release.clone()), 0o644),
-        (
-            "etc/hyve/manifest.json",
-            Generated::Text(serde_json::to_string_pretty(&guest_manifest).expect("json") + "\n"),
-            0o644,
-        ),
+        ("etc/hyve/manifest.json", Generated::Text(manifest.to_json()), 0o644),
         ("lib/apk/db/installed", Generated::Text(installed_db(&installed)), 0o644),
         ("etc/apk/world", Generated::Text(profile.world().join("\n") + "\n"), 0o644),
         ("etc/hyve/modules", Generated::Text(modules_to_load), 0o644),
@@ -245,19 +271,21 @@ pub fn build(session: &Session, arch: Arch, policy: LockPolicy, out: &Path, work
         }
     }
     outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
-    // The output manifest is the guest's plus the outputs' hashes.
-    let mut manifest = guest_manifest;
-    manifest["outputs"] =
-        outputs.iter().map(|a| (a.name.clone(), json!({"sha256": a.sha256, "size": a.size}))).collect();
+    // The output manifest is the guest's plus the outputs' hashes; the SBOM and SHA256SUMS
+    // are derived from it.
+    manifest.outputs =
+        outputs.iter().map(|a| (a.name.clone(), OutputEntry { sha256: a.sha256.clone(), size: a.size })).collect();
+    outputs.push(write_artifact(tmp.path(), "manifest.json", manifest.to_json().as_bytes())?);
+    let kernel_sha = outputs.iter().find(|a| a.name == "kernel").map(|a| a.sha256.clone());
+    let sbom = manifest::spdx(&manifest, kernel_sha.as_deref());
     outputs.push(write_artifact(
         tmp.path(),
-        "manifest.json",
-        (serde_json::to_string_pretty(&manifest).expect("json") + "\n").as_bytes(),
+        "sbom.spdx.json",
+        (serde_json::to_string_pretty(&sbom).expect("json") + "\n").as_bytes(),
     )?);
-    let mut sums: Vec<&Artifact> = outputs.iter().collect();
-    sums.sort_by(|a, b| a.name.cmp(&b.name));
-    let sums_text: String = sums.iter().map(|a| format!("{}  {}\n", a.sha256, a.name)).collect();
-    std::fs::write(tmp.path().join("SHA256SUMS"), sums_text).map_err(io_err(tmp.path()))?;
+    let sums = manifest::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
+    let sums_path = tmp.path().join(SHA256SUMS);
+    std::fs::write(&sums_path, sums).map_err(io_err(&sums_path))?;
     for entry in std::fs::read_dir(tmp.path()).map_err(io_err(tmp.path()))? {
         let p = entry.map_err(io_err(tmp.path()))?.path();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(&p))?;

@@ -436,6 +436,14 @@ impl<'r> Fetcher<'r> {
         done(path, sha256, size, summary.datahash, false)
     }
 
+    /// Any file (a published SHA256SUMS, an output to compare) into a temporary file in
+    /// `dir`, with the same retries as packages; its SHA-256 and size. A missing file is
+    /// `FetchError::NotFound` (whose message is about packages: callers name the file).
+    pub fn download_file(&self, url: &str, dir: &Path) -> Result<(tempfile::NamedTempFile, String, u64)> {
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+        self.download(url, tmp)
+    }
+
     /// Streams `url` into `tmp`, hashing as it goes; retries rewind the file.
     fn download(&self, url: &str, tmp: tempfile::NamedTempFile) -> Result<(tempfile::NamedTempFile, String, u64)> {
         if let Some(p) = url.strip_prefix("file://") {

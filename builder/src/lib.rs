@@ -3,6 +3,7 @@
 pub mod apk;
 pub mod build;
 pub mod datadisk;
+pub mod diff;
 pub mod epoch;
 pub mod fetch;
 pub mod fsutil;
@@ -15,4 +16,5 @@ pub mod profile;
 pub mod resolve;
 pub mod session;
 pub mod tree;
+pub mod verify;
 pub mod vmm;

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree};
 
 /// The manifest of owners inside an overlay directory.
@@ -56,8 +58,20 @@ fn read_owners(dir: &Path) -> Result<BTreeMap<String, (u32, u32)>> {
     Ok(out)
 }
 
+/// What one overlay directory contributed, for the manifest and the SBOM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlaySummary {
+    /// The directory's own name (`docker`), not its host path, so the manifest does not
+    /// depend on where the checkout lives.
+    pub name: String,
+    pub entries: usize,
+    /// SHA-256 over the sorted listing: path, type, mode, owner and content SHA-1 or link
+    /// target of every entry. Changes exactly when what the guest gets changes.
+    pub sha256: String,
+}
+
 /// Lays `dir` over the tree (its files win over the packages').
-pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u64) -> Result<usize> {
+pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u64) -> Result<OverlaySummary> {
     if !dir.is_dir() {
         return Err(OverlayError::Missing { dir: dir.display().to_string() });
     }
@@ -65,6 +79,7 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
     let mut paths = Vec::new();
     collect(dir, "", &mut paths)?;
     paths.sort();
+    let mut digest = Sha256::new();
     for rel in &paths {
         let full = dir.join(rel);
         let meta = std::fs::symlink_metadata(&full).map_err(io_err(&full))?;
@@ -93,13 +108,20 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
         let (uid, gid) = owners.get(rel).copied().unwrap_or((0, 0));
         let mode = if ft.is_symlink() { 0o777 } else { meta.permissions().mode() & 0o7777 };
         let _ = meta.uid(); // the host owner never reaches the guest
+        let what = match &kind {
+            NodeKind::File(blob) => format!("file {}", hex::encode(blob.sha1)),
+            NodeKind::Symlink(target) => format!("link {target}"),
+            _ => "dir".to_string(),
+        };
+        digest.update(format!("{rel}\0{what}\0{mode:o}\0{uid}:{gid}\n").as_bytes());
         let node = Node { kind, mode, uid, gid, mtime, xattrs: vec![], owner: "overlay".into() };
         if ft.is_dir() && tree.get(rel).is_some_and(|n| n.kind == NodeKind::Dir) {
             continue; // an existing directory keeps the package's metadata
         }
         tree.insert(rel, node, Overwrite::Allowed)?;
     }
-    Ok(paths.len())
+    let name = dir.canonicalize().map_err(io_err(dir))?.file_name().map(|n| n.to_string_lossy().into_owned());
+    Ok(OverlaySummary { name: name.unwrap_or_default(), entries: paths.len(), sha256: hex::encode(digest.finalize()) })
 }
 
 fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
@@ -168,12 +190,18 @@ mod tests {
         let mut store = ContentStore::new().unwrap();
         let mut tree = Tree::new();
         put(&mut tree, &mut store, "etc/init.d/hyve", Generated::Text("old".into()), 0o644, 1).unwrap();
-        assert_eq!(apply_dir(&mut tree, &mut store, d.path(), 5).unwrap(), 3);
+        let summary = apply_dir(&mut tree, &mut store, d.path(), 5).unwrap();
+        assert_eq!(summary.entries, 3);
         let n = tree.get("etc/init.d/hyve").unwrap();
         assert_eq!((n.mode, n.uid, n.gid, n.mtime), (0o750, 0, 42, 5));
         assert!(tree.get(".hyve-owners").is_none());
         let NodeKind::File(b) = n.kind else { panic!() };
         assert_eq!(store.read_all(b).unwrap(), b"#!/bin/sh\n");
+        // Contents, modes and owners change the digest; the host's times do not.
+        let again = apply_dir(&mut tree, &mut store, d.path(), 9).unwrap();
+        assert_eq!(again.sha256, summary.sha256);
+        std::fs::set_permissions(d.path().join("etc/init.d/hyve"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(apply_dir(&mut tree, &mut store, d.path(), 5).unwrap().sha256, summary.sha256);
         let e = apply_dir(&mut tree, &mut store, &d.path().join("nope"), 0).unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
     }

@@ -2,6 +2,8 @@
 //! repositories generated with hyve's own writer.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod guest;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -22,9 +22,8 @@ pub fn run(args: BuildArgs) -> Outcome {
     let session = args.common.session(&progress)?;
     let arch = args.common.one_arch(&session)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-{arch}", session.profile.name)));
-    let policy = if args.common.locked { hyve::session::LockPolicy::Locked } else { hyve::session::LockPolicy::Auto };
-    let workers = u32::try_from(args.common.jobs.clamp(1, 64)).unwrap_or(1);
-    let result = hyve::build::build(&session, arch, policy, &out, workers)?;
+    let opts = args.common.build_options(hyve::epoch::source_date_epoch()?);
+    let result = hyve::build::build(&session, arch, &opts, &out)?;
     progress.finish();
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&json!(result))?);

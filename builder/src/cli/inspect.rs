@@ -35,7 +35,7 @@ fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut head = vec![0u8; 520];
     let n = (&f).take(520).read(&mut head)?;
-    if n == 520 && head[510..512] == [0x55, 0xAA] && &head[512..520] == b"EFI PART" {
+    if hyve::output::disk::looks_like_gpt(&head[..n]) {
         return Ok(Kind::Disk);
     }
     if head[..n].starts_with(b"ADB") {

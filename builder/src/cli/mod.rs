@@ -2,6 +2,7 @@
 //! the exit code. Work happens in the library.
 
 mod build;
+mod diff;
 mod disk;
 mod inspect;
 mod packages;
@@ -9,6 +10,7 @@ mod pkg;
 mod progress;
 mod repo;
 mod run;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,10 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the guest: kernel, initrd.img, cmdline, manifest.json, SHA256SUMS in out/<profile>-<arch>
+    /// Build the guest: kernel, initrd.img, disk.img, cmdline, manifest.json, sbom.spdx.json, SHA256SUMS in out/<profile>-<arch>
     Build(build::BuildArgs),
     /// Boot an output directory in QEMU (console on stdout), or print the command for vfkit, hyperkit, xhyve
     Run(run::RunArgs),
+    /// Rebuild from the lock and compare every output byte for byte with a published build
+    Verify(verify::VerifyArgs),
+    /// What differs between two builds (output directories, initrds or disk images): packages, kernel, cmdline, files
+    Diff(diff::Args),
     /// Resolve a profile against the signed indexes and print the package set (no downloads)
     Plan(packages::PlanArgs),
     /// Resolve, download, verify and pin every package in the profile's lock file
@@ -78,6 +84,8 @@ pub fn main() -> ExitCode {
     let outcome: Outcome = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Run(args) => run::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Plan(args) => packages::plan(args),
         Command::Lock(args) => packages::lock(args),
         Command::Fetch(args) => packages::fetch(args),

@@ -88,6 +88,15 @@ impl ProfileArgs {
         }
     }
 
+    /// Lock policy and threads from the flags; the time source is the caller's.
+    pub fn build_options(&self, source_date_epoch: Option<u64>) -> hyve::build::BuildOptions {
+        hyve::build::BuildOptions {
+            policy: self.policy(),
+            workers: u32::try_from(self.jobs.clamp(1, 64)).unwrap_or(1),
+            source_date_epoch,
+        }
+    }
+
     fn policy(&self) -> LockPolicy {
         if self.locked {
             LockPolicy::Locked

@@ -162,8 +162,18 @@ pub struct CpioEntry {
 }
 
 /// Reads a newc archive from decompressed bytes, streaming.
-pub fn read_entries(mut input: impl io::Read) -> io::Result<Vec<CpioEntry>> {
+pub fn read_entries(input: impl io::Read) -> io::Result<Vec<CpioEntry>> {
+    Ok(read_archive(input, |_| false)?.0)
+}
+
+/// Entries of an archive, and the contents kept of some of them, by name.
+pub type ReadArchive = (Vec<CpioEntry>, std::collections::BTreeMap<String, Vec<u8>>);
+
+/// Reads a newc archive, streaming, and keeps the contents of the regular files `keep`
+/// picks (a manifest inside an initramfs, say).
+pub fn read_archive(mut input: impl io::Read, keep: impl Fn(&str) -> bool) -> io::Result<ReadArchive> {
     use sha2::{Digest, Sha256};
+    let mut kept = std::collections::BTreeMap::new();
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
     let mut out = Vec::new();
     let mut offset = 0u64;
@@ -188,7 +198,7 @@ pub fn read_entries(mut input: impl io::Read) -> io::Result<Vec<CpioEntry>> {
         let name = String::from_utf8(name).map_err(|_| bad("name is not UTF-8".into()))?;
         offset += (110 + namesize + name_pad) as u64;
         if name == "TRAILER!!!" {
-            return Ok(out);
+            return Ok((out, kept));
         }
         let mut hasher = Sha256::new();
         let mut link = None;
@@ -196,6 +206,11 @@ pub fn read_entries(mut input: impl io::Read) -> io::Result<Vec<CpioEntry>> {
             let mut t = vec![0u8; size as usize];
             input.read_exact(&mut t)?;
             link = Some(String::from_utf8_lossy(&t).into_owned());
+        } else if mode & 0o170000 == S_IFREG && keep(&name) {
+            let mut content = vec![0u8; size as usize];
+            input.read_exact(&mut content)?;
+            hasher.update(&content);
+            kept.insert(name.clone(), content);
         } else {
             let n = io::copy(&mut io::Read::take(&mut input, size as u64), &mut hasher)?;
             if n != size as u64 {
@@ -243,5 +258,7 @@ mod tests {
         let mut again = Vec::new();
         write_tree(&tree, &store, 1_700_000_000, &mut again).unwrap();
         assert_eq!(out, again);
+        let (_, kept) = read_archive(&out[..], |n| n == "bin/b").unwrap();
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), [("bin/b".to_string(), b"hello".to_vec())]);
     }
 }

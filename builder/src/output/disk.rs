@@ -418,11 +418,28 @@ pub fn read_esp_file(
     file: &str,
     limit: u64,
 ) -> Result<Vec<u8>, DiskError> {
+    with_esp_file(disk, esp, file, |f| {
+        let mut b = Vec::new();
+        f.take(limit).read_to_end(&mut b)?;
+        Ok(b)
+    })
+}
+
+/// Streams a file on the ESP to `read` (the initrd, without holding it in memory).
+pub fn with_esp_file<T>(
+    disk: &mut std::fs::File,
+    esp: &ReadPartition,
+    file: &str,
+    read: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
+) -> Result<T, DiskError> {
     let fs = open_esp(disk, esp, file)?;
-    let f = fs.root_dir().open_file(file).map_err(io(file))?;
-    let mut b = Vec::new();
-    f.take(limit).read_to_end(&mut b).map_err(io(file))?;
-    Ok(b)
+    let mut f = fs.root_dir().open_file(file).map_err(io(file))?;
+    read(&mut f).map_err(io(file))
+}
+
+/// Whether the first 520 bytes of a file are a protective MBR followed by a GPT header.
+pub fn looks_like_gpt(head: &[u8]) -> bool {
+    head.len() >= 520 && head[510..512] == [0x55, 0xAA] && &head[512..520] == b"EFI PART"
 }
 
 #[cfg(test)]

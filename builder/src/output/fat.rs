@@ -67,20 +67,9 @@ fn short_name(name: &str) -> Result<([u8; 11], u8), FatError> {
 
 /// FAT's packed date and time of a Unix time, UTC, clamped to 1980–2107.
 pub fn fat_time(epoch: u64) -> (u16, u16) {
-    let t = epoch.clamp(315_532_800, 4_354_819_199);
-    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
-    let date = ((year - 1980) << 9) | (month << 5) | day;
-    let time = ((secs / 3600) as u16) << 11 | ((secs / 60 % 60) as u16) << 5 | (secs % 60 / 2) as u16;
+    let c = crate::epoch::civil(epoch.clamp(315_532_800, 4_354_819_199));
+    let date = (((c.year - 1980) as u16) << 9) | ((c.month as u16) << 5) | c.day as u16;
+    let time = (c.hour as u16) << 11 | (c.minute as u16) << 5 | (c.second / 2) as u16;
     (date, time)
 }
 

@@ -4,4 +4,5 @@ pub mod compress;
 pub mod cpio;
 pub mod disk;
 pub mod fat;
+pub mod manifest;
 pub mod uki;

@@ -1,0 +1,153 @@
+//! `hyve verify`: rebuild from the lock and compare with what was published.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyve::verify::{compare, FileCheck, Published, Verdict};
+use serde_json::json;
+
+use super::packages::ProfileArgs;
+use super::progress::Progress;
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    common: ProfileArgs,
+    /// The published build: an output directory, a SHA256SUMS file, or an http(s)/file URL of
+    /// SHA256SUMS (or of the directory holding it)
+    #[arg(long, value_name = "DIR|SHA256SUMS|URL")]
+    against: String,
+    /// With a SHA256SUMS or URL: trust a listed checksum that matches the rebuild instead of
+    /// downloading the file to compare its bytes
+    #[arg(long)]
+    checksums_only: bool,
+    /// Keep the rebuild in DIR (replaced if it exists), e.g. for `hyve diff`
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+}
+
+pub fn run(args: VerifyArgs) -> Outcome {
+    let progress = Progress::new(args.common.json);
+    let session = args.common.session(&progress)?;
+    let published = Published::parse(&args.against)?;
+    // The rebuild goes beside --keep (so it can be renamed there), else into TMPDIR.
+    let scratch_parent = match &args.keep {
+        Some(k) => k.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| ".".into()),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&scratch_parent).with_context(|| format!("creating {}", scratch_parent.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".hyve-verify-")
+        .tempdir_in(&scratch_parent)
+        .with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
+    let manifest = published.manifest(&session.fetcher, scratch.path())?;
+    // The published manifest says how it was built; the command line and SOURCE_DATE_EPOCH
+    // win when given.
+    let arch = match (&manifest, args.common.arch) {
+        (Some(m), None) => m.arch.parse().map_err(|e| anyhow::anyhow!("the published manifest.json: {e}"))?,
+        _ => args.common.one_arch(&session)?,
+    };
+    if let Some(m) = &manifest {
+        anyhow::ensure!(
+            m.profile == session.profile.name,
+            "the published build is of profile {:?}, not {:?}; pass --profile {}",
+            m.profile,
+            session.profile.name,
+            m.profile
+        );
+    }
+    let epoch = hyve::epoch::source_date_epoch()?.or(manifest.as_ref().map(|m| m.source_date_epoch));
+    let mut opts = args.common.build_options(epoch);
+    opts.policy = hyve::session::LockPolicy::Locked;
+    let rebuilt = scratch.path().join("rebuilt");
+    let result = hyve::build::build(&session, arch, &opts, &rebuilt)
+        .with_context(|| format!("rebuilding {} ({arch}) from {}", session.profile.name, session.lockfile.display()))?;
+    progress.finish();
+    let checks = compare(&published, &rebuilt, &session.fetcher, scratch.path(), args.checksums_only)?;
+    let identical = checks.iter().all(|c| c.verdict == Verdict::Identical);
+    let kept = match &args.keep {
+        Some(dir) => {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+            }
+            std::fs::rename(&rebuilt, dir).with_context(|| format!("keeping the rebuild in {}", dir.display()))?;
+            Some(dir.clone())
+        }
+        None => None,
+    };
+    if args.common.json {
+        let doc = json!({
+            "identical": identical,
+            "profile": session.profile.name,
+            "arch": arch,
+            "against": args.against,
+            "source_date_epoch": result.source_date_epoch,
+            "rebuild": kept,
+            "files": checks,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(identical);
+    }
+    println!(
+        "rebuilt {} ({arch}) from {} with SOURCE_DATE_EPOCH={}",
+        session.profile.name,
+        session.lockfile.display(),
+        result.source_date_epoch
+    );
+    for c in &checks {
+        println!("{}", check_line(c));
+    }
+    let bad = checks.iter().filter(|c| c.verdict != Verdict::Identical).count();
+    if identical {
+        println!("verified: all {} files are byte-identical to {}", checks.len(), args.against);
+    } else {
+        let hint = match &kept {
+            Some(dir) => format!("`hyve diff {} {}` shows what is inside them", args.against, dir.display()),
+            None => "rerun with --keep DIR, then `hyve diff` the two to see what is inside them".into(),
+        };
+        eprintln!("FAILED: {bad} of {} files do not match {}; {hint}", checks.len(), args.against);
+    }
+    Ok(identical)
+}
+
+fn short(sha: &Option<String>) -> String {
+    sha.as_deref().map_or("?".into(), |s| s[..16.min(s.len())].to_string())
+}
+
+fn size(n: Option<u64>) -> String {
+    n.map_or("?".into(), |n| n.to_string())
+}
+
+fn check_line(c: &FileCheck) -> String {
+    match c.verdict {
+        Verdict::Identical => {
+            format!(
+                "  identical      {:<16} {:>12} bytes  sha256 {}",
+                c.name,
+                size(c.rebuilt_size),
+                short(&c.rebuilt_sha256)
+            )
+        }
+        Verdict::Differs => {
+            let at = match c.first_difference {
+                Some(o) => format!("first difference at byte {o} ({o:#x})"),
+                None => "only its checksum was published, so no offset".into(),
+            };
+            format!(
+                "  DIFFERS        {:<16} published {} bytes sha256 {}, rebuilt {} bytes sha256 {}; {at}",
+                c.name,
+                size(c.published_size),
+                short(&c.published_sha256),
+                size(c.rebuilt_size),
+                short(&c.rebuilt_sha256)
+            )
+        }
+        Verdict::NotPublished => {
+            format!("  NOT PUBLISHED  {:<16} the rebuild writes it; the published set lacks it", c.name)
+        }
+        Verdict::NotRebuilt => {
+            format!("  NOT REBUILT    {:<16} published, but this profile's rebuild does not write it", c.name)
+        }
+    }
+}
