@@ -300,6 +300,16 @@ fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     let c = env.root.join("c");
     ok(&env.build(&c, &env.root.join("cache-a"), &["--arch", "x86_64"], &[("SOURCE_DATE_EPOCH", "1600000000")], "022"));
     assert!(bytes != std::fs::read(c.join("disk.img")).unwrap(), "SOURCE_DATE_EPOCH reaches disk.img");
+    // hyve verify accepts the build and names disk.img when one byte of it changes.
+    ok(&env.verify(a.to_str().unwrap(), &env.root.join("cache-v"), &["--arch", "x86_64"]));
+    let mut flipped = bytes.clone();
+    flipped[100 << 20] ^= 0x80;
+    std::fs::write(b.join("disk.img"), &flipped).unwrap();
+    let o = env.verify(b.to_str().unwrap(), &env.root.join("cache-v"), &["--arch", "x86_64"]);
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{report}");
+    let line = report.lines().find(|l| l.contains("disk.img")).unwrap();
+    assert!(line.contains("DIFFERS") && line.contains(&format!("byte {}", 100 << 20)), "{report}");
     assert!(std::fs::read_to_string(a.join("SHA256SUMS")).unwrap().contains("  disk.img\n"));
 
     // sgdisk's own verdict on the GPT.
