@@ -366,3 +366,22 @@ fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     let data = doc["partitions"][1]["first_lba"].as_u64().unwrap() as usize * 512;
     assert!(bytes[data..].starts_with(b"hyve, please format-me"));
 }
+
+#[test]
+fn a_corrupt_cache_entry_is_caught_while_unpacking_and_fetched_again() {
+    let env = setup(&["x86_64"]);
+    let (a, b, cache) = (env.root.join("a"), env.root.join("b"), env.root.join("cache"));
+    ok(&env.build(&a, &cache, &[], &[], "022"));
+    // A warm build reads each cached package once: the pin is checked while unpacking.
+    let blobs: Vec<_> = std::fs::read_dir(cache.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    let victim = blobs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xff;
+    std::fs::write(victim, &bytes).unwrap();
+    let o = env.build(&b, &cache, &[], &[], "022");
+    ok(&o);
+    assert!(stderr(&o).contains("discarded corrupt cache entry"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(a.join("initrd.img")).unwrap(), std::fs::read(b.join("initrd.img")).unwrap());
+    assert_ne!(std::fs::read(victim).unwrap(), bytes, "the cache holds the good file again");
+}

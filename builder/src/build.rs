@@ -117,22 +117,51 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<u64>,
 }
 
+/// The locked packages, fetched (cached copies not re-hashed: `install` checks each file's
+/// pin in the same pass that unpacks it) and installed into a new tree.
+fn fetch_and_install(session: &Session, arch: Arch, section: &crate::lock::ArchLock) -> Result<Installed> {
+    let cached = session.fetch_locked(arch, section, true)?;
+    let files: Vec<PackageFile> = section
+        .packages
+        .iter()
+        .zip(&cached)
+        .map(|(l, c)| PackageFile {
+            path: c.path.clone(),
+            q1: c.q1,
+            sha256: l.sha256.clone(),
+            installed_size: l.installed_size,
+        })
+        .collect();
+    let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
+    let mut tree = Tree::new();
+    let (packages, warnings) = install(&mut tree, &mut store, &files)?;
+    Ok(Installed { tree, store, packages, warnings })
+}
+
+/// A tree with the packages unpacked into it.
+struct Installed {
+    tree: Tree,
+    store: ContentStore,
+    packages: Vec<crate::install::InstalledPackage>,
+    warnings: Vec<String>,
+}
+
 /// Builds `arch` of the session's profile into `out` (default `out/<profile>-<arch>`).
 pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
     let profile = &session.profile;
     let workers = opts.workers;
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
-    let cached = session.fetch_locked(arch, &section)?;
-    let files: Vec<PackageFile> = section
-        .packages
-        .iter()
-        .zip(&cached)
-        .map(|(l, c)| PackageFile { path: c.path.clone(), q1: c.q1, installed_size: l.installed_size })
-        .collect();
-
-    let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
-    let mut tree = Tree::new();
-    let (installed, mut warnings) = install(&mut tree, &mut store, &files)?;
+    let Installed { mut tree, mut store, packages: installed, mut warnings } =
+        match fetch_and_install(session, arch, &section) {
+            // A cache entry that went bad since it was verified: it has been removed; fetch it
+            // again and start over with a fresh tree (once — a second failure is reported).
+            Err(BuildError::Install(crate::install::InstallError::CacheCorrupt { path, .. })) => {
+                let mut again = fetch_and_install(session, arch, &section)?;
+                again.warnings.insert(0, format!("discarded corrupt cache entry {path} and fetched it again"));
+                again
+            }
+            other => other?,
+        };
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
     let kernel_pkg = installed

@@ -116,6 +116,10 @@ pub struct PackageRequest {
     /// The lock's datahash, when there is a lock.
     pub datahash: Option<String>,
     pub installed_size: u64,
+    /// Hash a cached copy before handing it out. `false` when the caller reads the whole
+    /// file anyway and checks it against `sha256` on the way (the build's install), so a
+    /// warm build reads each package once.
+    pub rehash_cached: bool,
 }
 
 /// A verified package file in the cache.
@@ -350,8 +354,12 @@ impl<'r> Fetcher<'r> {
         self.opts.cache_dir.join("q1").join(hex::encode(q1.0))
     }
 
-    /// Hashes a cached blob; `None` (and the blob removed) when it is corrupt.
-    fn check_blob(&self, path: &Path, sha256: &str) -> Result<Option<u64>> {
+    /// Hashes a cached blob; `None` (and the blob removed) when it is corrupt. With
+    /// `rehash` false, only its size is checked (`expected`, when known).
+    fn check_blob(&self, path: &Path, sha256: &str, rehash: bool, expected: Option<u64>) -> Result<Option<u64>> {
+        if !rehash {
+            return Ok(std::fs::metadata(path).ok().map(|m| m.len()).filter(|n| expected.is_none_or(|e| e == *n)));
+        }
         let Ok(mut f) = std::fs::File::open(path) else { return Ok(None) };
         let mut hasher = Sha256::new();
         let n = io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
@@ -394,7 +402,7 @@ impl<'r> Fetcher<'r> {
             .or_else(|| std::fs::read_to_string(self.q1_path(req.q1)).ok().map(|s| s.trim().to_string()));
         if let Some(sha) = &known {
             let path = self.blob_path(sha);
-            if let Some(size) = self.check_blob(&path, sha)? {
+            if let Some(size) = self.check_blob(&path, sha, req.rehash_cached || req.sha256.is_none(), req.size)? {
                 // Same SHA-256 as bytes that were fully verified on their way in. A lock
                 // already knows the datahash; otherwise read it (checking everything again).
                 let datahash = match &req.datahash {

@@ -4,7 +4,10 @@
 //! Anything else a script does is reported as a warning naming the package and the line.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
 
 use crate::apk::archive::{DataEntry, EntryKind};
 use crate::apk::package::{Limits, PackageReader};
@@ -17,7 +20,24 @@ use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree, TreeError};
 pub struct PackageFile {
     pub path: PathBuf,
     pub q1: Q1,
+    /// The lock's pin of the whole file (trust link 2), checked in the same pass that
+    /// unpacks it.
+    pub sha256: String,
     pub installed_size: u64,
+}
+
+/// Hashes every byte read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// What was installed, for `/lib/apk/db/installed`, the manifest and the SBOM.
@@ -39,6 +59,9 @@ pub enum InstallError {
     Store(#[from] std::io::Error),
     #[error("installing {package}: {detail}")]
     Script { package: String, detail: String },
+    /// Trust link 2 on a cached file, checked while unpacking it.
+    #[error("{path}: SHA-256 {actual} does not match the lock's {expected}; the corrupt cache entry was removed — run the build again to fetch it")]
+    CacheCorrupt { path: String, expected: String, actual: String },
 }
 
 type Result<T> = std::result::Result<T, InstallError>;
@@ -56,12 +79,14 @@ pub fn install(
         let origin = pkg.path.display().to_string();
         let file = std::fs::File::open(&pkg.path)
             .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
+        let mut hashing = HashingReader { inner: file, hasher: Sha256::new() };
         let reader = PackageReader::open(
-            std::io::BufReader::new(file),
+            std::io::BufReader::new(&mut hashing),
             &origin,
             Limits::for_installed_size(pkg.installed_size),
             Some(pkg.q1),
-        )?;
+        )
+        .map_err(|e| corrupt_or(e, pkg))?;
         let control = reader.control.clone();
         let name = control.info.name.clone();
         let replaces: BTreeSet<String> = control.info.replaces.iter().map(|d| d.name.clone()).collect();
@@ -69,17 +94,28 @@ pub fn install(
         run_scripts(tree, store, &name, &scripts, &[".pre-install"], &mut warnings)?;
         let mut files = Vec::new();
         let mut pending: Vec<(DataEntry, Option<crate::tree::Blob>)> = Vec::new();
-        reader.read_data(|entry, content| {
-            let blob = match entry.kind {
-                EntryKind::File => Some(
-                    store.add(content).map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?,
-                ),
-                _ => None,
-            };
-            pending.push((entry.clone(), blob));
-            Ok(())
-        })?;
-        // Only now, with datahash and every file checked, does anything reach the tree.
+        reader
+            .read_data(|entry, content| {
+                let blob = match entry.kind {
+                    EntryKind::File => Some(
+                        store
+                            .add(content)
+                            .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?,
+                    ),
+                    _ => None,
+                };
+                pending.push((entry.clone(), blob));
+                Ok(())
+            })
+            .map_err(|e| corrupt_or(e, pkg))?;
+        std::io::copy(&mut hashing, &mut std::io::sink())
+            .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
+        let actual = hex::encode(std::mem::take(&mut hashing.hasher).finalize());
+        if actual != pkg.sha256 {
+            return Err(cache_corrupt(pkg, actual));
+        }
+        // Only now, with the file's pin, datahash and every file checked, does anything reach
+        // the tree.
         for (entry, blob) in pending {
             let (uid, gid) = owner_ids(tree, store, &entry);
             let kind = match &entry.kind {
@@ -115,6 +151,25 @@ pub fn install(
         .map_err(|source| InstallError::Tree { package: "(all)".into(), source: Box::new(source) })?;
     busybox_links(tree, store, &mut warnings)?;
     Ok((installed, warnings))
+}
+
+/// A cached file that fails a check it passed on its way into the cache has changed since:
+/// when its bytes no longer match the pin, that is the error (and the entry is removed).
+fn corrupt_or(e: crate::apk::Error, pkg: &PackageFile) -> InstallError {
+    let actual = std::fs::File::open(&pkg.path).and_then(|mut f| {
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    });
+    match actual {
+        Ok(actual) if actual != pkg.sha256 => cache_corrupt(pkg, actual),
+        _ => e.into(),
+    }
+}
+
+fn cache_corrupt(pkg: &PackageFile, actual: String) -> InstallError {
+    let _ = std::fs::remove_file(&pkg.path);
+    InstallError::CacheCorrupt { path: pkg.path.display().to_string(), expected: pkg.sha256.clone(), actual }
 }
 
 /// Header owner names win over numbers when the guest's passwd/group know them, as apk

@@ -159,6 +159,7 @@ impl<'r> Session<'r> {
                 sha256: None,
                 datahash: None,
                 installed_size: c.record.installed_size,
+                rehash_cached: true,
             })
             .collect();
         let cached = self.fetcher.packages(&reqs)?;
@@ -209,8 +210,10 @@ impl<'r> Session<'r> {
         Ok((section, true))
     }
 
-    /// Brings every locked package into the cache, verified against its pins.
-    pub fn fetch_locked(&self, arch: Arch, section: &ArchLock) -> Result<Vec<CachedPackage>> {
+    /// Brings every locked package into the cache, verified against its pins. With
+    /// `checked_by_caller`, cached copies are not hashed here: the caller reads each file
+    /// whole and checks it against the lock's sha256 itself (see `install`).
+    pub fn fetch_locked(&self, arch: Arch, section: &ArchLock, checked_by_caller: bool) -> Result<Vec<CachedPackage>> {
         let reqs = section
             .packages
             .iter()
@@ -233,6 +236,7 @@ impl<'r> Session<'r> {
                     sha256: Some(p.sha256.clone()),
                     datahash: Some(p.datahash.clone()),
                     installed_size: p.installed_size,
+                    rehash_cached: !checked_by_caller,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
