@@ -1,5 +1,5 @@
-//! initramfs compression the kernel can unpack: gzip, zstd (multi-threaded; its output does
-//! not depend on the worker count) and xz with the CRC32 check the kernel's decompressor
+//! initramfs compression the kernel can unpack: gzip and zstd (both multi-threaded; their
+//! output does not depend on the worker count) and xz with the CRC32 check the kernel's decompressor
 //! requires.
 
 use std::io::{self, Write};
@@ -8,17 +8,17 @@ use crate::profile::Compression;
 
 /// A compressing writer; `finish` flushes the stream end and returns the inner writer.
 pub enum Compressor<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pargzip::ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Xz(xz2::write::XzEncoder<W>),
 }
 
 impl<W: Write> Compressor<W> {
-    /// `level` defaults to gzip 9, zstd 12, xz 6. `workers` bounds zstd's threads (at least
-    /// one worker keeps the output identical for any count).
+    /// `level` defaults to gzip 9, zstd 12, xz 6. `workers` bounds gzip's and zstd's threads
+    /// (the output is identical for any count).
     pub fn new(kind: Compression, level: Option<u32>, out: W, workers: u32) -> io::Result<Self> {
         Ok(match kind {
-            Compression::Gzip => Compressor::Gzip(crate::apk::archive::gzip_writer(out, level.unwrap_or(9))),
+            Compression::Gzip => Compressor::Gzip(super::pargzip::ParallelGzip::new(out, level.unwrap_or(9), workers)?),
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(out, level.unwrap_or(12) as i32)?;
                 e.multithread(workers.max(1))?;

@@ -5,4 +5,5 @@ pub mod cpio;
 pub mod disk;
 pub mod fat;
 pub mod manifest;
+pub mod pargzip;
 pub mod uki;
