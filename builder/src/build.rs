@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::apk::Arch;
-use crate::install::{install, installed_db, PackageFile};
+use crate::install::{installed_db, Installer, PackageFile};
 use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
@@ -26,6 +26,8 @@ pub enum BuildError {
     Session(#[from] crate::session::Error),
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
@@ -117,24 +119,25 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<u64>,
 }
 
-/// The locked packages, fetched (cached copies not re-hashed: `install` checks each file's
-/// pin in the same pass that unpacks it) and installed into a new tree.
+/// The locked packages, fetched and installed into a new tree, each unpacked as soon as it
+/// is in the cache while later ones download. Cached copies are not hashed by the fetcher:
+/// the installer checks each file's pin in the same pass that unpacks it.
 fn fetch_and_install(session: &Session, arch: Arch, section: &crate::lock::ArchLock) -> Result<Installed> {
-    let cached = session.fetch_locked(arch, section, true)?;
-    let files: Vec<PackageFile> = section
-        .packages
-        .iter()
-        .zip(&cached)
-        .map(|(l, c)| PackageFile {
-            path: c.path.clone(),
-            q1: c.q1,
-            sha256: l.sha256.clone(),
-            installed_size: l.installed_size,
-        })
-        .collect();
+    let reqs = session.locked_requests(arch, section, true)?;
     let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
     let mut tree = Tree::new();
-    let (packages, warnings) = install(&mut tree, &mut store, &files)?;
+    let mut installer = Installer::new(&mut tree, &mut store);
+    session.fetcher.packages_each(&reqs, |i, cached| -> Result<()> {
+        let locked = &section.packages[i];
+        installer.add(&PackageFile {
+            path: cached.path.clone(),
+            q1: cached.q1,
+            sha256: locked.sha256.clone(),
+            installed_size: locked.installed_size,
+        })?;
+        Ok(())
+    })?;
+    let (packages, warnings) = installer.finish()?;
     Ok(Installed { tree, store, packages, warnings })
 }
 

@@ -511,13 +511,26 @@ impl<'r> Fetcher<'r> {
     /// Fetches every request with `jobs` workers; results in request order. The first
     /// failure (in request order) is returned after in-flight work stops.
     pub fn packages(&self, reqs: &[PackageRequest]) -> Result<Vec<CachedPackage>> {
+        self.packages_each(reqs, |_, _| Ok::<(), FetchError>(()))
+    }
+
+    /// Like `packages`, and hands each package to `consume` in request order as soon as it
+    /// and every one before it are in the cache, while the rest are still downloading. A
+    /// failure of either stops the workers; the first one (in request order) is returned.
+    pub fn packages_each<E: From<FetchError>>(
+        &self,
+        reqs: &[PackageRequest],
+        mut consume: impl FnMut(usize, &CachedPackage) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Vec<CachedPackage>, E> {
         self.reporter.batch(reqs.len(), reqs.iter().filter_map(|r| r.size).sum());
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
-        let results: Mutex<Vec<Option<Result<CachedPackage>>>> = Mutex::new((0..reqs.len()).map(|_| None).collect());
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             for _ in 0..self.opts.jobs.clamp(1, 64).min(reqs.len().max(1)) {
-                s.spawn(|| loop {
+                let tx = tx.clone();
+                let (next, stop) = (&next, &stop);
+                s.spawn(move || loop {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -527,15 +540,40 @@ impl<'r> Fetcher<'r> {
                     if r.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
-                    results.lock().expect("not poisoned")[i] = Some(r);
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
                 });
             }
-        });
-        let mut out = Vec::with_capacity(reqs.len());
-        for r in results.into_inner().expect("not poisoned").into_iter().flatten() {
-            out.push(r?);
-        }
-        Ok(out)
+            drop(tx);
+            let mut ready: Vec<Option<CachedPackage>> = (0..reqs.len()).map(|_| None).collect();
+            let mut consumed = 0;
+            let mut failure: Option<(usize, E)> = None;
+            // Ends when every worker has finished.
+            for (i, r) in rx {
+                match r {
+                    Ok(p) => ready[i] = Some(p),
+                    Err(e) => {
+                        if failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                            failure = Some((i, e.into()));
+                        }
+                    }
+                }
+                while failure.is_none() && consumed < reqs.len() {
+                    let Some(p) = &ready[consumed] else { break };
+                    if let Err(e) = consume(consumed, p) {
+                        stop.store(true, Ordering::Relaxed);
+                        failure = Some((consumed, e));
+                        break;
+                    }
+                    consumed += 1;
+                }
+            }
+            match failure {
+                Some((_, e)) => Err(e),
+                None => Ok(ready.into_iter().map(|p| p.expect("every request finished")).collect()),
+            }
+        })
     }
 }
 

@@ -73,9 +73,30 @@ pub fn install(
     store: &mut ContentStore,
     packages: &[PackageFile],
 ) -> Result<(Vec<InstalledPackage>, Vec<String>)> {
-    let mut installed = Vec::new();
-    let mut warnings = Vec::new();
+    let mut installer = Installer::new(tree, store);
     for pkg in packages {
+        installer.add(pkg)?;
+    }
+    installer.finish()
+}
+
+/// Installs packages one at a time, in install order, as they become available (the build
+/// unpacks each package while later ones are still downloading).
+pub struct Installer<'a> {
+    tree: &'a mut Tree,
+    store: &'a mut ContentStore,
+    installed: Vec<InstalledPackage>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Installer<'a> {
+    pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore) -> Self {
+        Installer { tree, store, installed: Vec::new(), warnings: Vec::new() }
+    }
+
+    /// Unpacks the next package in install order.
+    pub fn add(&mut self, pkg: &PackageFile) -> Result<()> {
+        let (tree, store, warnings) = (&mut *self.tree, &mut *self.store, &mut self.warnings);
         let origin = pkg.path.display().to_string();
         let file = std::fs::File::open(&pkg.path)
             .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
@@ -91,7 +112,7 @@ pub fn install(
         let name = control.info.name.clone();
         let replaces: BTreeSet<String> = control.info.replaces.iter().map(|d| d.name.clone()).collect();
         let scripts = control.scripts.clone();
-        run_scripts(tree, store, &name, &scripts, &[".pre-install"], &mut warnings)?;
+        run_scripts(tree, store, &name, &scripts, &[".pre-install"], warnings)?;
         let mut files = Vec::new();
         let mut pending: Vec<(DataEntry, Option<crate::tree::Blob>)> = Vec::new();
         reader
@@ -144,13 +165,20 @@ pub fn install(
                 .map_err(|source| InstallError::Tree { package: name.clone(), source: Box::new(source) })?;
             files.push((entry.path.clone(), entry.kind.clone(), entry.sha1));
         }
-        run_scripts(tree, store, &name, &scripts, &[".post-install", ".trigger"], &mut warnings)?;
-        installed.push(InstalledPackage { info: control.info, q1: control.q1, files });
+        run_scripts(tree, store, &name, &scripts, &[".post-install", ".trigger"], warnings)?;
+        self.installed.push(InstalledPackage { info: control.info, q1: control.q1, files });
+        Ok(())
     }
-    tree.check_hardlinks()
-        .map_err(|source| InstallError::Tree { package: "(all)".into(), source: Box::new(source) })?;
-    busybox_links(tree, store, &mut warnings)?;
-    Ok((installed, warnings))
+
+    /// Checks hardlinks across packages, adds busybox's applet links; what was installed and
+    /// the warnings.
+    pub fn finish(mut self) -> Result<(Vec<InstalledPackage>, Vec<String>)> {
+        self.tree
+            .check_hardlinks()
+            .map_err(|source| InstallError::Tree { package: "(all)".into(), source: Box::new(source) })?;
+        busybox_links(self.tree, self.store, &mut self.warnings)?;
+        Ok((self.installed, self.warnings))
+    }
 }
 
 /// A cached file that fails a check it passed on its way into the cache has changed since:

@@ -210,11 +210,21 @@ impl<'r> Session<'r> {
         Ok((section, true))
     }
 
-    /// Brings every locked package into the cache, verified against its pins. With
-    /// `checked_by_caller`, cached copies are not hashed here: the caller reads each file
-    /// whole and checks it against the lock's sha256 itself (see `install`).
-    pub fn fetch_locked(&self, arch: Arch, section: &ArchLock, checked_by_caller: bool) -> Result<Vec<CachedPackage>> {
-        let reqs = section
+    /// Brings every locked package into the cache, verified against its pins.
+    pub fn fetch_locked(&self, arch: Arch, section: &ArchLock) -> Result<Vec<CachedPackage>> {
+        Ok(self.fetcher.packages(&self.locked_requests(arch, section, false)?)?)
+    }
+
+    /// What to fetch for a lock section. With `checked_by_caller`, cached copies are not
+    /// hashed by the fetcher: the caller reads each file whole and checks it against the
+    /// lock's sha256 itself (see `install`).
+    pub fn locked_requests(
+        &self,
+        arch: Arch,
+        section: &ArchLock,
+        checked_by_caller: bool,
+    ) -> Result<Vec<PackageRequest>> {
+        section
             .packages
             .iter()
             .map(|p| {
@@ -239,8 +249,7 @@ impl<'r> Session<'r> {
                     rehash_cached: !checked_by_caller,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self.fetcher.packages(&reqs)?)
+            .collect::<Result<Vec<_>>>()
     }
 }
 

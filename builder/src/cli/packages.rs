@@ -256,7 +256,7 @@ pub fn fetch(args: FetchArgs) -> Outcome {
     let mut report = Vec::new();
     for arch in args.common.all_arches(&session)? {
         let (section, created) = session.ensure_lock(arch, args.common.policy())?;
-        let cached = session.fetch_locked(arch, &section, false)?;
+        let cached = session.fetch_locked(arch, &section)?;
         let fetched = cached.iter().filter(|c| !c.from_cache).count();
         report.push(json!({"arch": arch, "packages": cached.len(), "downloaded": fetched, "lock_written": created}));
     }
@@ -283,7 +283,7 @@ pub fn vendor(args: VendorArgs) -> Outcome {
     let mut written = Vec::new();
     for arch in args.common.all_arches(&session)? {
         let (section, _) = session.ensure_lock(arch, args.common.policy())?;
-        let cached = session.fetch_locked(arch, &section, false)?;
+        let cached = session.fetch_locked(arch, &section)?;
         for (repo_dir, files) in vendor_files(&args.dir, &section.branch, arch, &section, &cached)? {
             let records = files.iter().map(|f| IndexRecord::from_file(f)).collect::<Result<Vec<_>, _>>()?;
             let mtime = records.iter().filter_map(|r| r.build_time).max().unwrap_or(0);
