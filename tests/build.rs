@@ -385,3 +385,72 @@ fn a_corrupt_cache_entry_is_caught_while_unpacking_and_fetched_again() {
     assert_eq!(std::fs::read(a.join("initrd.img")).unwrap(), std::fs::read(b.join("initrd.img")).unwrap());
     assert_ne!(std::fs::read(victim).unwrap(), bytes, "the cache holds the good file again");
 }
+
+#[test]
+fn an_interrupted_build_leaves_the_previous_output_and_no_temporary_files() {
+    let env = setup(&["x86_64"]);
+    let (out, cache) = (env.root.join("out/guest"), env.root.join("cache"));
+    ok(&env.build(&out, &cache, &[], &[], "022"));
+    let before = std::fs::read(out.join("initrd.img")).unwrap();
+    // 24 MiB of random letters, and xz: the compression takes seconds.
+    let mut noise = vec![0u8; 24 << 20];
+    let mut x = 0x2545_f491_u64;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b'a' + ((x >> 32) % 16) as u8;
+    }
+    let mut pkgs = packages("x86_64");
+    pkgs.push(Pkg::new("noise", "1-r0").file("var/lib/noise.dat", &noise));
+    env.repo.publish("v3.24", "main", "x86_64", &pkgs);
+    let text = std::fs::read_to_string(&env.profile)
+        .unwrap()
+        .replace("\"tool\"]", "\"tool\", \"noise\"]")
+        .replace("compression = \"gzip\"", "compression = \"xz\"");
+    std::fs::write(&env.profile, text).unwrap();
+    let mut args = env.args("build", &cache, &["--out", out.to_str().unwrap()]);
+    args.retain(|a| !a.is_empty());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyve"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the outputs are being written into the staging directory (the initrd's
+    // compression is most of that time).
+    let parent = env.root.join("out");
+    let start = std::time::Instant::now();
+    let compressing = || {
+        std::fs::read_dir(&parent)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(".guest.tmp-") && e.path().join("initrd.img").exists())
+    };
+    while !compressing() {
+        if child.try_wait().unwrap().is_some() {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the build ended ({:?}, after {:?}) before it could be interrupted: {}",
+                o.status,
+                start.elapsed(),
+                stderr(&o)
+            );
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no compression started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("initrd.img")).unwrap(), before, "the previous build is intact");
+    let left: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "guest")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "no partial downloads in the cache");
+}

@@ -43,6 +43,9 @@ pub enum BuildError {
     Uki(#[from] crate::output::uki::UkiError),
     #[error(transparent)]
     Disk(#[from] crate::output::disk::DiskError),
+    /// SIGINT or SIGTERM.
+    #[error("interrupted; the previous output (if any) is untouched and no temporary files were left")]
+    Interrupted,
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -117,17 +120,28 @@ pub struct BuildOptions {
     /// The one time source for every timestamp written; `None` means the newest package's
     /// build date.
     pub source_date_epoch: Option<u64>,
+    /// Set (by SIGINT/SIGTERM) to stop: the build fails with `Interrupted`, leaving the
+    /// previous output and no temporary files.
+    pub cancel: crate::cancel::Cancel,
 }
 
 /// The locked packages, fetched and installed into a new tree, each unpacked as soon as it
 /// is in the cache while later ones download. Cached copies are not hashed by the fetcher:
 /// the installer checks each file's pin in the same pass that unpacks it.
-fn fetch_and_install(session: &Session, arch: Arch, section: &crate::lock::ArchLock) -> Result<Installed> {
+fn fetch_and_install(
+    session: &Session,
+    arch: Arch,
+    section: &crate::lock::ArchLock,
+    cancel: &crate::cancel::Cancel,
+) -> Result<Installed> {
     let reqs = session.locked_requests(arch, section, true)?;
     let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
     let mut tree = Tree::new();
     let mut installer = Installer::new(&mut tree, &mut store);
     session.fetcher.packages_each(&reqs, |i, cached| -> Result<()> {
+        if cancel.is_cancelled() {
+            return Err(BuildError::Interrupted);
+        }
         let locked = &section.packages[i];
         installer.add(&PackageFile {
             path: cached.path.clone(),
@@ -151,15 +165,21 @@ struct Installed {
 
 /// Builds `arch` of the session's profile into `out` (default `out/<profile>-<arch>`).
 pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
+    // Whatever failed once the build was cancelled, the cause is the interruption.
+    build_steps(session, arch, opts, out)
+        .map_err(|e| if opts.cancel.is_cancelled() { BuildError::Interrupted } else { e })
+}
+
+fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
     let profile = &session.profile;
     let workers = opts.workers;
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
     let Installed { mut tree, mut store, packages: installed, mut warnings } =
-        match fetch_and_install(session, arch, &section) {
+        match fetch_and_install(session, arch, &section, &opts.cancel) {
             // A cache entry that went bad since it was verified: it has been removed; fetch it
             // again and start over with a fresh tree (once — a second failure is reported).
             Err(BuildError::Install(crate::install::InstallError::CacheCorrupt { path, .. })) => {
-                let mut again = fetch_and_install(session, arch, &section)?;
+                let mut again = fetch_and_install(session, arch, &section, &opts.cancel)?;
                 again.warnings.insert(0, format!("discarded corrupt cache entry {path} and fetched it again"));
                 again
             }
@@ -273,7 +293,7 @@ pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> 
     let mut entries = 0;
     let wants_disk = profile.formats.contains(&OutputFormat::Disk);
     if profile.formats.contains(&OutputFormat::Initrd) || wants_disk {
-        let (artifact, n) = write_initrd(tmp.path(), &tree, &store, profile, epoch, workers)?;
+        let (artifact, n) = write_initrd(tmp.path(), &tree, &store, profile, epoch, workers, &opts.cancel)?;
         entries = n;
         if wants_disk {
             let guest = GuestFiles {
@@ -283,6 +303,7 @@ pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> 
                 initrd_sha256: &artifact.sha256,
                 cmdline: &cmdline,
                 os_release: &os_release,
+                cancel: &opts.cancel,
             };
             outputs.push(write_disk_image(
                 tmp.path(),
@@ -345,6 +366,7 @@ fn write_initrd(
     profile: &crate::profile::Profile,
     epoch: u64,
     workers: u32,
+    cancel: &crate::cancel::Cancel,
 ) -> Result<(Artifact, u64)> {
     let initrd_path = dir.join("initrd.img");
     let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
@@ -356,7 +378,8 @@ fn write_initrd(
         workers,
     )
     .map_err(io_err(&initrd_path))?;
-    let entries = cpio::write_tree(tree, store, epoch, &mut compressor).map_err(io_err(&initrd_path))?;
+    let entries =
+        cpio::write_tree(tree, store, epoch, &mut cancel.wrap(&mut compressor)).map_err(io_err(&initrd_path))?;
     let hashing =
         compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
     hashing.file.sync_all().map_err(io_err(&initrd_path))?;
@@ -374,6 +397,8 @@ struct GuestFiles<'a> {
     initrd_sha256: &'a str,
     cmdline: &'a str,
     os_release: &'a str,
+    /// Copying the initrd (twice: UKI and file) is most of the disk's time.
+    cancel: &'a crate::cancel::Cancel,
 }
 
 /// `disk.img`: a GPT disk whose ESP holds the Unified Kernel Image as the removable-media
@@ -411,7 +436,7 @@ fn write_disk_image(
             (".linux", guest.kernel.len() as u64),
         ],
     )?;
-    let open_initrd = || std::fs::File::open(guest.initrd).map(std::io::BufReader::new);
+    let open_initrd = || std::fs::File::open(guest.initrd).map(|f| guest.cancel.wrap(std::io::BufReader::new(f)));
     let entry = format!(
         "title hyve {name} ({arch})\nversion {version}\nlinux /hyve/kernel\ninitrd /hyve/initrd.img\noptions {cmdline}\n",
         name = profile.name,

@@ -116,9 +116,9 @@ pub struct PackageRequest {
     /// The lock's datahash, when there is a lock.
     pub datahash: Option<String>,
     pub installed_size: u64,
-    /// Hash a cached copy before handing it out. `false` when the caller reads the whole
-    /// file anyway and checks it against `sha256` on the way (the build's install), so a
-    /// warm build reads each package once.
+    /// Hash a cached copy, and fully verify a download, before handing it out. `false` when
+    /// the caller reads the whole file anyway and checks it against `sha256`, Q1, datahash
+    /// and every file's SHA-1 on the way (the build's install), so each package is read once.
     pub rehash_cached: bool,
 }
 
@@ -433,7 +433,13 @@ impl<'r> Fetcher<'r> {
                 });
             }
         }
-        let summary = Self::verify_file(tmp.path(), req, &req.url)?;
+        // A file matching the lock's pin is byte for byte the one that passed every check
+        // when it was locked; a caller that unpacks it checks links 3 to 5 again on the way
+        // (so the file is read once). Otherwise check it all before it enters the cache.
+        let datahash = match (&req.sha256, &req.datahash, req.rehash_cached) {
+            (Some(_), Some(datahash), false) => datahash.clone(),
+            _ => Self::verify_file(tmp.path(), req, &req.url)?.datahash,
+        };
         if let Some(expected) = req.size.filter(|&e| e != size) {
             return Err(FetchError::Size { url: req.url.clone(), expected, actual: size, attempts: 1 });
         }
@@ -441,7 +447,7 @@ impl<'r> Fetcher<'r> {
         tmp.persist(&path).map_err(|e| FetchError::Io { path: path.display().to_string(), source: e.error })?;
         let q1_path = self.q1_path(req.q1);
         crate::fsutil::write_atomic(&q1_path, sha256.as_bytes(), 0o644).map_err(io_err(&q1_path))?;
-        done(path, sha256, size, summary.datahash, false)
+        done(path, sha256, size, datahash, false)
     }
 
     /// Any file (a published SHA256SUMS, an output to compare) into a temporary file in

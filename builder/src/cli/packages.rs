@@ -90,7 +90,12 @@ impl ProfileArgs {
 
     /// Lock policy and threads from the flags; the time source is the caller's.
     pub fn build_options(&self, source_date_epoch: Option<u64>) -> hyve::build::BuildOptions {
-        hyve::build::BuildOptions { policy: self.policy(), workers: compression_workers(self.jobs), source_date_epoch }
+        hyve::build::BuildOptions {
+            policy: self.policy(),
+            workers: compression_workers(self.jobs),
+            source_date_epoch,
+            cancel: on_interrupt(),
+        }
     }
 
     fn policy(&self) -> LockPolicy {
@@ -317,4 +322,16 @@ pub fn vendor(args: VendorArgs) -> Outcome {
 fn compression_workers(jobs: usize) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(jobs.clamp(1, cores.min(64))).unwrap_or(1)
+}
+
+/// A `Cancel` set by the first SIGINT or SIGTERM (the build then stops cleanly); a second
+/// one ends the process at once.
+fn on_interrupt() -> hyve::cancel::Cancel {
+    let cancel = hyve::cancel::Cancel::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal: set = second.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.flag());
+        let _ = signal_hook::flag::register(sig, cancel.flag());
+    }
+    cancel
 }
