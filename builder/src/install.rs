@@ -59,6 +59,9 @@ pub enum InstallError {
     Store(#[from] std::io::Error),
     #[error("installing {package}: {detail}")]
     Script { package: String, detail: String },
+    /// A package built for another architecture (its .PKGINFO says so).
+    #[error("{path}: {package} is built for {actual}, not {expected}; the repository serves the wrong architecture's package")]
+    WrongArch { path: String, package: String, expected: String, actual: String },
     /// Trust link 2 on a cached file, checked while unpacking it.
     #[error("{path}: SHA-256 {actual} does not match the lock's {expected}; the corrupt cache entry was removed — run the build again to fetch it")]
     CacheCorrupt { path: String, expected: String, actual: String },
@@ -66,32 +69,28 @@ pub enum InstallError {
 
 type Result<T> = std::result::Result<T, InstallError>;
 
-/// Installs `packages` in order into `tree`; returns what was installed and warnings about
-/// script commands that were not reproduced. (Mtimes are clamped when the tree is written.)
-pub fn install(
-    tree: &mut Tree,
-    store: &mut ContentStore,
-    packages: &[PackageFile],
-) -> Result<(Vec<InstalledPackage>, Vec<String>)> {
-    let mut installer = Installer::new(tree, store);
-    for pkg in packages {
-        installer.add(pkg)?;
-    }
-    installer.finish()
-}
-
-/// Installs packages one at a time, in install order, as they become available (the build
-/// unpacks each package while later ones are still downloading).
+/// Installs packages into a tree one at a time, in install order, as they become available
+/// (the build unpacks each package while later ones are still downloading); `finish` returns
+/// what was installed and warnings about script commands that were not reproduced. (Mtimes
+/// are clamped when the tree is written.)
 pub struct Installer<'a> {
     tree: &'a mut Tree,
     store: &'a mut ContentStore,
+    /// When set, every package must be built for it (or `noarch`).
+    arch: Option<crate::apk::Arch>,
     installed: Vec<InstalledPackage>,
     warnings: Vec<String>,
 }
 
 impl<'a> Installer<'a> {
     pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore) -> Self {
-        Installer { tree, store, installed: Vec::new(), warnings: Vec::new() }
+        Installer { tree, store, arch: None, installed: Vec::new(), warnings: Vec::new() }
+    }
+
+    /// Refuse packages built for another architecture than `arch`.
+    pub fn for_arch(mut self, arch: crate::apk::Arch) -> Self {
+        self.arch = Some(arch);
+        self
     }
 
     /// Unpacks the next package in install order.
@@ -109,6 +108,14 @@ impl<'a> Installer<'a> {
         )
         .map_err(|e| corrupt_or(e, pkg))?;
         let control = reader.control.clone();
+        if let Some(arch) = self.arch.filter(|a| control.info.arch != a.as_str() && control.info.arch != "noarch") {
+            return Err(InstallError::WrongArch {
+                path: origin,
+                package: control.info.name.clone(),
+                expected: arch.to_string(),
+                actual: control.info.arch.clone(),
+            });
+        }
         let name = control.info.name.clone();
         let replaces: BTreeSet<String> = control.info.replaces.iter().map(|d| d.name.clone()).collect();
         let scripts = control.scripts.clone();

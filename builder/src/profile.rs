@@ -220,7 +220,13 @@ fn read_raw(path: &Path) -> Result<RawProfile, ProfileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: shown.clone(), source })?;
     let mut raw: RawProfile = toml::from_str(&text).map_err(|e| {
         let (line, column) = toml_position(&text, &e);
-        ProfileError::Parse { path: shown.clone(), line, column, message: e.message().to_string() }
+        // serde's message names the expected type, not the key: show the line it is about.
+        let at = text.lines().nth(line - 1).map(str::trim).filter(|l| !l.is_empty());
+        let message = match at {
+            Some(l) => format!("{} (in `{l}`)", e.message()),
+            None => e.message().to_string(),
+        };
+        ProfileError::Parse { path: shown.clone(), line, column, message }
     })?;
     // Overlay directories are relative to the file that names them.
     let dir = path.parent().unwrap_or(Path::new("."));

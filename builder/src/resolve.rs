@@ -44,6 +44,9 @@ pub enum ResolveError {
     /// Nothing in any repository provides the name.
     #[error("no package provides {dep} (required by {chain}); check the name, or add the repository that has it")]
     Missing { dep: String, chain: String },
+    /// The index lists the name only for another architecture.
+    #[error("{dep} (required by {chain}) is in the index only as {found}; a package for another architecture is never installed — the repository is broken or mixed up")]
+    WrongArch { dep: String, chain: String, found: String },
     /// Providers exist, but none satisfies every constraint.
     #[error("cannot satisfy {dep} (required by {chain}): {why}")]
     Unsatisfiable { dep: String, chain: String, why: String },
@@ -78,14 +81,20 @@ struct Universe<'a> {
     cands: Vec<Cand<'a>>,
     providers: BTreeMap<&'a str, Vec<Provider>>,
     install_if: Vec<usize>,
+    /// Records skipped for being built for another architecture, by name (for the error).
+    foreign: BTreeMap<&'a str, &'a IndexRecord>,
+    arch: Arch,
 }
 
 impl<'a> Universe<'a> {
     fn new(repos: &[Repo<'a>], arch: Arch, prefer: &'a BTreeMap<String, Version>) -> Self {
         let mut cands = Vec::new();
+        let mut foreign = BTreeMap::new();
         for (i, repo) in repos.iter().enumerate() {
             for rec in repo.records {
-                if rec.uninstallable.is_none() && (rec.arch == arch.as_str() || rec.arch == "noarch") {
+                if rec.arch != arch.as_str() && rec.arch != "noarch" {
+                    foreign.insert(rec.name.as_str(), rec);
+                } else if rec.uninstallable.is_none() {
                     cands.push(Cand { rec, repo: i });
                 }
             }
@@ -102,7 +111,7 @@ impl<'a> Universe<'a> {
                 install_if.push(i);
             }
         }
-        Universe { repos: repos.iter().map(|r| r.name).collect(), prefer, cands, providers, install_if }
+        Universe { repos: repos.iter().map(|r| r.name).collect(), prefer, cands, providers, install_if, foreign, arch }
     }
 
     fn name(&self, cand: usize) -> &'a str {
@@ -298,7 +307,18 @@ impl<'u, 'a> Attempt<'u, 'a> {
             return Ok(());
         }
         let Some(providers) = self.u.providers.get(dep.name.as_str()) else {
-            return Err(Outcome::Fail(ResolveError::Missing { dep: dep.to_string(), chain: chain_text(&chain) }));
+            let e = match self.u.foreign.get(dep.name.as_str()) {
+                Some(rec) => ResolveError::WrongArch {
+                    dep: dep.to_string(),
+                    chain: chain_text(&chain),
+                    found: format!(
+                        "{}-{}, built for {} (this build is {})",
+                        rec.name, rec.version, rec.arch, self.u.arch
+                    ),
+                },
+                None => ResolveError::Missing { dep: dep.to_string(), chain: chain_text(&chain) },
+            };
+            return Err(Outcome::Fail(e));
         };
         let usable: Vec<&Provider> = providers
             .iter()

@@ -124,8 +124,8 @@ pub enum Error {
     #[error("{origin}: identity mismatch: the index says {expected}, but the package's control member hashes to {actual}; this is not the package the signed index describes")]
     Q1Mismatch { origin: String, expected: Q1, actual: Q1 },
     /// The data member is not the one `.PKGINFO` commits to.
-    #[error("{origin}: datahash mismatch: .PKGINFO says {expected}, but the data member hashes to {actual}; the package contents were altered")]
-    DataHashMismatch { origin: String, expected: String, actual: String },
+    #[error("{origin}: datahash mismatch: .PKGINFO says {expected}, but the data member hashes to {actual}; {why}")]
+    DataHashMismatch { origin: String, expected: String, actual: String, why: &'static str },
     /// A file's content does not match its PAX checksum.
     #[error("{origin}: {path}: SHA-1 mismatch: the tar header says {expected}, the content hashes to {actual}; the file was altered")]
     FileChecksumMismatch { origin: String, path: String, expected: String, actual: String },

@@ -177,7 +177,16 @@ impl<R: BufRead> PackageReader<R> {
         let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else { unreachable!("tap set above") };
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
-            return Err(Error::DataHashMismatch { origin, expected, actual });
+            // Input that ran out inside the gzip member is a cut-short file, not an edit.
+            let cut_short = matches!(&streamed, Err(Error::Gzip { detail, .. })
+                if detail.contains("end of file") || detail.contains("incomplete deflate stream"))
+                && self.input.at_eof().unwrap_or(false);
+            let why = if cut_short {
+                "the file ends inside its data member: it is truncated (an interrupted download or copy)"
+            } else {
+                "the package contents were altered"
+            };
+            return Err(Error::DataHashMismatch { origin, expected, actual, why });
         }
         let (entries, content_bytes) = streamed?;
         if !self.input.at_eof().map_err(|source| Error::Io { origin: origin.clone(), source })? {
