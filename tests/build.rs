@@ -454,3 +454,30 @@ fn an_interrupted_build_leaves_the_previous_output_and_no_temporary_files() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "no partial downloads in the cache");
 }
+
+#[test]
+fn a_full_disk_is_named_and_leaves_nothing_behind() {
+    let env = setup(&["x86_64"]);
+    let cache = env.root.join("cache");
+    ok(&env.build(&env.root.join("warm"), &cache, &[], &[], "022"));
+    // A 48 KiB tmpfs (in a private mount namespace) cannot hold the kernel and the initrd.
+    let small = env.root.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let out = small.join("out");
+    let args = env.args("build", &cache, &["--out", out.to_str().unwrap()]);
+    let o = Command::new("unshare")
+        .args(["-r", "-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=48k none '{d}' || exit 99; \"$0\" \"$@\"; rc=$?; echo \"left: $(ls -A '{d}')\" >&2; exit $rc",
+            d = small.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_hyve"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(99), "this test needs `unshare -r -m` and tmpfs mounts: {e}");
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("No space left on device") && e.contains("free space there"), "{e}");
+    assert!(e.lines().any(|l| l == "left: "), "the staging directory was not removed: {e}");
+}

@@ -32,7 +32,7 @@ pub enum BuildError {
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{hint}", hint = space_hint(source))]
     Io { path: String, source: std::io::Error },
     #[error("the lock for {arch} has no {package}, the profile's kernel package")]
     NoKernelPackage { arch: Arch, package: String },
@@ -49,6 +49,16 @@ pub enum BuildError {
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
+
+/// What to do about a full disk.
+fn space_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "; the output is staged beside --out and needs room for every output at once (disk.img is as large as disk_size_mib, sparse) — free space there or build with --out elsewhere"
+        }
+        _ => "",
+    }
+}
 
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io { path: p.display().to_string(), source }
