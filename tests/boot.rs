@@ -549,6 +549,31 @@ fn docker_host_on_aarch64_with_plain_tcp_and_a_data_partition() {
 /// keys on the data disk, so the second boot presents the same host key; the in-guest docker
 /// CLI and curl work. (The real `dev` profile also has docker-cli-compose, which the test
 /// mirror cannot provide from Debian; this test profile is `dev` without it.)
+/// The guest as built: no account with a usable password, sshd with public keys only, and
+/// dockerd's plain TCP port off unless a profile sets it.
+fn no_way_in_without_a_key(initrd: &Path) {
+    let wanted = ["etc/shadow", "etc/passwd", "etc/hyve/sshd_config", "etc/hyve/docker.conf"];
+    let file = std::io::BufReader::new(std::fs::File::open(initrd).unwrap());
+    let (_, kept) = hyve::output::cpio::read_archive(
+        std::io::BufReader::new(hyve::output::compress::decompressor(file).unwrap()),
+        |n| wanted.contains(&n),
+    )
+    .unwrap();
+    let text = |n: &str| String::from_utf8(kept.get(n).unwrap_or_else(|| panic!("/{n} missing")).clone()).unwrap();
+    for line in text("etc/shadow").lines().filter(|l| !l.is_empty()) {
+        let password = line.split(':').nth(1).unwrap();
+        assert!(password.starts_with('!') || password == "*", "/etc/shadow gives a usable password: {line}");
+    }
+    for line in text("etc/passwd").lines().filter(|l| !l.is_empty()) {
+        assert!(!line.split(':').nth(1).unwrap().is_empty(), "/etc/passwd has an empty password: {line}");
+    }
+    let sshd = text("etc/hyve/sshd_config");
+    for must in ["PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password"] {
+        assert!(sshd.lines().any(|l| l.trim() == must), "sshd_config lacks {must:?}");
+    }
+    assert!(text("etc/hyve/docker.conf").lines().any(|l| l == "DOCKER_PLAIN_TCP_PORT="), "plain TCP must be off");
+}
+
 #[test]
 fn dev_ssh_on_x86_64() {
     let (arch, qemu) = ("x86_64", "qemu-system-x86_64");
@@ -570,6 +595,7 @@ fn dev_ssh_on_x86_64() {
     .unwrap();
     let out = t.join("out");
     build(&profile, arch, t, &out);
+    no_way_in_without_a_key(&out.join("initrd.img"));
     let key = t.join("id");
     let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
     assert!(o.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&o.stderr));
@@ -605,6 +631,15 @@ fn dev_ssh_on_x86_64() {
             String::from_utf8_lossy(&o.stderr),
             vm.log.display()
         );
+        // Without the key there is no way in: sshd offers public keys only.
+        let o = Command::new("ssh")
+            .args(["-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "root@127.0.0.1", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("Permission denied (publickey)"), "boot {boot}: {e}");
         assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
         vm.wait_powered_off(180);
     }
