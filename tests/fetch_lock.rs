@@ -300,6 +300,12 @@ fn server_errors_are_retried_then_fail_clearly() {
     fails_with(&env.run("lock", &[]), &["app-1.0-r0.apk", "HTTP 503 after 4 attempt(s)"]);
     assert_eq!(env.server.requests(&env.url_path("app-1.0-r0.apk")), 4);
 
+    // Persistent connection resets.
+    let env = setup();
+    env.server.fault(&env.url_path("app-1.0-r0.apk"), Fault::Reset, 100);
+    fails_with(&env.run("lock", &[]), &["app-1.0-r0.apk", "4 attempt(s)", "check the network"]);
+    assert_eq!(env.server.requests(&env.url_path("app-1.0-r0.apk")), 4);
+
     // Persistent truncation.
     let env = setup();
     env.server.fault(&env.url_path("lib-2.0-r0.apk"), Fault::Truncate, 100);
