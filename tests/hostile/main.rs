@@ -51,6 +51,11 @@ impl Hostile {
         self.repo_dir().join(name)
     }
 
+    /// Puts `pkg`, built for `arch` and changed by `tamper`, where the mirror's tool-2.0-r0.apk was.
+    fn replace_tool(&self, pkg: &Pkg, arch: &str, tamper: impl Fn(&mut Vec<hyve::apk::package::NewEntry>)) {
+        std::fs::write(self.apk("tool-2.0-r0.apk"), build_package(pkg, arch, &self.env.repo.key, tamper)).unwrap();
+    }
+
     fn drop_lock(&self) {
         std::fs::remove_file(self.env.profile.with_extension("lock")).unwrap();
     }
@@ -199,7 +204,7 @@ fn package_is_not_the_one_the_index_names() {
     let h = prepared();
     h.drop_lock();
     let other = Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", b"#!/bin/sh\nevil\n");
-    std::fs::write(h.apk("tool-2.0-r0.apk"), build_package(&other, "x86_64", &h.env.repo.key, |_| {})).unwrap();
+    h.replace_tool(&other, "x86_64", |_| {});
     h.refused(&["tool-2.0-r0.apk", "identity mismatch"]);
 }
 
@@ -217,16 +222,10 @@ fn package_data_swapped_under_its_control_member() {
 fn file_checksum_that_lies() {
     let h = prepared();
     h.drop_lock();
-    let lying = build_package(
-        &Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", &[7u8; 50_000]),
-        "x86_64",
-        &h.env.repo.key,
-        |entries| {
-            let e = entries.iter_mut().find(|e| e.entry.path == "usr/bin/tool").unwrap();
-            e.entry.sha1 = Some([0u8; 20]);
-        },
-    );
-    std::fs::write(h.apk("tool-2.0-r0.apk"), &lying).unwrap();
+    let p = Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", &[7u8; 50_000]);
+    h.replace_tool(&p, "x86_64", |entries| {
+        entries.iter_mut().find(|e| e.entry.path == "usr/bin/tool").unwrap().entry.sha1 = Some([0u8; 20]);
+    });
     h.index_as_is(|_| {});
     h.refused(&["usr/bin/tool", "SHA-1 mismatch"]);
 }
@@ -246,7 +245,7 @@ fn package_for_another_arch() {
     let h = prepared();
     h.drop_lock();
     let p = Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", b"#!/bin/sh\n");
-    std::fs::write(h.apk("tool-2.0-r0.apk"), build_package(&p, "aarch64", &h.env.repo.key, |_| {})).unwrap();
+    h.replace_tool(&p, "aarch64", |_| {});
     h.index_as_is(|_| {});
     h.refused(&["tool", "built for aarch64", "x86_64"]);
 }
@@ -256,10 +255,9 @@ fn entry_renamed(rename: &'static str) -> String {
     let h = prepared();
     h.drop_lock();
     let p = Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", b"root::0:0::/:/bin/sh\n");
-    let evil = build_package(&p, "x86_64", &h.env.repo.key, |entries| {
+    h.replace_tool(&p, "x86_64", |entries| {
         entries.iter_mut().find(|e| e.entry.path == "usr/bin/tool").unwrap().entry.path = rename.into();
     });
-    std::fs::write(h.apk("tool-2.0-r0.apk"), evil).unwrap();
     h.index_as_is(|_| {});
     h.refused(&["refusing data entry"])
 }
@@ -302,7 +300,7 @@ fn gzip_bomb_far_beyond_the_declared_size() {
     // 256 MiB of zeros compress to a few hundred KiB; the index declares 4 KiB installed.
     let zeros = vec![0u8; 256 << 20];
     let p = Pkg::new("tool", "2.0-r0").depends("busybox").file("usr/bin/tool", &zeros);
-    std::fs::write(h.apk("tool-2.0-r0.apk"), build_package(&p, "x86_64", &h.env.repo.key, |_| {})).unwrap();
+    h.replace_tool(&p, "x86_64", |_| {});
     h.index_as_is(|r| {
         if r.name == "tool" {
             r.installed_size = 4096;
