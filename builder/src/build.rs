@@ -116,9 +116,14 @@ impl Write for HashingFile {
 }
 
 fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Result<Artifact> {
+    write_hashed_artifact(dir, name, bytes, hex::encode(Sha256::digest(bytes)))
+}
+
+/// `write_artifact` for bytes whose SHA-256 is already known (each output is hashed once).
+fn write_hashed_artifact(dir: &Path, name: &str, bytes: &[u8], sha256: String) -> Result<Artifact> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).map_err(io_err(&path))?;
-    Ok(Artifact { name: name.into(), sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })
+    Ok(Artifact { name: name.into(), sha256, size: bytes.len() as u64 })
 }
 
 /// How to build.
@@ -297,8 +302,9 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = tempfile::Builder::new().prefix(&format!(".{name}.tmp-")).tempdir_in(parent).map_err(io_err(parent))?;
     let mut outputs = Vec::new();
+    let kernel_sha256 = hex::encode(Sha256::digest(&kernel.image));
     if profile.formats.contains(&OutputFormat::Kernel) {
-        outputs.push(write_artifact(tmp.path(), "kernel", &kernel.image)?);
+        outputs.push(write_hashed_artifact(tmp.path(), "kernel", &kernel.image, kernel_sha256.clone())?);
     }
     let mut entries = 0;
     let wants_disk = profile.formats.contains(&OutputFormat::Disk);
@@ -310,6 +316,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
                 kernel: &kernel.image,
                 kernel_version: &kernel_pkg.info.version.to_string(),
                 initrd: &tmp.path().join("initrd.img"),
+                kernel_sha256: &kernel_sha256,
                 initrd_sha256: &artifact.sha256,
                 cmdline: &cmdline,
                 os_release: &os_release,
@@ -404,6 +411,7 @@ struct GuestFiles<'a> {
     kernel: &'a [u8],
     kernel_version: &'a str,
     initrd: &'a Path,
+    kernel_sha256: &'a str,
     initrd_sha256: &'a str,
     cmdline: &'a str,
     os_release: &'a str,
@@ -495,7 +503,7 @@ fn write_disk_image(
         .chain_update(inputs_hash.as_bytes())
         .chain_update(arch.to_string().as_bytes())
         .chain_update(profile.name.as_bytes())
-        .chain_update(Sha256::digest(guest.kernel))
+        .chain_update(guest.kernel_sha256.as_bytes())
         .chain_update(guest.initrd_sha256.as_bytes())
         .chain_update(guest.cmdline.as_bytes())
         .finalize();
