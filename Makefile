@@ -51,13 +51,15 @@ demo: mirror build
 # Build REPRO_PROFILE, then `hyve verify` it: a second build from the lock in another
 # directory, cache, time zone, locale, umask and thread count, compared byte for byte (what the
 # release workflow does per profile and arch). Offline by default, against the test mirror;
-# for Alpine: make reproducible REPRO_MIRROR=https://dl-cdn.alpinelinux.org/alpine REPRO_KEY= REPRO_LOCK=
+# REPRO_ARCH picks the arch (default: the host's); for Alpine:
+# make reproducible REPRO_MIRROR=https://dl-cdn.alpinelinux.org/alpine REPRO_KEY= REPRO_LOCK=
 REPRO_PROFILE ?= minimal
 REPRO_MIRROR  ?= file://$(CURDIR)/$(MIRROR)
 REPRO_KEY     ?= tests/keys/hyve-test-mirror.rsa.pub
 REPRO_LOCK    ?= target/reproducible-locks/$(REPRO_PROFILE).lock
+REPRO_ARCH    ?=
 reproducible: build $(if $(findstring $(MIRROR),$(REPRO_MIRROR)),mirror)
-	HYVE=$(HYVE) PROFILE=$(REPRO_PROFILE) MIRROR=$(REPRO_MIRROR) KEY=$(REPRO_KEY) LOCKFILE=$(REPRO_LOCK) \
+	HYVE=$(HYVE) PROFILE=$(REPRO_PROFILE) ARCH=$(REPRO_ARCH) MIRROR=$(REPRO_MIRROR) KEY=$(REPRO_KEY) LOCKFILE=$(REPRO_LOCK) \
 		WORK=target/reproducible sh tests/reproducible.sh
 
 # Speed and memory against the classic pipeline, side by side on this machine (never fails on
