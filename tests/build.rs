@@ -411,48 +411,50 @@ fn an_interrupted_build_leaves_the_previous_output_and_no_temporary_files() {
     std::fs::write(&env.profile, text).unwrap();
     let mut args = env.args("build", &cache, &["--out", out.to_str().unwrap()]);
     args.retain(|a| !a.is_empty());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hyve"))
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the outputs are being written into the staging directory (the initrd's
-    // compression is most of that time).
-    let parent = env.root.join("out");
-    let start = std::time::Instant::now();
-    let compressing = || {
-        std::fs::read_dir(&parent)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().starts_with(".guest.tmp-") && e.path().join("initrd.img").exists())
-    };
-    while !compressing() {
-        if child.try_wait().unwrap().is_some() {
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "the build ended ({:?}, after {:?}) before it could be interrupted: {}",
-                o.status,
-                start.elapsed(),
-                stderr(&o)
-            );
+    // Ctrl-C and a service manager's stop alike.
+    for signal in ["-INT", "-TERM"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyve"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the outputs are being written into the staging directory (the initrd's
+        // compression is most of that time).
+        let parent = env.root.join("out");
+        let start = std::time::Instant::now();
+        let compressing = || {
+            std::fs::read_dir(&parent).unwrap().filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().starts_with(".guest.tmp-") && e.path().join("initrd.img").exists()
+            })
+        };
+        while !compressing() {
+            if child.try_wait().unwrap().is_some() {
+                let o = child.wait_with_output().unwrap();
+                panic!(
+                    "the build ended ({:?}, after {:?}) before it could be interrupted: {}",
+                    o.status,
+                    start.elapsed(),
+                    stderr(&o)
+                );
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(120), "no compression started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no compression started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success(), "{signal}");
+        assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(out.join("initrd.img")).unwrap(), before, "the previous build is intact");
+        let left: Vec<String> = std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "guest")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "no partial downloads in the cache");
     }
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
-    let o = child.wait_with_output().unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(out.join("initrd.img")).unwrap(), before, "the previous build is intact");
-    let left: Vec<String> = std::fs::read_dir(&parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "guest")
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "no partial downloads in the cache");
 }
 
 #[test]
