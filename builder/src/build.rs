@@ -13,7 +13,7 @@ use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
 use crate::output::disk::{self, DiskSpec, EspFile};
-use crate::output::manifest::{self, KernelSummary, LockSummary, Manifest, OutputEntry, OverlayEntry, PackageSummary};
+use crate::output::manifest::{self, KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
 use crate::output::uki::UkiLayout;
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
@@ -217,11 +217,11 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     for m in &kernel.builtin {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
     }
-    let mut overlays = Vec::new();
-    for dir in &profile.overlays {
-        let o = overlay::apply_dir(&mut tree, &mut store, dir, epoch)?;
-        overlays.push(OverlayEntry { name: o.name, entries: o.entries, sha256: o.sha256 });
-    }
+    let overlays = profile
+        .overlays
+        .iter()
+        .map(|dir| overlay::apply_dir(&mut tree, &mut store, dir, epoch))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let cmdline = cmdline(arch, &profile.cmdline);
     // What init modprobes: the profile's modules that are not built in (modprobe follows
     // modules.dep for the rest).
@@ -511,10 +511,8 @@ fn write_disk_image(
         DiskSpec { size: profile.disk_size_mib * disk::MIB, data_mib: profile.data_partition_mib, seed: &seed, epoch };
     let path = dir.join("disk.img");
     disk::write_disk(&path, &spec, files)?;
-    let mut hasher = Sha256::new();
-    let size =
-        std::io::copy(&mut std::fs::File::open(&path).map_err(io_err(&path))?, &mut hasher).map_err(io_err(&path))?;
-    Ok(Artifact { name: "disk.img".into(), sha256: hex::encode(hasher.finalize()), size })
+    let (sha256, size) = std::fs::File::open(&path).and_then(crate::fsutil::sha256_of).map_err(io_err(&path))?;
+    Ok(Artifact { name: "disk.img".into(), sha256, size })
 }
 
 /// Moves `staged` to `out`, replacing an existing `out` (the old one is renamed aside first,

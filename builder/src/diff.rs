@@ -8,7 +8,6 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::build::SHA256SUMS;
 use crate::output::cpio::{read_archive, CpioEntry};
@@ -67,12 +66,6 @@ fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioE
     Ok((entries.into_iter().map(|e| (e.name.clone(), e)).collect(), manifest))
 }
 
-fn sha256_of(mut r: impl Read, path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    std::io::copy(&mut r, &mut h).map_err(io_err(path))?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// The initrd, kernel and command line inside a hyve disk image's ESP.
 fn read_disk(path: &Path) -> Result<Snapshot> {
     let origin = path.display().to_string();
@@ -86,9 +79,7 @@ fn read_disk(path: &Path) -> Result<Snapshot> {
     let (files, manifest) = disk::with_esp_file(&mut f, esp, "hyve/initrd.img", |r| {
         read_initrd(r, &format!("{origin}: hyve/initrd.img")).map_err(std::io::Error::other)
     })?;
-    let kernel_sha256 = disk::with_esp_file(&mut f, esp, "hyve/kernel", |r| {
-        sha256_of(r, Path::new("hyve/kernel")).map_err(std::io::Error::other)
-    })?;
+    let (kernel_sha256, _) = disk::with_esp_file(&mut f, esp, "hyve/kernel", |r| crate::fsutil::sha256_of(r))?;
     let entry = disk::read_esp_file(&mut f, esp, "loader/entries/hyve.conf", 64 << 10)?;
     let cmdline =
         String::from_utf8_lossy(&entry).lines().find_map(|l| l.strip_prefix("options ")).map(|s| s.trim().to_string());

@@ -360,10 +360,9 @@ impl<'r> Fetcher<'r> {
         if !rehash {
             return Ok(std::fs::metadata(path).ok().map(|m| m.len()).filter(|n| expected.is_none_or(|e| e == *n)));
         }
-        let Ok(mut f) = std::fs::File::open(path) else { return Ok(None) };
-        let mut hasher = Sha256::new();
-        let n = io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
-        if hex::encode(hasher.finalize()) == sha256 {
+        let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
+        let (actual, n) = crate::fsutil::sha256_of(f).map_err(io_err(path))?;
+        if actual == sha256 {
             self.reporter.bytes(n);
             return Ok(Some(n));
         }

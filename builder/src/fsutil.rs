@@ -1,8 +1,17 @@
 //! Filesystem helpers shared by every stage that writes: nothing half-written is ever left
 //! at a final path.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// SHA-256 (lower-case hex) and length of everything `input` yields.
+pub fn sha256_of(mut input: impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let n = std::io::copy(&mut input, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), n))
+}
 
 /// Writes `bytes` to a temporary file beside `path`, sets `mode`, syncs, and renames it over
 /// `path`. Readers see the old file or the new one, never a partial one.

@@ -191,13 +191,8 @@ impl<'a> Installer<'a> {
 /// A cached file that fails a check it passed on its way into the cache has changed since:
 /// when its bytes no longer match the pin, that is the error (and the entry is removed).
 fn corrupt_or(e: crate::apk::Error, pkg: &PackageFile) -> InstallError {
-    let actual = std::fs::File::open(&pkg.path).and_then(|mut f| {
-        let mut h = Sha256::new();
-        std::io::copy(&mut f, &mut h)?;
-        Ok(hex::encode(h.finalize()))
-    });
-    match actual {
-        Ok(actual) if actual != pkg.sha256 => cache_corrupt(pkg, actual),
+    match std::fs::File::open(&pkg.path).and_then(crate::fsutil::sha256_of) {
+        Ok((actual, _)) if actual != pkg.sha256 => cache_corrupt(pkg, actual),
         _ => e.into(),
     }
 }

@@ -58,8 +58,8 @@ fn read_owners(dir: &Path) -> Result<BTreeMap<String, (u32, u32)>> {
     Ok(out)
 }
 
-/// What one overlay directory contributed, for the manifest and the SBOM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one overlay directory contributed, as the manifest and the SBOM record it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OverlaySummary {
     /// The directory's own name (`docker`), not its host path, so the manifest does not
     /// depend on where the checkout lives.

@@ -170,10 +170,7 @@ type Digested = (String, u64);
 
 /// SHA-256 and size of a file.
 fn digest(path: &Path) -> Result<Digested> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let n = io::copy(&mut f, &mut h).map_err(io_err(path))?;
-    Ok((hex::encode(h.finalize()), n))
+    std::fs::File::open(path).and_then(crate::fsutil::sha256_of).map_err(io_err(path))
 }
 
 /// Both files' SHA-256 and size, and where they first differ, in one streaming pass.

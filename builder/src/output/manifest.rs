@@ -25,7 +25,7 @@ pub struct Manifest {
     pub kernel: KernelSummary,
     pub cmdline: String,
     pub packages: Vec<PackageSummary>,
-    pub overlays: Vec<OverlayEntry>,
+    pub overlays: Vec<crate::overlay::OverlaySummary>,
     /// Every output but the manifest, the SBOM and SHA256SUMS; empty inside the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, OutputEntry>,
@@ -65,13 +65,6 @@ pub struct PackageSummary {
     pub url: String,
     pub description: String,
     pub build_date: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverlayEntry {
-    pub name: String,
-    pub entries: usize,
-    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
