@@ -152,7 +152,7 @@ fn fetch_and_install(
     let reqs = session.locked_requests(arch, section, true)?;
     let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
     let mut tree = Tree::new();
-    let mut installer = Installer::new(&mut tree, &mut store).for_arch(arch);
+    let mut installer = Installer::new(&mut tree, &mut store, arch);
     session.fetcher.packages_each(&reqs, |i, cached| -> Result<()> {
         if cancel.is_cancelled() {
             return Err(BuildError::Interrupted);

@@ -76,21 +76,15 @@ type Result<T> = std::result::Result<T, InstallError>;
 pub struct Installer<'a> {
     tree: &'a mut Tree,
     store: &'a mut ContentStore,
-    /// When set, every package must be built for it (or `noarch`).
-    arch: Option<crate::apk::Arch>,
+    /// Every package must be built for it (or be `noarch`).
+    arch: crate::apk::Arch,
     installed: Vec<InstalledPackage>,
     warnings: Vec<String>,
 }
 
 impl<'a> Installer<'a> {
-    pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore) -> Self {
-        Installer { tree, store, arch: None, installed: Vec::new(), warnings: Vec::new() }
-    }
-
-    /// Refuse packages built for another architecture than `arch`.
-    pub fn for_arch(mut self, arch: crate::apk::Arch) -> Self {
-        self.arch = Some(arch);
-        self
+    pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore, arch: crate::apk::Arch) -> Self {
+        Installer { tree, store, arch, installed: Vec::new(), warnings: Vec::new() }
     }
 
     /// Unpacks the next package in install order.
@@ -108,11 +102,11 @@ impl<'a> Installer<'a> {
         )
         .map_err(|e| corrupt_or(e, pkg))?;
         let control = reader.control.clone();
-        if let Some(arch) = self.arch.filter(|a| control.info.arch != a.as_str() && control.info.arch != "noarch") {
+        if control.info.arch != self.arch.as_str() && control.info.arch != "noarch" {
             return Err(InstallError::WrongArch {
                 path: origin,
                 package: control.info.name.clone(),
-                expected: arch.to_string(),
+                expected: self.arch.to_string(),
                 actual: control.info.arch.clone(),
             });
         }
