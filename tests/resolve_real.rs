@@ -52,7 +52,7 @@ fn v322_docker_host_userland_is_closed() {
     let main = index("v3.22-main-x86_64_v3.22.2-204.APKINDEX.tar.gz");
     let set = solve(
         &main,
-        "alpine-baselayout-data busybox busybox-binsh musl linux-virt iptables e2fsprogs ca-certificates openssl socat",
+        "alpine-baselayout-data busybox busybox-binsh busybox-static musl linux-virt iptables e2fsprogs ca-certificates openssl socat",
     );
     assert_closed(&set);
     let get = |n: &str| set.iter().find(|c| c.record.name == n).unwrap_or_else(|| panic!("{n} not chosen"));
@@ -65,6 +65,12 @@ fn v322_docker_host_userland_is_closed() {
     get("libcrypto3");
     // iptables needs libxtables etc; e2fsprogs its libs.
     get("libxtables");
+    // What the guest's stage 1 and dockerd's networking rely on, as Alpine ships it: busybox
+    // linked against musl beside a static build, and iptables on the nftables backend.
+    assert!(get("busybox").record.depends.iter().any(|d| d.name == "so:libc.musl-x86_64.so.1"));
+    assert!(get("busybox-static").record.depends.is_empty(), "busybox-static needs nothing");
+    get("libnftnl");
+    assert!(get("iptables").record.provides.iter().any(|p| p.name == "cmd:xtables-nft-multi"));
     get("e2fsprogs-libs");
     // Install order: musl (the C library) before everything linked against it.
     let musl_at = set.iter().position(|c| c.record.name == "musl").unwrap();
