@@ -75,7 +75,7 @@ done
 
 rm -rf "$work" "$repo" "$community"
 mkdir -p "$work/debs" "$repo" "$community"
-mapfile -t debs < <(printf '%s\n' "$kernel_deb" busybox-static libc6 "${all_debs[@]}" | LC_ALL=C sort -u)
+mapfile -t debs < <(printf '%s\n' "$kernel_deb" busybox busybox-static libc6 "${all_debs[@]}" | LC_ALL=C sort -u)
 # Architecture-specific packages by their :arch name; "Architecture: all" ones (certificates,
 # config files) only by their plain name. One apt-cache call sorts them, one apt-get call
 # fetches them all (a call per package costs minutes); if that fails, one by one, so the log
@@ -97,9 +97,9 @@ done
 	exit 1
 }
 # The applet list comes from running busybox, so it is taken from the host's own build of
-# the same Debian version (identical configuration on every arch).
+# the same Debian package (identical configuration on every arch).
 if [ "$deb_arch" != "$(dpkg --print-architecture)" ]; then
-	(cd "$work/debs" && mkdir -p host && cd host && apt-get download -q busybox-static >/dev/null 2>>"$work/apt.log")
+	(cd "$work/debs" && mkdir -p host && cd host && apt-get download -q busybox >/dev/null 2>>"$work/apt.log")
 fi
 
 extract() { # deb-name-prefix dir
@@ -141,21 +141,31 @@ cp "$work/kernel-deb/boot/config-$krel" "$kdir/boot/config-virt"
 cp -a "$work/kernel-deb/lib/modules" "$kdir/lib/"
 pack linux-virt "$(alpine_version "$(deb_version "$kernel_deb")")" "$kdir"
 
-# busybox: the static binary and the list of applet paths its post-install would link.
+# busybox: Debian's dynamically linked build, like Alpine's (linked against musl, so its
+# loader lives in /lib*), and the list of applet paths its post-install would link.
 bdir="$work/busybox"
-extract busybox-static "$work/busybox-deb"
+extract busybox "$work/busybox-deb"
 mkdir -p "$bdir/bin" "$bdir/etc/busybox-paths.d"
 cp "$work/busybox-deb/bin/busybox" "$bdir/bin/busybox"
 if [ -d "$work/debs/host" ]; then
-	dpkg-deb -x "$(ls "$work/debs/host"/busybox-static_*.deb)" "$work/busybox-host"
+	dpkg-deb -x "$(ls "$work/debs/host"/busybox_*.deb)" "$work/busybox-host"
 	runner="$work/busybox-host/bin/busybox"
 else
 	runner="$bdir/bin/busybox"
 fi
 "$runner" --list-full | sed 's|^|/|' | grep -v '^/bin/sh$' | LC_ALL=C sort >"$bdir/etc/busybox-paths.d/busybox"
 printf '#!/bin/sh\n/bin/busybox --install -s\n' >"$work/busybox.post-install"
-bb_version=$(alpine_version "$(deb_version busybox-static)")
-pack busybox "$bb_version" "$bdir" --provides "cmd:busybox=$bb_version" --post-install "$work/busybox.post-install"
+bb_version=$(alpine_version "$(deb_version busybox)")
+pack busybox "$bb_version" "$bdir" --depends "so:libc.musl-$arch.so.1" --provides "cmd:busybox=$bb_version" \
+	--post-install "$work/busybox.post-install"
+
+# busybox-static: the statically linked build at Alpine's path, /bin/busybox.static.
+sdir="$work/busybox-static"
+extract busybox-static "$work/busybox-static-deb"
+mkdir -p "$sdir/bin"
+cp "$work/busybox-static-deb/bin/busybox" "$sdir/bin/busybox.static"
+bbs_version=$(alpine_version "$(deb_version busybox-static)")
+pack busybox-static "$bbs_version" "$sdir" --provides "cmd:busybox.static=$bbs_version"
 
 # busybox-binsh: /bin/sh.
 shdir="$work/busybox-binsh"
@@ -203,9 +213,10 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			extra=(--pre-install "$work/openssh.pre-install")
 			;;
 		iptables)
-			# Debian's postinst picks the variant with update-alternatives; Alpine ships links.
+			# Debian's postinst picks the variant with update-alternatives; Alpine's iptables
+			# ships the nftables backend (xtables-nft-multi) under the plain names.
 			for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-				ln -sf xtables-legacy-multi "$dir/usr/sbin/$t"
+				ln -sf xtables-nft-multi "$dir/usr/sbin/$t"
 			done
 			;;
 		containerd) extra=(--depends "runc") ;;
