@@ -134,9 +134,16 @@ pub struct RunOptions {
     pub append: Option<String>,
     /// QEMU's human monitor on this unix socket (how `hyve run` presses the power button).
     pub monitor: Option<PathBuf>,
+    /// A unix socket `hyve run` listens on, which QEMU connects to the guest's
+    /// virtio-serial port `org.hyve.control` (how `hyve run` asks any guest to power off).
+    pub control: Option<PathBuf>,
     /// Boot `disk.img` through UEFI firmware instead of the kernel directly.
     pub efi: Option<Firmware>,
 }
+
+/// The name of the guest's virtio-serial port for host requests (overlay/base's
+/// `03-host-control` service reads `poweroff` there).
+pub const CONTROL_PORT: &str = "org.hyve.control";
 
 /// UEFI firmware for QEMU: the read-only code and a writable copy of the variable store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +246,11 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
             }
             if let Some(m) = &opts.monitor {
                 push(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]);
+            }
+            if let Some(c) = &opts.control {
+                push(&["-device", "virtio-serial-pci,id=hyve-serial"]);
+                push(&["-chardev", &format!("socket,id=hyve-control,path={}", c.display())]);
+                push(&["-device", &format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}")]);
             }
         }
         Vmm::Vfkit => {
@@ -375,6 +387,7 @@ mod tests {
             disks: vec![],
             append: Some("hyve.poweroff".into()),
             monitor: None,
+            control: None,
             efi: None,
         }
     }
@@ -385,6 +398,10 @@ mod tests {
         assert_eq!(a, "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=hvc0 console=ttyS0 quiet hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci");
         let a = shell_line(&command(Vmm::Qemu, &guest(Arch::Aarch64), &opts()).unwrap());
         assert!(a.starts_with("qemu-system-aarch64 -M virt -accel tcg -cpu cortex-a57"), "{a}");
+        assert!(!a.contains("virtserialport"), "no control port unless hyve run listens: {a}");
+        let with_control = RunOptions { control: Some("/run/c.sock".into()), ..opts() };
+        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::Aarch64), &with_control).unwrap());
+        assert!(a.ends_with("-device virtio-serial-pci,id=hyve-serial -chardev socket,id=hyve-control,path=/run/c.sock -device virtserialport,bus=hyve-serial.0,chardev=hyve-control,name=org.hyve.control"), "{a}");
     }
 
     #[test]

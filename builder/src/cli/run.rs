@@ -1,9 +1,11 @@
 //! `hyve run DIR`: boot an output directory in QEMU with the serial console on stdout, or
 //! `--print` the command line any supported VMM needs.
 //!
-//! SIGTERM or SIGINT asks the guest to power off (QEMU's ACPI power button, through its
-//! monitor) and waits `--stop-timeout` seconds before killing QEMU; a second signal kills it
-//! at once.
+//! SIGTERM or SIGINT asks the guest to power off and waits `--stop-timeout` seconds before
+//! killing QEMU; a second signal kills it at once. The request goes two ways: `poweroff` on
+//! the guest's virtio-serial control port (needs only virtio_console, so it works on every
+//! arch and kernel), and QEMU's power button through its monitor (ACPI on x86; on arm64
+//! `virt` a device-tree GPIO key that Alpine's virt kernel has no driver for).
 
 use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -71,6 +73,8 @@ pub fn run(a: RunArgs) -> Outcome {
     );
     let monitor_dir = tempfile::Builder::new().prefix("hyve-run-").tempdir().context("creating a temp dir")?;
     let monitor = monitor_dir.path().join("monitor.sock");
+    let control_path = monitor_dir.path().join("control.sock");
+    let starts_qemu = a.vmm == Vmm::Qemu && !a.print;
     let efi = if a.efi { Some(firmware(&guest, a.firmware.as_deref(), monitor_dir.path(), a.print)?) } else { None };
     let opts = RunOptions {
         memory_mib: a.memory,
@@ -79,7 +83,8 @@ pub fn run(a: RunArgs) -> Outcome {
         ports: a.ports,
         disks: a.disks,
         append: a.append,
-        monitor: (a.vmm == Vmm::Qemu && !a.print).then(|| monitor.clone()),
+        monitor: starts_qemu.then(|| monitor.clone()),
+        control: starts_qemu.then(|| control_path.clone()),
         efi,
     };
     let argv = vmm::command(a.vmm, &guest, &opts)?;
@@ -92,6 +97,11 @@ pub fn run(a: RunArgs) -> Outcome {
         "hyve starts only QEMU itself; use --print for {:?} and run the printed command on the Mac",
         a.vmm
     );
+    // QEMU connects to it as it starts; accepted in the loop below.
+    let control = std::os::unix::net::UnixListener::bind(&control_path)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("listening on {}", control_path.display()))?;
+    let mut control_stream = None;
     let signals = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register_usize(sig, Arc::clone(&signals), 1).context("installing signal handlers")?;
@@ -130,9 +140,13 @@ pub fn run(a: RunArgs) -> Outcome {
         if let Some(status) = child.try_wait()? {
             break status;
         }
+        if control_stream.is_none() {
+            control_stream = control.accept().ok().map(|(stream, _)| stream);
+        }
         if signals.swap(0, Ordering::SeqCst) > 0 {
             if stop_requested.is_none() {
-                eprintln!("hyve: asking the guest to power off (ACPI power button); signal again to stop it at once");
+                eprintln!("hyve: asking the guest to power off; signal again to stop it at once");
+                request_poweroff(control_stream.as_mut());
                 press_power_button(&monitor);
                 stop_requested = Some(Instant::now());
             } else {
@@ -202,6 +216,18 @@ fn firmware(guest: &Guest, code: Option<&Path>, scratch: &Path, print: bool) -> 
         }
     }
     Ok(vmm::Firmware { code, vars })
+}
+
+/// `poweroff` on the guest's control port (read by overlay/base's `03-host-control`).
+fn request_poweroff(control: Option<&mut std::os::unix::net::UnixStream>) {
+    match control {
+        Some(stream) => {
+            if let Err(e) = stream.set_nonblocking(false).and_then(|()| stream.write_all(b"poweroff\n")) {
+                eprintln!("hyve: cannot write to the guest's control port: {e}");
+            }
+        }
+        None => eprintln!("hyve: QEMU never connected the guest's control port"),
+    }
 }
 
 /// QEMU's `system_powerdown`: the ACPI power button (x86), the GPIO power key (arm64 virt).
