@@ -163,6 +163,39 @@ fn file_from_apk(apk_dir: &Path, package: &str, member: &str, dest: &Path) {
     std::fs::rename(unpack.join(member), dest).unwrap();
 }
 
+/// Whether an ELF file asks for a program interpreter (is dynamically linked).
+fn has_interpreter(elf: &[u8]) -> bool {
+    assert!(elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    (0..count).any(|i| u32::from_le_bytes(elf[phoff + i * size..][..4].try_into().unwrap()) == PT_INTERP)
+}
+
+/// The test mirror is Alpine where the guest depends on it (tests/mirror/README.md): busybox
+/// linked dynamically beside a static busybox, iptables on the nftables backend.
+#[test]
+fn test_mirror_behaves_like_alpine() {
+    for (arch, qemu) in [("x86_64", "qemu-system-x86_64"), ("aarch64", "qemu-system-aarch64")] {
+        if !can_run(arch, qemu) {
+            continue;
+        }
+        let main = workspace().join(format!("target/test-mirror/v3.24/main/{arch}"));
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        file_from_apk(&main, "busybox", "bin/busybox", &t.join("busybox"));
+        assert!(has_interpreter(&std::fs::read(t.join("busybox")).unwrap()), "{arch}: busybox must be dynamic");
+        file_from_apk(&main, "busybox-static", "bin/busybox.static", &t.join("busybox.static"));
+        assert!(!has_interpreter(&std::fs::read(t.join("busybox.static")).unwrap()), "{arch}: busybox.static");
+        for tool in ["iptables", "ip6tables"] {
+            file_from_apk(&main, "iptables", &format!("usr/sbin/{tool}"), &t.join(tool));
+            let target = std::fs::read_link(t.join(tool)).unwrap();
+            assert_eq!(target, Path::new("xtables-nft-multi"), "{arch}: {tool}");
+        }
+    }
+}
+
 /// A running `hyve run` whose console goes to a log file.
 struct Vm {
     child: std::process::Child,
@@ -216,7 +249,9 @@ impl Vm {
         );
     }
 
-    /// Waits for QEMU to exit after a power-off and checks the clean-shutdown trail.
+    /// Waits for QEMU to exit after `power_off` and checks the clean-shutdown trail: the
+    /// host's request read, the data disk unmounted before the power-off, `hyve run` done
+    /// well inside its stop timeout (else it exits 124).
     fn wait_powered_off(&mut self, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         let status = loop {
@@ -230,6 +265,12 @@ impl Vm {
             std::thread::sleep(std::time::Duration::from_millis(250));
         };
         let console = self.console();
+        assert!(
+            console.contains("hyve: power-off requested by the host"),
+            "{}: the guest did not read the stop request on its control port (log: {})",
+            self.name,
+            self.log.display()
+        );
         let unmounted = console.find("hyve: data disk /dev/vd").filter(|&i| console[i..].contains("unmounted"));
         let off = console.rfind("reboot: Power down");
         assert!(
@@ -398,8 +439,9 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
     let cli = t.join("docker");
     file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    // (busybox-static: the guest's own busybox is linked dynamically, like Alpine's.)
     let busybox = t.join("busybox");
-    file_from_apk(&mirror.join(format!("main/{arch}")), "busybox", "bin/busybox", &busybox);
+    file_from_apk(&mirror.join(format!("main/{arch}")), "busybox-static", "bin/busybox.static", &busybox);
     let image = t.join("image.tar");
     {
         let mut tar = tar::Builder::new(std::fs::File::create(&image).unwrap());
@@ -415,13 +457,15 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
         tar.finish().unwrap();
     }
 
-    let (tls_port, plain_port) = (free_port(), free_port());
+    let (tls_port, plain_port, web_port) = (free_port(), free_port(), free_port());
     let certs = t.join("certs");
     let mut args = vec![
         "--port".to_string(),
         format!("{tls_port}:2376"),
         "--port".to_string(),
         format!("{plain_port}:2375"),
+        "--port".to_string(),
+        format!("{web_port}:8080"),
         "--docker-certs".to_string(),
         s(&certs),
     ];
@@ -494,12 +538,13 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     api.ok(&["import", &s(&image), "hyve-test:1"]);
     let said = api.busybox(Docker::ok, &[], &["echo", "hyve-container-ok"]);
     assert_eq!(said.trim(), "hyve-container-ok");
+    container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
     api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);
     // The guest's own hostname came from the user data.
     let host = api.ok(&["info", "--format", "{{.Name}}"]);
     assert_eq!(host.trim(), "hyve-test");
-    power_off(arch, &vm, api);
+    power_off(&vm);
     vm.wait_powered_off(180);
     assert!(std::fs::read(&foreign).unwrap() == foreign_before, "the foreign disk was written to");
 
@@ -519,20 +564,85 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     let _ = api.busybox(Docker::run, &["--privileged", "--pid", "host"], &["killall", "-KILL", "dockerd"]);
     vm.wait_for("hyve: 30-dockerd exited", 60);
     api.wait_ready(&mut vm, 180);
-    power_off(arch, &vm, &api);
+    power_off(&vm);
     vm.wait_powered_off(180);
     eprintln!("docker test {arch}: both boots done after {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// A clean shutdown: the ACPI power button where the kernel has a driver for it (x86: SIGTERM
-/// makes `hyve run` press it), else `poweroff` from inside (a privileged container signals
-/// init exactly as busybox's `poweroff` does; Debian's arm64 kernel has no gpio-keys driver).
-fn power_off(arch: &str, vm: &Vm, api: &Docker) {
-    if arch == "x86_64" {
-        assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
-    } else {
-        let _ = api.busybox(Docker::run, &["--privileged", "--pid", "host"], &["kill", "-USR2", "1"]);
-    }
+/// Docker's networking on the guest's iptables, which is the nftables backend as on Alpine:
+/// a published port answers from the host through QEMU's forward (DNAT on the way in), and
+/// a container on the default bridge reaches a server on the host's loopback through QEMU's
+/// 10.0.2.2 (MASQUERADE on the way out).
+fn container_networking(arch: &str, vm: &Vm, api: &Docker, web_port: u16) {
+    use std::io::{Read, Write};
+    let backend = api.busybox(
+        Docker::ok,
+        &["--privileged", "--pid", "host"],
+        &["nsenter", "-t", "1", "-m", "--", "/usr/sbin/iptables", "-V"],
+    );
+    assert!(backend.contains("nf_tables"), "{arch}: the guest's iptables is not the nftables backend: {backend}");
+    let nat = api.busybox(
+        Docker::ok,
+        &["--privileged", "--pid", "host"],
+        &["nsenter", "-t", "1", "-m", "-n", "--", "/usr/sbin/iptables", "-t", "nat", "-S"],
+    );
+    assert!(nat.contains("MASQUERADE"), "{arch}: dockerd set up no MASQUERADE rule: {nat}");
+
+    // Outbound: a one-shot HTTP server on the host's loopback.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request);
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 17\r\n\r\nhyve-outbound-ok\n").unwrap();
+        peer
+    });
+    let url = format!("http://10.0.2.2:{host_port}/");
+    let fetched = api.ok(&["run", "--rm", "hyve-test:1", "/bin/busybox", "wget", "-q", "-O", "-", &url]);
+    assert_eq!(fetched.trim(), "hyve-outbound-ok", "{arch}: a container could not reach the host through NAT");
+    server.join().unwrap();
+
+    // Inbound: a published port.
+    api.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "hyve-test:1",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "mkdir /www && echo hyve-published-ok >/www/index.html && exec /bin/busybox httpd -f -p 80 -h /www",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let page = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", web_port)).and_then(|mut c| {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            c.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match got {
+            Ok(body) if body.contains("hyve-published-ok") => break body,
+            other if std::time::Instant::now() > deadline => {
+                panic!("{arch}: the published port did not answer: {other:?} (log: {})", vm.log.display())
+            }
+            _ => std::thread::sleep(std::time::Duration::from_secs(1)),
+        }
+    };
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    api.ok(&["rm", "-f", "web"]);
+}
+
+/// A clean shutdown from outside: SIGTERM to `hyve run`, which writes `poweroff` on the
+/// guest's control port (and presses QEMU's power button, which only x86 can hear: Alpine's
+/// arm64 virt kernel has no gpio-keys). The data disk must be unmounted before power-off.
+fn power_off(vm: &Vm) {
+    assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
 }
 
 #[test]
@@ -640,7 +750,7 @@ fn dev_ssh_on_x86_64() {
             .unwrap();
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && e.contains("Permission denied (publickey)"), "boot {boot}: {e}");
-        assert!(Command::new("kill").args(["-TERM", &vm.child.id().to_string()]).status().unwrap().success());
+        power_off(&vm);
         vm.wait_powered_off(180);
     }
 }
