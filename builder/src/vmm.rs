@@ -250,7 +250,10 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
             if let Some(c) = &opts.control {
                 push(&["-device", "virtio-serial-pci,id=hyve-serial"]);
                 push(&["-chardev", &format!("socket,id=hyve-control,path={}", c.display())]);
-                push(&["-device", &format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}")]);
+                push(&[
+                    "-device",
+                    &format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}"),
+                ]);
             }
         }
         Vmm::Vfkit => {
