@@ -244,7 +244,8 @@ fn the_spdx_check_rejects_broken_documents() {
 }
 
 /// Runs `hyve build` as another user id, under another hostname, and with the overlay's files
-/// created in the opposite order; every output must stay the same. `unshare` (util-linux)
+/// created in the opposite order with the modes a `umask 077` checkout gives them; every
+/// output must stay the same. `unshare` (util-linux)
 /// gives a user namespace for the user id and a UTS namespace for the hostname.
 #[test]
 fn builds_ignore_the_user_the_hostname_and_overlay_creation_order() {
@@ -272,20 +273,25 @@ fn builds_ignore_the_user_the_hostname_and_overlay_creation_order() {
         ("etc/zz-late", "late\n", 0o644),
         ("aa-first", "first\n", 0o600),
     ];
-    let write_overlay = |order: &mut dyn Iterator<Item = &(&str, &str, u32)>| {
+    // As a checkout under `umask` would write it (git applies the cloner's umask).
+    let write_overlay = |order: &mut dyn Iterator<Item = &(&str, &str, u32)>, umask: u32| {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::remove_dir_all(&overlay).unwrap();
         for (path, text, mode) in order {
             let p = overlay.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode)).unwrap();
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(mode & !umask)).unwrap();
+        }
+        for dir in ["", "etc", "etc/init.d"] {
+            std::fs::set_permissions(overlay.join(dir), PermissionsExt::from_mode(0o777 & !umask)).unwrap();
         }
     };
-    write_overlay(&mut files.iter());
+    write_overlay(&mut files.iter(), 0o022);
     let d = env.root.join("d");
     ok(&env.build(&d, &cache, &[], &[], "022"));
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    write_overlay(&mut files.iter().rev());
+    write_overlay(&mut files.iter().rev(), 0o077);
     let e = env.root.join("e");
     ok(&env.build(&e, &cache, &[], &[], "077"));
     let same = |x: &Path, y: &Path| {

@@ -1,7 +1,10 @@
 //! The profile's overlay directories and the files hyve generates, laid over the packages.
-//! Overlay files keep their permission bits; owners are root unless the overlay's
-//! `.hyve-owners` file (lines `PATH UID GID`) says otherwise. Nothing from the host's
-//! metadata (owner, times) leaks in.
+//! Modes are normalised the way git records them, so a checkout's umask never reaches the
+//! guest: directories 0755, files 0755 when their owner may execute them, else 0644, unless
+//! the overlay's `.hyve-modes` file (lines `PATH MODE`, octal) states a mode on purpose
+//! (setuid helpers, 0600 secrets). Owners are root unless `.hyve-owners` (lines
+//! `PATH UID GID`) says otherwise. Nothing from the host's metadata (owner, times, umask)
+//! leaks in.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,6 +16,8 @@ use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree};
 
 /// The manifest of owners inside an overlay directory.
 pub const OWNERS_FILE: &str = ".hyve-owners";
+/// The manifest of modes stated on purpose inside an overlay directory.
+pub const MODES_FILE: &str = ".hyve-modes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
@@ -20,8 +25,10 @@ pub enum OverlayError {
     Missing { dir: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path}:{line}: expected `PATH UID GID`, found {text:?}")]
-    Owners { path: String, line: usize, text: String },
+    #[error("{path}:{line}: expected `{expected}`, found {text:?}")]
+    Listing { path: String, line: usize, expected: &'static str, text: String },
+    #[error("{path}: names {entry}, which is not in the overlay")]
+    ListedMissing { path: String, entry: String },
     #[error("{path}: {detail}")]
     Unsupported { path: String, detail: String },
     #[error("overlay: {0}")]
@@ -34,8 +41,15 @@ fn io_err(p: &Path) -> impl Fn(std::io::Error) -> OverlayError + '_ {
     move |source| OverlayError::Io { path: p.display().to_string(), source }
 }
 
-fn read_owners(dir: &Path) -> Result<BTreeMap<String, (u32, u32)>> {
-    let path = dir.join(OWNERS_FILE);
+/// The lines `PATH FIELD...` of the listing `file` in `dir` (none when it does not exist),
+/// each parsed by `parse`; `expected` describes a line for the error message.
+fn read_listing<T>(
+    dir: &Path,
+    file: &str,
+    expected: &'static str,
+    parse: impl Fn(&[&str]) -> Option<T>,
+) -> Result<BTreeMap<String, T>> {
+    let path = dir.join(file);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(BTreeMap::new()) };
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -44,18 +58,42 @@ fn read_owners(dir: &Path) -> Result<BTreeMap<String, (u32, u32)>> {
             continue;
         }
         let f: Vec<&str> = line.split_whitespace().collect();
-        let parsed = match f.as_slice() {
-            [p, u, g] => u.parse().ok().zip(g.parse().ok()).map(|ids| (p.trim_start_matches('/').to_string(), ids)),
-            _ => None,
-        };
-        let (p, ids) = parsed.ok_or_else(|| OverlayError::Owners {
+        let parsed = f.split_first().and_then(|(p, rest)| Some((p.trim_start_matches('/').to_string(), parse(rest)?)));
+        let (p, value) = parsed.ok_or_else(|| OverlayError::Listing {
             path: path.display().to_string(),
             line: i + 1,
+            expected,
             text: line.into(),
         })?;
-        out.insert(p, ids);
+        out.insert(p, value);
     }
     Ok(out)
+}
+
+fn read_owners(dir: &Path) -> Result<BTreeMap<String, (u32, u32)>> {
+    read_listing(dir, OWNERS_FILE, "PATH UID GID", |f| match f {
+        [u, g] => u.parse().ok().zip(g.parse().ok()),
+        _ => None,
+    })
+}
+
+fn read_modes(dir: &Path) -> Result<BTreeMap<String, u32>> {
+    read_listing(dir, MODES_FILE, "PATH MODE (octal, at most 7777)", |f| match f {
+        [m] => u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777),
+        _ => None,
+    })
+}
+
+/// The mode git would record for an entry (what every checkout of it agrees on).
+fn normalised_mode(meta: &std::fs::Metadata) -> u32 {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        0o777
+    } else if ft.is_dir() || meta.permissions().mode() & 0o100 != 0 {
+        0o755
+    } else {
+        0o644
+    }
 }
 
 /// What one overlay directory contributed, as the manifest and the SBOM record it.
@@ -76,9 +114,18 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
         return Err(OverlayError::Missing { dir: dir.display().to_string() });
     }
     let owners = read_owners(dir)?;
+    let modes = read_modes(dir)?;
     let mut paths = Vec::new();
     collect(dir, "", &mut paths)?;
     paths.sort();
+    for (file, listed) in [(OWNERS_FILE, owners.keys().collect::<Vec<_>>()), (MODES_FILE, modes.keys().collect())] {
+        if let Some(entry) = listed.into_iter().find(|p| paths.binary_search(p).is_err()) {
+            return Err(OverlayError::ListedMissing {
+                path: dir.join(file).display().to_string(),
+                entry: entry.clone(),
+            });
+        }
+    }
     let mut digest = Sha256::new();
     for rel in &paths {
         let full = dir.join(rel);
@@ -106,7 +153,10 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
             });
         };
         let (uid, gid) = owners.get(rel).copied().unwrap_or((0, 0));
-        let mode = if ft.is_symlink() { 0o777 } else { meta.permissions().mode() & 0o7777 };
+        let mode = match modes.get(rel) {
+            Some(&stated) if !ft.is_symlink() => stated,
+            _ => normalised_mode(&meta),
+        };
         let _ = meta.uid(); // the host owner never reaches the guest
         let what = match &kind {
             NodeKind::File(blob) => format!("file {}", hex::encode(blob.sha1)),
@@ -131,7 +181,7 @@ fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
             path: e.path().display().to_string(),
             detail: "file name is not UTF-8".into(),
         })?;
-        if prefix.is_empty() && name == OWNERS_FILE {
+        if prefix.is_empty() && (name == OWNERS_FILE || name == MODES_FILE) {
             continue;
         }
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
@@ -181,7 +231,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overlay_wins_keeps_modes_and_reads_owners() {
+    fn overlay_wins_normalises_modes_and_reads_owners() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("etc/init.d")).unwrap();
         std::fs::write(d.path().join("etc/init.d/hyve"), b"#!/bin/sh\n").unwrap();
@@ -193,16 +243,42 @@ mod tests {
         let summary = apply_dir(&mut tree, &mut store, d.path(), 5).unwrap();
         assert_eq!(summary.entries, 3);
         let n = tree.get("etc/init.d/hyve").unwrap();
-        assert_eq!((n.mode, n.uid, n.gid, n.mtime), (0o750, 0, 42, 5));
+        assert_eq!((n.mode, n.uid, n.gid, n.mtime), (0o755, 0, 42, 5), "owner-executable: 0755 as git has it");
         assert!(tree.get(".hyve-owners").is_none());
         let NodeKind::File(b) = n.kind else { panic!() };
         assert_eq!(store.read_all(b).unwrap(), b"#!/bin/sh\n");
-        // Contents, modes and owners change the digest; the host's times do not.
+        // Contents, modes and owners change the digest; the host's times and umask do not.
         let again = apply_dir(&mut tree, &mut store, d.path(), 9).unwrap();
         assert_eq!(again.sha256, summary.sha256);
-        std::fs::set_permissions(d.path().join("etc/init.d/hyve"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.path().join("etc/init.d/hyve"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(d.path().join("etc"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(apply_dir(&mut tree, &mut store, d.path(), 5).unwrap().sha256, summary.sha256, "umask 077");
+        assert_eq!(tree.get("etc").unwrap().mode, 0o755);
+        std::fs::set_permissions(d.path().join("etc/init.d/hyve"), std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_ne!(apply_dir(&mut tree, &mut store, d.path(), 5).unwrap().sha256, summary.sha256);
+        assert_eq!(tree.get("etc/init.d/hyve").unwrap().mode, 0o644);
         let e = apply_dir(&mut tree, &mut store, &d.path().join("nope"), 0).unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn modes_stated_on_purpose() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc/secret")).unwrap();
+        std::fs::write(d.path().join("etc/secret/key"), b"k").unwrap();
+        std::fs::write(d.path().join("helper"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(d.path().join(MODES_FILE), "/etc/secret 0700\n/etc/secret/key 600\nhelper 4755\n").unwrap();
+        let mut store = ContentStore::new().unwrap();
+        let mut tree = Tree::new();
+        apply_dir(&mut tree, &mut store, d.path(), 5).unwrap();
+        let mode = |p: &str| tree.get(p).unwrap().mode;
+        assert_eq!((mode("etc/secret"), mode("etc/secret/key"), mode("helper")), (0o700, 0o600, 0o4755));
+        assert!(tree.get(MODES_FILE).is_none());
+        std::fs::write(d.path().join(MODES_FILE), "helper 9755\n").unwrap();
+        let e = apply_dir(&mut tree, &mut store, d.path(), 5).unwrap_err().to_string();
+        assert!(e.contains(".hyve-modes:1: expected `PATH MODE (octal, at most 7777)`, found \"helper 9755\""), "{e}");
+        std::fs::write(d.path().join(MODES_FILE), "helpr 0755\n").unwrap();
+        let e = apply_dir(&mut tree, &mut store, d.path(), 5).unwrap_err().to_string();
+        assert!(e.contains(".hyve-modes: names helpr, which is not in the overlay"), "{e}");
     }
 }
