@@ -249,8 +249,8 @@ impl Vm {
         );
     }
 
-    /// Waits for QEMU to exit after `power_off` and checks the clean-shutdown trail: the
-    /// host's request read, the data disk unmounted before the power-off, `hyve run` done
+    /// Waits for QEMU to exit after `power_off` and checks the whole console: no private key
+    /// on it, the host's request read, the data disk unmounted before the power-off, `hyve run` done
     /// well inside its stop timeout (else it exits 124).
     fn wait_powered_off(&mut self, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -265,6 +265,12 @@ impl Vm {
             std::thread::sleep(std::time::Duration::from_millis(250));
         };
         let console = self.console();
+        assert!(
+            !console.contains("PRIVATE KEY"),
+            "{}: a private key was printed on the console (log: {})",
+            self.name,
+            self.log.display()
+        );
         assert!(
             console.contains("hyve: power-off requested by the host"),
             "{}: the guest did not read the stop request on its control port (log: {})",
@@ -356,8 +362,9 @@ impl Docker {
 /// boot 1 — a foreign disk (ext4, with the format-me text written over its unused boot
 /// sector) as vda must be left alone; a fresh `hyve disk create` disk as vdb (on aarch64:
 /// the same user data in the first partition of a GPT disk) is formatted and gets the user
-/// data; the API answers with the client bundle (or plain TCP where the test
-/// profile asks for it), a connection without a client certificate is refused, `docker
+/// data and the host's Docker CA; the API answers the client certificates `hyve disk create
+/// --docker-certs` made (or plain TCP where the test profile asks for it), a connection
+/// without a client certificate is refused, no private key is ever on the console, `docker
 /// import` + `docker run` work; a container and a file are created; clean power-off.
 /// boot 2 — the data disk alone: not reformatted, the container and the file are there.
 fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) {
@@ -397,6 +404,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     )
     .unwrap();
     let data = t.join("data.img");
+    let certs = t.join("certs");
     let o = hyve(&[
         "disk",
         "create",
@@ -407,12 +415,14 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
         &s(&t.join("id.pub")),
         "--file",
         &format!("{}:hostname", t.join("hostname").display()),
+        "--docker-certs",
+        &s(&certs),
     ]);
     assert!(o.status.success(), "disk create: {}", String::from_utf8_lossy(&o.stderr));
     if partitioned {
         // The same user data in the first partition of a GPT disk (like a disk image's
         // hyve-data partition): the guest formats the partition in place.
-        let header = std::fs::read(&data).unwrap()[..4096].to_vec();
+        let header = std::fs::read(&data).unwrap()[..hyve::datadisk::USER_DATA_MAX].to_vec();
         std::fs::remove_file(&data).unwrap();
         std::fs::File::create(&data).unwrap().set_len(2 << 30).unwrap();
         let o = Command::new("sgdisk")
@@ -458,7 +468,6 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     }
 
     let (tls_port, plain_port, web_port) = (free_port(), free_port(), free_port());
-    let certs = t.join("certs");
     let mut args = vec![
         "--port".to_string(),
         format!("{tls_port}:2376"),
@@ -466,8 +475,6 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
         format!("{plain_port}:2375"),
         "--port".to_string(),
         format!("{web_port}:8080"),
-        "--docker-certs".to_string(),
-        s(&certs),
     ];
     let docker = |use_plain: bool| Docker {
         cli: cli.clone(),
@@ -498,8 +505,8 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     vm.assert_console("data disk formatted", formatted);
     vm.assert_console("user data unpacked", ".ssh/authorized_keys");
     vm.assert_console("data disk mounted", "hyve: data disk /dev/vdb1 mounted at /var/lib/hyve");
-    vm.wait_for("hyve: Docker client bundle saved in", 60);
-    vm.assert_console("vsock bridge checked inside", "Docker API on vsock port 2375 (checked");
+    vm.assert_console("the host's CA used", "hyve: TLS: the host's CA from the user data");
+    vm.wait_for("Docker API on vsock port 2375 (checked", 60);
     let tls = docker(false);
     tls.wait_ready(&mut vm, 300);
     eprintln!("docker test {arch}: API up {:.1} s after start", started.elapsed().as_secs_f64());

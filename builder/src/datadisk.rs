@@ -1,11 +1,14 @@
 //! The persistent data disk's first bytes: boot2docker's "format-me" protocol, renamed.
 //!
-//! `hyve disk create` writes a sparse raw disk whose first 4 KiB are a tar archive. Its first
+//! `hyve disk create` writes a sparse raw disk whose first 64 KiB hold a tar archive. Its first
 //! member is an empty file named `hyve, please format-me`, so the disk's first bytes are that
 //! name (a tar header starts with the member name). On first boot the guest sees the magic,
-//! checks that the disk holds no partition table or filesystem, saves those 4 KiB, partitions
+//! checks that the disk holds no partition table or filesystem, saves those 64 KiB, partitions
 //! and formats the disk (GPT, ext4 labelled `hyve-data`) and unpacks the saved tar onto it:
-//! `.ssh/authorized_keys`, `hostname`, `bootlocal.sh` and any other user files.
+//! `.ssh/authorized_keys`, `hostname`, `bootlocal.sh`, the Docker TLS CA (`docker-tls/`) and
+//! any other user files. (boot2docker kept 4 KiB; a CA certificate and key with an ssh key
+//! and a hostname need more. The data partition starts at 1 MiB. A tar that happens to carry
+//! another format's signature at its offset only makes the guest refuse to format: the safe way.)
 
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::path::Path;
 /// The first bytes of a disk the guest may format.
 pub const FORMAT_MAGIC: &str = "hyve, please format-me";
 /// What the guest saves before partitioning; the whole user-data tar must fit.
-pub const USER_DATA_MAX: usize = 4096;
+pub const USER_DATA_MAX: usize = 64 << 10;
 /// Smallest disk accepted: room for a GPT and an ext4 filesystem worth having.
 pub const MIN_SIZE: u64 = 64 << 20;
 
@@ -28,7 +31,7 @@ pub enum DiskError {
     /// `--ssh-key` is not an OpenSSH public key.
     #[error("{path}: {reason}")]
     BadKey { path: String, reason: String },
-    /// The user data does not fit in the first 4 KiB.
+    /// The user data does not fit in the first 64 KiB.
     #[error("the user data is {actual} bytes as a tar, but at most {max} fit before the data partition; leave out files or shorten them")]
     TooLarge { actual: usize, max: usize },
     /// The disk file exists already.
@@ -199,9 +202,11 @@ mod tests {
         for dest in ["/etc/passwd", "../x", "a/../../b", "a//b", "", "caf\u{e9}", "./x"] {
             assert!(UserFile::new(dest, vec![], 0o644).is_err(), "{dest:?}");
         }
-        let big = UserFile::new("big", vec![b'x'; 3000], 0o644).unwrap();
+        let fits = UserFile::new("fits", vec![b'x'; USER_DATA_MAX - 4 * 512], 0o644).unwrap();
+        assert!(user_data_tar(&[fits]).unwrap().len() <= USER_DATA_MAX);
+        let big = UserFile::new("big", vec![b'x'; USER_DATA_MAX - 3 * 512], 0o644).unwrap();
         let e = user_data_tar(&[big]).unwrap_err().to_string();
-        assert!(e.contains("at most 4096"), "{e}");
+        assert!(e.contains("at most 65536"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod build;
 pub mod cancel;
 pub mod datadisk;
 pub mod diff;
+pub mod dockertls;
 pub mod epoch;
 pub mod fetch;
 pub mod fsutil;

@@ -303,62 +303,6 @@ pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>
     Ok(a)
 }
 
-/// The Docker client bundle (`ca.pem`, `cert.pem`, `key.pem`) the docker guest prints on its
-/// console between `hyve-docker-client-bundle: begin` and `: end` lines. Kernel messages may
-/// land in the middle of it, so inside a file only PEM armour and base64 lines are kept.
-#[derive(Debug, Default)]
-pub struct BundleScanner {
-    current: Option<(String, String)>,
-    files: Vec<(String, String)>,
-    inside: bool,
-}
-
-/// The files of a complete bundle, in the guest's order.
-pub type ClientBundle = Vec<(String, String)>;
-
-const BUNDLE_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
-
-impl BundleScanner {
-    /// Feeds one console line; returns the bundle when this line completes a valid one.
-    pub fn line(&mut self, raw: &str) -> Option<ClientBundle> {
-        let line = raw.trim_end_matches(['\r', '\n']);
-        if let Some(cmd) = line.strip_prefix("hyve-docker-client-bundle: ") {
-            if let Some(done) = self.current.take() {
-                self.files.push(done);
-            }
-            match cmd {
-                "begin" => {
-                    self.files.clear();
-                    self.inside = true;
-                }
-                "end" if self.inside => {
-                    self.inside = false;
-                    let files = std::mem::take(&mut self.files);
-                    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-                    let complete = names == BUNDLE_FILES
-                        && files.iter().all(|(_, t)| t.starts_with("-----BEGIN ") && t.contains("\n-----END "));
-                    return complete.then_some(files);
-                }
-                _ => {
-                    if let Some(name) = cmd.strip_prefix("file ").filter(|_| self.inside) {
-                        self.current = Some((name.to_string(), String::new()));
-                    }
-                }
-            }
-            return None;
-        }
-        let pem_line = (line.starts_with("-----BEGIN ") || line.starts_with("-----END ")) && line.ends_with("-----")
-            || (!line.is_empty()
-                && line.len() <= 76
-                && line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='));
-        if let Some((_, text)) = self.current.as_mut().filter(|_| pem_line) {
-            text.push_str(line);
-            text.push('\n');
-        }
-        None
-    }
-}
-
 /// Quotes an argv for a POSIX shell.
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()
@@ -415,23 +359,6 @@ mod tests {
         assert!(a.starts_with("hyperkit -A -m 1024M -c 2") && a.contains("kexec,/o/kernel,/o/initrd.img"), "{a}");
         assert!(command(Vmm::Xhyve, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
         assert!("2376".parse::<PortForward>().is_err());
-    }
-
-    #[test]
-    fn client_bundle_survives_kernel_noise() {
-        let console = "hyve: dockerd ready\r\nhyve-docker-client-bundle: begin\r\nhyve-docker-client-bundle: file ca.pem\r\n-----BEGIN CERTIFICATE-----\r\nQUJD\r\n[    3.1] virtio_net virtio1 eth0: link up\r\nREVG\r\n-----END CERTIFICATE-----\r\nhyve-docker-client-bundle: file cert.pem\r\n-----BEGIN CERTIFICATE-----\r\nR0hJ\r\n-----END CERTIFICATE-----\r\nhyve-docker-client-bundle: file key.pem\r\n-----BEGIN PRIVATE KEY-----\r\nSktM\r\n-----END PRIVATE KEY-----\r\nhyve-docker-client-bundle: end\r\n";
-        let mut scanner = BundleScanner::default();
-        let found: Vec<ClientBundle> = console.split_inclusive('\n').filter_map(|l| scanner.line(l)).collect();
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            found[0][0],
-            ("ca.pem".into(), "-----BEGIN CERTIFICATE-----\nQUJD\nREVG\n-----END CERTIFICATE-----\n".into())
-        );
-        assert_eq!(found[0][2].0, "key.pem");
-        // A bundle cut short (no key) is not a bundle.
-        let mut scanner = BundleScanner::default();
-        let cut = console.replace("hyve-docker-client-bundle: file key.pem", "noise");
-        assert!(cut.split_inclusive('\n').all(|l| scanner.line(l).is_none()));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use hyve::datadisk::{self, UserFile};
+use hyve::dockertls;
 
 use super::Outcome;
 
@@ -27,6 +28,11 @@ pub struct CreateArgs {
     /// Put SRC on the data disk at DEST (relative to /var/lib/hyve; e.g. hostname, bootlocal.sh). Repeatable
     #[arg(long = "file", value_name = "SRC:DEST")]
     files: Vec<String>,
+    /// The Docker API over TLS: DIR becomes a DOCKER_CERT_PATH (a CA and a client certificate,
+    /// made here on first use and reused after), and the guest gets the CA to issue its server
+    /// certificate with. No private key ever appears on the guest's console
+    #[arg(long, value_name = "DIR")]
+    docker_certs: Option<PathBuf>,
 }
 
 pub fn run(cmd: Command) -> Outcome {
@@ -46,6 +52,10 @@ pub fn run(cmd: Command) -> Outcome {
         let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
         files.push(UserFile::new(dest, content, mode)?);
     }
+    let bundle = a.docker_certs.as_deref().map(dockertls::ensure).transpose()?;
+    if let Some(b) = &bundle {
+        files.extend(b.user_data()?);
+    }
     datadisk::create(&a.file, size, &files)?;
     let listed = files.iter().map(|f| f.dest.as_str()).collect::<Vec<_>>();
     eprintln!(
@@ -54,5 +64,12 @@ pub fn run(cmd: Command) -> Outcome {
         a.size,
         if listed.is_empty() { "none".to_string() } else { listed.join(", ") }
     );
+    if let Some(b) = bundle {
+        eprintln!(
+            "hyve: Docker client certificates {} in {d}: DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={d}",
+            if b.created { "made" } else { "reused" },
+            d = b.dir.display()
+        );
+    }
     Ok(true)
 }

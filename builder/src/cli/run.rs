@@ -7,16 +7,14 @@
 //! arch and kernel), and QEMU's power button through its monitor (ACPI on x86; on arm64
 //! `virt` a device-tree GPIO key that Alpine's virt kernel has no driver for).
 
-use std::io::{BufRead, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hyve::fsutil;
-use hyve::vmm::{self, Accel, BundleScanner, ClientBundle, Guest, PortForward, RunOptions, Vmm};
+use hyve::vmm::{self, Accel, Guest, PortForward, RunOptions, Vmm};
 
 use super::Outcome;
 
@@ -43,10 +41,6 @@ pub struct RunArgs {
     /// Extra kernel command line arguments
     #[arg(long, value_name = "ARGS")]
     append: Option<String>,
-    /// Save the Docker client bundle the guest prints on its console (ca.pem, cert.pem,
-    /// key.pem) in DIR, for DOCKER_CERT_PATH
-    #[arg(long, value_name = "DIR")]
-    docker_certs: Option<PathBuf>,
     /// Boot disk.img through UEFI firmware (OVMF / AAVMF; vfkit's EFI loader) instead of
     /// the kernel directly
     #[arg(long)]
@@ -109,9 +103,6 @@ pub fn run(a: RunArgs) -> Outcome {
     eprintln!("hyve: booting {} ({}, {} accel)", guest.dir.display(), guest.arch, opts.accel);
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    if a.docker_certs.is_some() {
-        cmd.stdout(std::process::Stdio::piped());
-    }
     // QEMU must not outlive `hyve run`, however it ends (even SIGKILL).
     #[cfg(target_os = "linux")]
     // SAFETY: the closure runs between fork and exec and only calls prctl, which is
@@ -129,10 +120,6 @@ pub fn run(a: RunArgs) -> Outcome {
     let mut child = cmd.spawn().with_context(|| {
         format!("starting {} (install QEMU: apt-get install qemu-system-x86 qemu-system-arm)", argv[0])
     })?;
-    let console = match (child.stdout.take(), a.docker_certs.clone()) {
-        (Some(out), Some(dir)) => Some(std::thread::spawn(move || tee_console(out, &dir))),
-        _ => None,
-    };
     let started = Instant::now();
     // When the first SIGTERM/SIGINT pressed the power button; a second one kills QEMU.
     let mut stop_requested: Option<Instant> = None;
@@ -169,9 +156,6 @@ pub fn run(a: RunArgs) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    if let Some(t) = console {
-        let _ = t.join();
-    }
     Ok(status.success())
 }
 
@@ -240,36 +224,4 @@ fn press_power_button(monitor: &Path) {
         }
         Err(e) => eprintln!("hyve: cannot reach QEMU's monitor at {}: {e}", monitor.display()),
     }
-}
-
-/// Copies the console to stdout, saving each complete client bundle it carries in `dir`.
-fn tee_console(out: std::process::ChildStdout, dir: &Path) {
-    let mut reader = std::io::BufReader::new(out);
-    let mut scanner = BundleScanner::default();
-    let stdout = std::io::stdout();
-    let mut line = Vec::new();
-    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-        let mut o = stdout.lock();
-        let _ = o.write_all(&line);
-        let _ = o.flush();
-        if let Some(bundle) = scanner.line(&String::from_utf8_lossy(&line)) {
-            match save_bundle(dir, &bundle) {
-                Ok(()) => eprintln!(
-                    "hyve: Docker client bundle saved in {d}: DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={d}",
-                    d = dir.display()
-                ),
-                Err(e) => eprintln!("hyve: cannot save the Docker client bundle in {}: {e:#}", dir.display()),
-            }
-        }
-        line.clear();
-    }
-}
-
-fn save_bundle(dir: &Path, bundle: &ClientBundle) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    for (name, text) in bundle {
-        fsutil::write_atomic(&dir.join(name), text.as_bytes(), 0o600)?;
-    }
-    Ok(())
 }

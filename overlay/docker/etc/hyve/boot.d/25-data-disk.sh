@@ -1,7 +1,7 @@
 # The persistent data disk, boot2docker's protocol renamed:
 #  1. a filesystem labelled hyve-data is checked (e2fsck -p) and mounted at $HYVE_DATA;
 #  2. else a whole disk that starts with "hyve, please format-me" (what `hyve disk create`
-#     writes) and holds no partition table or filesystem gets its first 4 KiB (the user-data
+#     writes) and holds no partition table or filesystem gets its first 64 KiB (the user-data
 #     tar) saved, a GPT with one partition, ext4 labelled hyve-data, and the user data
 #     unpacked onto it; a partition that starts with the header (the hyve-data partition of
 #     a disk image) is formatted in place the same way;
@@ -30,7 +30,7 @@ disk_holds_data() {
 
 # Saves the user-data tar at the start of DEV before anything overwrites it.
 save_user_data() { # DEV
-	dd if="$1" of=/run/hyve/userdata.tar bs=4096 count=1 2>/dev/null
+	dd if="$1" of=/run/hyve/userdata.tar bs=65536 count=1 2>/dev/null
 }
 
 # ext4 labelled hyve-data on DEV (already checked to hold no file system) -> data_dev

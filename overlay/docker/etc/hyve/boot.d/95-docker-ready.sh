@@ -1,6 +1,6 @@
 # In the background, so the console is free at once: wait for the Docker API, say where it
-# listens, check the vsock bridge from inside the guest, print the client bundle, then run
-# the user data's bootlocal.sh (as boot2docker did).
+# listens, check the vsock bridge from inside the guest, then run the user data's
+# bootlocal.sh (as boot2docker did).
 . /etc/hyve/docker.conf
 docker_api() { # PATH [socat address]
 	printf 'GET %s HTTP/1.0\r\nHost: docker\r\n\r\n' "$1" | socat -t 3 - "${2:-UNIX-CONNECT:/var/run/docker.sock}" 2>/dev/null
@@ -31,17 +31,6 @@ docker_api() { # PATH [socat address]
 		else
 			log "Docker API on vsock port $DOCKER_VSOCK_PORT: not answering over vsock loopback (see /var/log/40-docker-vsock.log)"
 		fi
-	fi
-	client=$HYVE_DATA/tls/client
-	if [ "$DOCKER_PRINT_CLIENT_BUNDLE" = yes ] && [ -s "$client/key.pem" ]; then
-		{
-			echo "hyve-docker-client-bundle: begin"
-			for f in ca.pem cert.pem key.pem; do
-				echo "hyve-docker-client-bundle: file $f"
-				cat "$client/$f"
-			done
-			echo "hyve-docker-client-bundle: end"
-		} >/dev/console
 	fi
 	if [ -f "$HYVE_DATA/bootlocal.sh" ]; then
 		log "running bootlocal.sh from the user data (output in /var/log/bootlocal.log)"
