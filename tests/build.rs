@@ -483,3 +483,108 @@ fn a_full_disk_is_named_and_leaves_nothing_behind() {
     assert!(e.contains("No space left on device") && e.contains("free space there"), "{e}");
     assert!(e.lines().any(|l| l == "left: "), "the staging directory was not removed: {e}");
 }
+
+/// The argv the VMM gets when a shell runs the script `hyve run --print` wrote (the VMM and
+/// the setup commands are stubs on PATH).
+fn printed_argv(script: &str) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let stubs = tempfile::tempdir().unwrap();
+    for (names, body) in [
+        (
+            &["vfkit", "hyperkit", "xhyve", "qemu-system-x86_64", "qemu-system-aarch64"][..],
+            "printf '%s\\0' \"${0##*/}\" \"$@\"",
+        ),
+        (&["mkdir", "rm", "cp", "truncate", "touch"][..], "true"),
+    ] {
+        for name in names {
+            let path = stubs.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", format!("{}:/usr/bin:/bin", stubs.path().display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script}: {}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap().split_terminator('\0').map(str::to_string).collect()
+}
+
+fn last_console(cmdline: &str) -> &str {
+    cmdline.split_whitespace().rev().find_map(|w| w.strip_prefix("console=")).unwrap_or("")
+}
+
+#[test]
+fn printed_vmm_lines_are_right_for_every_vmm_and_arch() {
+    let env = setup(&["x86_64", "aarch64"]);
+    let text = std::fs::read_to_string(&env.profile).unwrap();
+    std::fs::write(
+        &env.profile,
+        text.replace("[output]\n", "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\ndisk_size_mib = 160\n"),
+    )
+    .unwrap();
+    for arch in ["x86_64", "aarch64"] {
+        let out = env.root.join(format!("out-{arch}"));
+        ok(&env.build(&out, &env.root.join("cache"), &["--arch", arch], &[], "022"));
+        let print = |vmm: &str, extra: &[&str]| {
+            let mut args = vec!["run", out.to_str().unwrap(), "--print", "--vmm", vmm, "--port", "2376:2376"];
+            args.extend(extra);
+            hyve(&args, &[])
+        };
+        let serial = if arch == "x86_64" { "ttyS0" } else { "ttyAMA0" };
+        // QEMU: the UART last.
+        let o = print("qemu", &["--disk", "/data.img"]);
+        ok(&o);
+        let argv = printed_argv(&String::from_utf8_lossy(&o.stdout));
+        let append = &argv[argv.iter().position(|a| a == "-append").unwrap() + 1];
+        assert_eq!(last_console(append), serial, "{append}");
+        // vfkit: virtio-console only; the host's time filled in by the shell.
+        let o = print("vfkit", &[]);
+        ok(&o);
+        let script = String::from_utf8_lossy(&o.stdout);
+        let argv = printed_argv(&script);
+        let loader = &argv[argv.iter().position(|a| a == "--bootloader").unwrap() + 1];
+        let cmdline = loader.split_once("cmdline=\"").unwrap().1.trim_end_matches('"');
+        assert_eq!(last_console(cmdline), "hvc0", "{loader}");
+        assert!(cmdline
+            .split_whitespace()
+            .any(|w| w.strip_prefix("hyve.time=").is_some_and(|t| t.parse::<u64>().is_ok())));
+        assert!(script.contains("vfkit forwards no ports"), "{script}");
+        // hyperkit and xhyve: x86_64 only; the command line exactly as the kernel must see it.
+        for vmm in ["hyperkit", "xhyve"] {
+            let o = print(vmm, &[]);
+            if arch == "aarch64" {
+                assert!(!o.status.success() && stderr(&o).contains("cannot boot aarch64"), "{}", stderr(&o));
+                continue;
+            }
+            ok(&o);
+            let script = String::from_utf8_lossy(&o.stdout);
+            let argv = printed_argv(&script);
+            let kexec = &argv[argv.iter().position(|a| a == "-f").unwrap() + 1];
+            let cmdline = kexec.splitn(4, ',').nth(3).unwrap();
+            assert!(!cmdline.contains('"'), "{kexec}");
+            assert_eq!(last_console(cmdline), "ttyS0", "{kexec}");
+            assert_eq!(argv.iter().any(|a| a.contains("virtio-sock")), vmm == "hyperkit", "{script}");
+            assert!(script.contains("as root (sudo)"), "{script}");
+        }
+        // A VM too small for its own root is refused with the numbers.
+        let o = print("qemu", &["--memory", "64"]);
+        assert!(!o.status.success() && stderr(&o).contains("--memory 64 MiB cannot hold this guest"), "{}", stderr(&o));
+        // vfkit's EFI needs no firmware file (OVMF and AAVMF hidden here), and keeps its
+        // variable store beside the output.
+        let o = Command::new("unshare")
+            .args(["-r", "-m", "sh", "-c"])
+            .arg("for d in /usr/share/OVMF /usr/share/AAVMF /usr/share/qemu; do [ -d $d ] && mount -t tmpfs none $d; done; exec \"$@\"")
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_hyve"))
+            .args(["run", out.to_str().unwrap(), "--print", "--vmm", "vfkit", "--efi"])
+            .output()
+            .unwrap();
+        ok(&o);
+        let argv = printed_argv(&String::from_utf8_lossy(&o.stdout));
+        let store = format!("efi,variable-store={}.vm/efi-variable-store,create", out.display());
+        assert!(argv.contains(&store), "{argv:?}");
+    }
+}

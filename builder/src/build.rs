@@ -86,12 +86,15 @@ pub struct BuildResult {
     pub warnings: Vec<String>,
 }
 
-/// The kernel command line: the console(s) for the arch first (the last `console=` becomes
-/// `/dev/console`), then the profile's.
+/// The kernel command line: the consoles for the arch first, then the profile's. The last
+/// `console=` that exists becomes `/dev/console`: hvc0 goes last, so Virtualization.framework
+/// and vfkit (virtio-console only) get userspace's output, while QEMU and hyperkit, which
+/// offer no virtio-console, fall back to the UART. `hyve run` and its printed lines replace
+/// these with the one console each VMM has; the UKI in disk.img keeps both.
 pub fn cmdline(arch: Arch, profile_cmdline: &str) -> String {
     let console = match arch {
-        Arch::X86_64 => "console=hvc0 console=ttyS0",
-        Arch::Aarch64 => "console=hvc0 console=ttyAMA0",
+        Arch::X86_64 => "console=ttyS0 console=hvc0",
+        Arch::Aarch64 => "console=ttyAMA0 console=hvc0",
     };
     format!("{console} {}", profile_cmdline.trim()).trim().to_string()
 }
@@ -537,7 +540,7 @@ mod tests {
 
     #[test]
     fn console_per_arch() {
-        assert_eq!(cmdline(Arch::X86_64, "panic=-1 quiet"), "console=hvc0 console=ttyS0 panic=-1 quiet");
-        assert_eq!(cmdline(Arch::Aarch64, ""), "console=hvc0 console=ttyAMA0");
+        assert_eq!(cmdline(Arch::X86_64, "panic=-1 quiet"), "console=ttyS0 console=hvc0 panic=-1 quiet");
+        assert_eq!(cmdline(Arch::Aarch64, ""), "console=ttyAMA0 console=hvc0");
     }
 }

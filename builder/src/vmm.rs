@@ -70,6 +70,8 @@ pub enum VmmError {
     BadPort(String),
     #[error("{vmm} cannot boot the EFI disk image here; use qemu or vfkit")]
     NoEfi { vmm: &'static str },
+    #[error("no UEFI firmware for {arch} guests in QEMU; install it (Debian: apt-get install ovmf qemu-efi-aarch64; macOS: brew install qemu) or pass --firmware")]
+    NoFirmware { arch: Arch },
 }
 
 /// An output directory to boot.
@@ -102,6 +104,40 @@ impl Guest {
     fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
+}
+
+/// RAM a guest's own boot needs besides its root: the kernel, page tables, and the services
+/// before anything the user runs.
+pub const KERNEL_RESERVE_MIB: u64 = 128;
+
+/// What a guest's initramfs costs in RAM while it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryNeeded {
+    /// The unpacked tree: the root lives on a tmpfs for the life of the VM.
+    pub root_mib: u64,
+    /// The compressed image, which the kernel holds while it unpacks it.
+    pub initrd_mib: u64,
+}
+
+impl MemoryNeeded {
+    pub fn total_mib(&self) -> u64 {
+        self.root_mib + self.initrd_mib + KERNEL_RESERVE_MIB
+    }
+}
+
+/// Reads `guest`'s initrd through to learn how much RAM its root takes.
+pub fn memory_needed(guest: &Guest) -> Result<MemoryNeeded, VmmError> {
+    let path = guest.dir.join("initrd.img");
+    let bad = |e: std::io::Error| VmmError::NotAnOutput {
+        dir: guest.dir.display().to_string(),
+        detail: format!("initrd.img: {e}"),
+    };
+    let file = std::fs::File::open(&path).map_err(bad)?;
+    let compressed = file.metadata().map_err(bad)?.len();
+    let mut reader = crate::output::compress::decompressor(std::io::BufReader::new(file)).map_err(bad)?;
+    let unpacked = std::io::copy(&mut reader, &mut std::io::sink()).map_err(bad)?;
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    Ok(MemoryNeeded { root_mib: mib(unpacked), initrd_mib: mib(compressed) })
 }
 
 /// A host port forwarded to a guest port (TCP, bound to 127.0.0.1).
@@ -138,12 +174,23 @@ pub struct RunOptions {
     /// virtio-serial port `org.hyve.control` (how `hyve run` asks any guest to power off).
     pub control: Option<PathBuf>,
     /// Boot `disk.img` through UEFI firmware instead of the kernel directly.
-    pub efi: Option<Firmware>,
+    pub efi: bool,
+    /// QEMU's UEFI firmware (vfkit brings its own).
+    pub firmware: Option<Firmware>,
+    /// Where the printed macOS command lines keep what must outlive one run: vfkit's EFI
+    /// variable store, the Docker API's unix sockets.
+    pub state_dir: PathBuf,
 }
 
 /// The name of the guest's virtio-serial port for host requests (overlay/base's
 /// `03-host-control` service reads `poweroff` there).
 pub const CONTROL_PORT: &str = "org.hyve.control";
+/// The guest's vsock port for the Docker API (overlay/docker's docker.conf).
+pub const DOCKER_VSOCK_PORT: u32 = 2375;
+/// The guest's context id on hyperkit (any value above 2, the host's).
+const HYPERKIT_GUEST_CID: u32 = 3;
+/// Replaced by the host's clock (seconds) when the printed line runs in a shell.
+pub const HOST_TIME: &str = "$(date +%s)";
 
 /// UEFI firmware for QEMU: the read-only code and a writable copy of the variable store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +199,13 @@ pub struct Firmware {
     pub vars: PathBuf,
 }
 
-/// Where Debian's `ovmf` / `qemu-efi-aarch64` (and Fedora's edk2) put the firmware:
-/// (code, variable-store template).
-pub fn firmware_candidates(arch: Arch) -> &'static [(&'static str, &'static str)] {
-    match arch {
+/// Where the firmware is: Debian's `ovmf` / `qemu-efi-aarch64`, Fedora's edk2, and the files
+/// QEMU itself installs (`pc-bios/meson.build`: edk2-*-code.fd with the edk2-i386-vars.fd /
+/// edk2-arm-vars.fd templates its descriptors name) under the prefix of the
+/// `qemu-system-*` found on PATH — Homebrew's `$(brew --prefix)/share/qemu`, as Lima finds
+/// it (lima-vm/lima 183a60d, pkg/driver/qemu/qemu.go `getFirmware`): (code, vars template).
+pub fn firmware_candidates(arch: Arch) -> Vec<(PathBuf, PathBuf)> {
+    let fixed: &[(&str, &str)] = match arch {
         Arch::X86_64 => &[
             ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
             ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
@@ -165,6 +215,26 @@ pub fn firmware_candidates(arch: Arch) -> &'static [(&'static str, &'static str)
             ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
             ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
         ],
+    };
+    let (code, vars) = match arch {
+        Arch::X86_64 => ("edk2-x86_64-code.fd", "edk2-i386-vars.fd"),
+        Arch::Aarch64 => ("edk2-aarch64-code.fd", "edk2-arm-vars.fd"),
+    };
+    let qemu_prefix = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(qemu_binary(arch))).find(|q| q.is_file()))
+        .and_then(|q| q.canonicalize().ok())
+        .and_then(|q| q.parent()?.parent().map(|p| p.join("share/qemu")));
+    fixed
+        .iter()
+        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+        .chain(qemu_prefix.map(|share| (share.join(code), share.join(vars))))
+        .collect()
+}
+
+fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Aarch64 => "qemu-system-aarch64",
     }
 }
 
@@ -204,111 +274,245 @@ pub fn resolve_accel(requested: Accel, guest: Arch) -> Accel {
     }
 }
 
-fn cmdline(guest: &Guest, opts: &RunOptions) -> String {
-    match &opts.append {
-        Some(extra) if !extra.trim().is_empty() => format!("{} {}", guest.cmdline, extra.trim()),
-        _ => guest.cmdline.clone(),
+/// The one console each VMM gives the guest; it goes last on the command line, since the
+/// last `console=` becomes `/dev/console` (where userspace writes). QEMU: the machine's UART;
+/// vfkit: only virtio-console (`virtio-serial`, Linux's hvc0; vfkit v0.6.4 pkg/vf/virtio.go
+/// configures no UART); hyperkit and xhyve: only the LPC com1 (ttyS0; neither has a
+/// virtio-console device in src/lib or src).
+fn console(vmm: Vmm, arch: Arch) -> &'static str {
+    match (vmm, arch) {
+        (Vmm::Qemu, Arch::X86_64) | (Vmm::Hyperkit | Vmm::Xhyve, _) => "ttyS0",
+        (Vmm::Qemu, Arch::Aarch64) => "ttyAMA0",
+        (Vmm::Vfkit, _) => "hvc0",
     }
 }
 
-/// The argv that boots `guest` in `vmm` (`opts.accel` must be resolved for QEMU).
-pub fn command(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
-    let cmd = cmdline(guest, opts);
-    let (kernel, initrd, disk) = (guest.file("kernel"), guest.file("initrd.img"), guest.file("disk.img"));
-    let mut a: Vec<String> = Vec::new();
-    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+/// The guest's command line for `vmm`: its own `console=` words replaced by the VMM's
+/// console, then `--append`.
+fn cmdline(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> String {
+    let own = guest.cmdline.split_whitespace().filter(|w| !w.starts_with("console="));
+    let console = format!("console={}", console(vmm, guest.arch));
+    let extra = opts.append.as_deref().unwrap_or("").split_whitespace();
+    std::iter::once(console.as_str()).chain(own).chain(extra).collect::<Vec<_>>().join(" ")
+}
+
+/// What `hyve run --print` shows for one VMM: notes (printed as shell comments), commands to
+/// run first, and the VMM's own argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub notes: Vec<String>,
+    pub setup: Vec<Vec<String>>,
+    pub argv: Vec<String>,
+}
+
+impl Invocation {
+    fn new(argv: Vec<String>) -> Invocation {
+        Invocation { notes: vec![], setup: vec![], argv }
+    }
+
+    /// A shell script: the notes as comments, then the commands joined with `&&`.
+    pub fn script(&self) -> String {
+        let mut out: String = self.notes.iter().map(|n| format!("# {n}\n")).collect();
+        let commands: Vec<String> = self.setup.iter().chain([&self.argv]).map(|c| shell_line(c)).collect();
+        out.push_str(&commands.join(" &&\n  "));
+        out.push('\n');
+        out
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// How `vmm` boots `guest` (`opts.accel` must be resolved for QEMU).
+pub fn invocation(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     match vmm {
-        Vmm::Qemu => {
-            let (binary, machine, cpu) = match (guest.arch, opts.accel) {
-                (Arch::X86_64, Accel::Tcg) => ("qemu-system-x86_64", "pc", "qemu64"),
-                (Arch::X86_64, _) => ("qemu-system-x86_64", "pc", "host"),
-                // cortex-a57 under TCG: `-cpu max` is about 4x slower to boot.
-                (Arch::Aarch64, Accel::Tcg) => ("qemu-system-aarch64", "virt", "cortex-a57"),
-                (Arch::Aarch64, _) => ("qemu-system-aarch64", "virt", "host"),
-            };
-            let nic = std::iter::once("user,model=virtio-net-pci".to_string())
-                .chain(opts.ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest)))
-                .collect::<Vec<_>>()
-                .join(",");
-            push(&[binary, "-M", machine, "-accel", &opts.accel.to_string(), "-cpu", cpu]);
-            push(&["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]);
-            match &opts.efi {
-                Some(fw) => {
-                    push(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", fw.code.display())]);
-                    push(&["-drive", &format!("if=pflash,format=raw,file={}", fw.vars.display())]);
-                    push(&["-drive", &format!("file={disk},format=raw,if=virtio")]);
-                }
-                None => push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmd]),
-            }
-            push(&["-nographic", "-no-reboot", "-nic", &nic, "-device", "virtio-rng-pci"]);
-            for d in &opts.disks {
-                push(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]);
-            }
-            if let Some(m) = &opts.monitor {
-                push(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]);
-            }
-            if let Some(c) = &opts.control {
-                push(&["-device", "virtio-serial-pci,id=hyve-serial"]);
-                push(&["-chardev", &format!("socket,id=hyve-control,path={}", c.display())]);
-                push(&[
-                    "-device",
-                    &format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}"),
-                ]);
-            }
-        }
-        Vmm::Vfkit => {
-            push(&["vfkit", "--cpus", &opts.cpus.to_string(), "--memory", &opts.memory_mib.to_string()]);
-            match &opts.efi {
-                Some(fw) => {
-                    push(&["--bootloader", &format!("efi,variable-store={},create", fw.vars.display())]);
-                    push(&["--device", &format!("virtio-blk,path={disk}")]);
-                }
-                None => push(&["--bootloader", &format!("linux,kernel={kernel},initrd={initrd},cmdline=\"{cmd}\"")]),
-            }
-            push(&["--device", "virtio-serial,stdio", "--device", "virtio-net,nat", "--device", "virtio-rng"]);
-            push(&["--device", "virtio-vsock,port=2375,socketURL=/tmp/hyve-docker.sock,connect"]);
-            for d in &opts.disks {
-                push(&["--device", &format!("virtio-blk,path={}", d.display())]);
-            }
-        }
-        Vmm::Hyperkit | Vmm::Xhyve => {
-            let name = if vmm == Vmm::Hyperkit { "hyperkit" } else { "xhyve" };
-            if guest.arch != Arch::X86_64 {
-                return Err(VmmError::WrongArch { vmm: name, arch: guest.arch, hint: "vfkit or qemu" });
-            }
-            if opts.efi.is_some() {
-                return Err(VmmError::NoEfi { vmm: name });
-            }
-            push(&[name, "-A", "-m", &format!("{}M", opts.memory_mib), "-c", &opts.cpus.to_string()]);
-            push(&[
-                "-s",
-                "0:0,hostbridge",
-                "-s",
-                "31,lpc",
-                "-l",
-                "com1,stdio",
-                "-s",
-                "2:0,virtio-net",
-                "-s",
-                "3:0,virtio-rnd",
-            ]);
-            // The Docker API's vsock port is reached through hyperkit's socket directory.
-            push(&["-s", "4:0,virtio-sock,guest_cid=3,path=/tmp/hyve-vsock"]);
-            for (slot, d) in (5..).zip(&opts.disks) {
-                push(&["-s", &format!("{slot}:0,virtio-blk,{}", d.display())]);
-            }
-            push(&["-f", &format!("kexec,{kernel},{initrd},\"{cmd}\"")]);
-        }
+        Vmm::Qemu => qemu(guest, opts).map(Invocation::new),
+        Vmm::Vfkit => Ok(vfkit(guest, opts)),
+        Vmm::Hyperkit | Vmm::Xhyve => hyperkit_or_xhyve(vmm, guest, opts),
+    }
+}
+
+/// QEMU (started by `hyve run`, or printed): direct kernel boot or UEFI firmware.
+fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
+    let (machine, cpu) = match (guest.arch, opts.accel) {
+        (Arch::X86_64, Accel::Tcg) => ("pc", "qemu64"),
+        // Intel Macs: QEMU 8's firmware crashes on 1 GiB pages and AVX-512 under hvf (Lima
+        // passes the same, lima-vm/lima#1485; pkg/driver/qemu/qemu.go `defaultCPUType`).
+        (Arch::X86_64, Accel::Hvf) => ("pc", "host,-avx512vl,-pdpe1gb"),
+        (Arch::X86_64, _) => ("pc", "host"),
+        // cortex-a57 under TCG: `-cpu max` is about 4x slower to boot.
+        (Arch::Aarch64, Accel::Tcg) => ("virt", "cortex-a57"),
+        (Arch::Aarch64, _) => ("virt", "host"),
+    };
+    let nic = std::iter::once("user,model=virtio-net-pci".to_string())
+        .chain(opts.ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut a = strings(&[qemu_binary(guest.arch), "-M", machine, "-accel", &opts.accel.to_string(), "-cpu", cpu]);
+    a.extend(strings(&["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]));
+    if opts.efi {
+        let fw = opts.firmware.as_ref().ok_or(VmmError::NoFirmware { arch: guest.arch })?;
+        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", fw.code.display())]));
+        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,file={}", fw.vars.display())]));
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", guest.file("disk.img"))]));
+    } else {
+        let cmd = cmdline(Vmm::Qemu, guest, opts);
+        a.extend(strings(&["-kernel", &guest.file("kernel"), "-initrd", &guest.file("initrd.img"), "-append", &cmd]));
+    }
+    a.extend(strings(&["-nographic", "-no-reboot", "-nic", &nic, "-device", "virtio-rng-pci"]));
+    for d in &opts.disks {
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]));
+    }
+    if let Some(m) = &opts.monitor {
+        a.extend(strings(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]));
+    }
+    if let Some(c) = &opts.control {
+        a.extend(strings(&["-device", "virtio-serial-pci,id=hyve-serial"]));
+        a.extend(strings(&["-chardev", &format!("socket,id=hyve-control,path={}", c.display())]));
+        let port = format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}");
+        a.extend(strings(&["-device", &port]));
     }
     Ok(a)
 }
 
-/// Quotes an argv for a POSIX shell.
+/// vfkit (crc-org/vfkit v0.6.4, doc/usage.md and pkg/cmdline, pkg/config): Virtualization.framework.
+fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
+    let state = &opts.state_dir;
+    let socket = state.join("docker.sock");
+    let mut inv = Invocation::new(strings(&[
+        "vfkit",
+        "--cpus",
+        &opts.cpus.to_string(),
+        "--memory",
+        &opts.memory_mib.to_string(),
+    ]));
+    if opts.efi {
+        // Virtualization.framework's own EFI: no firmware file. The variable store must
+        // outlive the run; `create` overwrites an existing one (Code-Hex/vz v3.7.1
+        // VZEFIVariableStoreInitializationOptionAllowOverwrite), so only for a new store.
+        let store = state.join("efi-variable-store");
+        let create = if store.exists() { "" } else { ",create" };
+        inv.argv.extend(strings(&["--bootloader", &format!("efi,variable-store={}{create}", store.display())]));
+        inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={}", guest.file("disk.img"))]));
+    } else {
+        // vfkit splits --bootloader's options on commas outside double quotes and strips the
+        // quotes around a value (pkg/cmdline/string_slice.go, util.TrimQuotes), so the
+        // command line is quoted. Direct kernel boot has no RTC (lima-vm/lima#2905): the
+        // host's time goes on the command line, filled in by the shell that runs the line.
+        let cmd = format!("{} hyve.time={HOST_TIME}", cmdline(Vmm::Vfkit, guest, opts));
+        let loader =
+            format!("linux,kernel={},initrd={},cmdline=\"{cmd}\"", guest.file("kernel"), guest.file("initrd.img"));
+        inv.argv.extend(strings(&["--bootloader", &loader]));
+    }
+    inv.argv.extend(strings(&[
+        "--device",
+        "virtio-serial,stdio",
+        "--device",
+        "virtio-net,nat",
+        "--device",
+        "virtio-rng",
+    ]));
+    // `connect`: the host connects, vfkit listens on the unix socket (pkg/vf/vsock.go). A
+    // socket left from an earlier run makes vfkit skip the device with only a warning, so
+    // it is removed first.
+    let vsock = format!("virtio-vsock,port={DOCKER_VSOCK_PORT},socketURL={},connect", socket.display());
+    inv.argv.extend(strings(&["--device", &vsock]));
+    for d in &opts.disks {
+        inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={}", d.display())]));
+    }
+    inv.setup.push(strings(&["mkdir", "-p", &state.display().to_string()]));
+    inv.setup.push(strings(&["rm", "-f", &socket.display().to_string()]));
+    inv.notes.push(format!(
+        "vfkit on a Mac with {} guests; the Docker API: DOCKER_HOST=unix://{}",
+        macos_host(guest.arch),
+        socket.display()
+    ));
+    if !opts.ports.is_empty() {
+        inv.notes.push(
+            "vfkit forwards no ports (--port is not used): connect to the guest's own address on vfkit's NAT, \
+             which the guest prints as `hyve: eth0 ADDRESS (DHCP)`"
+                .into(),
+        );
+    }
+    inv
+}
+
+/// Which Macs run `arch` guests under Hypervisor.framework VMMs.
+fn macos_host(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "Intel (x86_64)",
+        Arch::Aarch64 => "Apple silicon (aarch64)",
+    }
+}
+
+/// hyperkit (moby/hyperkit 3cb0d54, src/hyperkit.c usage and `firmware_parse`,
+/// src/lib/pci_virtio_sock.c) and xhyve (machyve/xhyve dfbe09b, src/xhyve.c): x86_64 only.
+fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
+    let name = if vmm == Vmm::Hyperkit { "hyperkit" } else { "xhyve" };
+    if guest.arch != Arch::X86_64 {
+        return Err(VmmError::WrongArch { vmm: name, arch: guest.arch, hint: "vfkit or qemu" });
+    }
+    if opts.efi {
+        return Err(VmmError::NoEfi { vmm: name });
+    }
+    let mut inv =
+        Invocation::new(strings(&[name, "-A", "-m", &format!("{}M", opts.memory_mib), "-c", &opts.cpus.to_string()]));
+    inv.argv.extend(strings(&["-s", "0:0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]));
+    inv.argv.extend(strings(&["-s", "2:0,virtio-net", "-s", "3:0,virtio-rnd"]));
+    inv.notes.push(format!(
+        "{name} on an Intel Mac, as root (sudo): its virtio-net uses vmnet, which needs root without Apple's entitlement"
+    ));
+    if vmm == Vmm::Hyperkit {
+        // `guest_forwards`: hyperkit listens on DIR/<guest cid>.<port> (both %08x) and forwards
+        // to the guest's vsock port; DIR must exist (hyperkit does not create it).
+        let dir = opts.state_dir.join("vsock");
+        let sock = format!(
+            "virtio-sock,guest_cid={HYPERKIT_GUEST_CID},path={},guest_forwards={DOCKER_VSOCK_PORT}",
+            dir.display()
+        );
+        inv.argv.extend(strings(&["-s", &format!("4:0,{sock}")]));
+        inv.setup.push(strings(&["mkdir", "-p", &dir.display().to_string()]));
+        inv.notes.push(format!(
+            "the Docker API: DOCKER_HOST=unix://{}/{HYPERKIT_GUEST_CID:08x}.{DOCKER_VSOCK_PORT:08x}",
+            dir.display()
+        ));
+    } else {
+        inv.notes.push(
+            "xhyve has no vsock device: reach the Docker API over TLS at the guest's address \
+             (`hyve: eth0 ADDRESS (DHCP)` on its console), port 2376, with the certificates of \
+             `hyve disk create --docker-certs DIR`"
+                .into(),
+        );
+    }
+    for (slot, d) in (5..).zip(&opts.disks) {
+        inv.argv.extend(strings(&["-s", &format!("{slot}:0,virtio-blk,{}", d.display())]));
+    }
+    if !opts.ports.is_empty() {
+        inv.notes
+            .push(format!("{name} forwards no ports (--port is not used): connect to the guest's address on vmnet"));
+    }
+    // kexec,KERNEL,INITRD,CMDLINE: the command line is the rest of the argument, copied as is
+    // (src/lib/firmware/kexec.c): no quotes, or the kernel sees them.
+    let cmd = cmdline(vmm, guest, opts);
+    inv.argv.extend(strings(&["-f", &format!("kexec,{},{},{cmd}", guest.file("kernel"), guest.file("initrd.img"))]));
+    Ok(inv)
+}
+
+/// Quotes an argv for a POSIX shell. An argument carrying [`HOST_TIME`] is double-quoted so
+/// that the shell fills in the time; everything else in it stays literal.
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
                 a.clone()
+            } else if a.contains(HOST_TIME) {
+                let literal = |part: &str| {
+                    part.chars()
+                        .flat_map(|c| if "\"\\$`".contains(c) { vec!['\\', c] } else { vec![c] })
+                        .collect::<String>()
+                };
+                format!("\"{}\"", a.split(HOST_TIME).map(literal).collect::<Vec<_>>().join(HOST_TIME))
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
             }
@@ -322,7 +526,7 @@ mod tests {
     use super::*;
 
     fn guest(arch: Arch) -> Guest {
-        Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=hvc0 console=ttyS0 quiet".into() }
+        Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=ttyS0 console=hvc0 quiet".into() }
     }
 
     fn opts() -> RunOptions {
@@ -331,49 +535,313 @@ mod tests {
             cpus: 2,
             accel: Accel::Tcg,
             ports: vec!["2376:2376".parse().unwrap()],
-            disks: vec![],
+            disks: vec!["/d/data.img".into()],
             append: Some("hyve.poweroff".into()),
             monitor: None,
             control: None,
-            efi: None,
+            efi: false,
+            firmware: None,
+            state_dir: "/o.vm".into(),
+        }
+    }
+
+    /// The argv a POSIX shell makes of `line` (how a user runs a printed line).
+    fn as_the_shell_parses(line: &str) -> Vec<String> {
+        let o = std::process::Command::new("sh").arg("-c").arg(format!("printf '%s\\0' {line}")).output().unwrap();
+        assert!(o.status.success(), "{line}");
+        String::from_utf8(o.stdout).unwrap().split_terminator('\0').map(str::to_string).collect()
+    }
+
+    /// The console that becomes /dev/console: the last `console=` on the command line.
+    fn last_console(cmdline: &str) -> &str {
+        cmdline.split_whitespace().rev().find_map(|w| w.strip_prefix("console=")).unwrap_or("")
+    }
+
+    /// The value following `flag` in `argv`, each time it occurs.
+    fn values<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    // What each VMM accepts, written from its source, apart from the builder above, so that a
+    // builder mistake fails here.
+
+    /// hyperkit (moby/hyperkit 3cb0d54): the options of usage() in src/hyperkit.c that take
+    /// a value; the `pe_emu` names of src/lib/pci_*.c; pci_virtio_sock.c's options.
+    const HYPERKIT_VALUE_FLAGS: &[&str] = &["-c", "-m", "-s", "-l", "-f", "-U", "-g", "-F"];
+    const HYPERKIT_EMULATIONS: &[&str] = &[
+        "hostbridge",
+        "amd_hostbridge",
+        "lpc",
+        "uart",
+        "ahci-hd",
+        "ahci-cd",
+        "virtio-blk",
+        "virtio-rnd",
+        "virtio-9p",
+        "virtio-net",
+        "virtio-tap",
+        "virtio-vpnkit",
+        "virtio-sock",
+    ];
+    /// xhyve (machyve/xhyve dfbe09b): src/pci_*.c — no virtio-sock, no virtio-9p.
+    const XHYVE_EMULATIONS: &[&str] = &[
+        "hostbridge",
+        "amd_hostbridge",
+        "lpc",
+        "uart",
+        "ahci-hd",
+        "ahci-cd",
+        "e1000",
+        "fbuf",
+        "virtio-blk",
+        "virtio-net",
+        "virtio-tap",
+        "virtio-rnd",
+    ];
+
+    /// Checks a hyperkit/xhyve argv the way their option parsers read it.
+    fn check_hyperkit_like(argv: &[String], emulations: &[&str]) {
+        let mut i = 1;
+        while i < argv.len() {
+            let flag = argv[i].as_str();
+            assert!(flag.starts_with('-') && flag.len() == 2, "not an option: {flag}");
+            if HYPERKIT_VALUE_FLAGS.contains(&flag) {
+                let value = &argv[i + 1];
+                match flag {
+                    // -s SLOT[:FUNC],EMULATION[,CONFIG]
+                    "-s" => {
+                        let mut parts = value.splitn(3, ',');
+                        let slot = parts.next().unwrap();
+                        assert!(slot.split(':').all(|n| n.parse::<u8>().is_ok()), "slot {slot}");
+                        let emulation = parts.next().unwrap();
+                        assert!(emulations.contains(&emulation), "{} has no {emulation:?} device", argv[0]);
+                        if emulation == "virtio-sock" {
+                            // pci_vtsock_init: guest_cid (> 2) and path are required.
+                            let config = parts.next().unwrap_or("");
+                            let keys: Vec<(&str, &str)> =
+                                config.split(',').map(|o| o.split_once('=').unwrap()).collect();
+                            assert!(
+                                keys.iter().all(|(k, _)| ["guest_cid", "path", "guest_forwards"].contains(k)),
+                                "{config}"
+                            );
+                            assert!(
+                                keys.iter().any(|(k, v)| *k == "guest_cid" && v.parse::<u32>().unwrap() > 2),
+                                "{config}"
+                            );
+                            assert!(keys.iter().any(|(k, _)| *k == "path"), "{config}");
+                        }
+                    }
+                    // firmware_parse: kexec, then kernel and initrd up to the next commas; the
+                    // command line is the rest, copied byte for byte by kexec.c.
+                    "-f" => {
+                        let mut parts = value.splitn(4, ',');
+                        assert_eq!(parts.next(), Some("kexec"));
+                        let (kernel, initrd, cmdline) =
+                            (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+                        assert!(!kernel.is_empty() && !initrd.is_empty());
+                        assert!(
+                            !cmdline.contains('"') && !cmdline.contains('\''),
+                            "quotes reach the kernel: {cmdline}"
+                        );
+                        assert_eq!(last_console(cmdline), "ttyS0", "only com1 is a console there: {cmdline}");
+                    }
+                    "-l" => assert_eq!(value, "com1,stdio"),
+                    _ => {}
+                }
+                i += 2;
+            } else {
+                assert!(["-A", "-u", "-H", "-P", "-W", "-x", "-e", "-w"].contains(&flag), "unknown {flag}");
+                i += 1;
+            }
+        }
+    }
+
+    /// vfkit v0.6.4 (pkg/config/virtio.go, pkg/config/bootloader.go, pkg/cmdline): flags,
+    /// device types and each device's options.
+    const VFKIT_DEVICES: &[(&str, &[&str])] = &[
+        ("virtio-serial", &["stdio", "logFilePath", "pty"]),
+        ("virtio-net", &["nat", "mac", "fd", "unixSocketPath", "type", "path"]),
+        ("virtio-rng", &[]),
+        ("virtio-vsock", &["port", "socketURL", "listen", "connect"]),
+        ("virtio-blk", &["path", "type", "deviceId"]),
+        ("virtio-fs", &["sharedDir", "mountTag"]),
+        ("rosetta", &["mountTag", "install", "ignore-if-missing"]),
+        ("virtio-balloon", &[]),
+    ];
+
+    /// vfkit's `--bootloader` option parser: commas split options except inside double
+    /// quotes, the quotes stay until the value's surrounding pair is trimmed.
+    fn vfkit_options(value: &str) -> Vec<(String, String)> {
+        let (mut out, mut current, mut quoted) = (vec![], String::new(), false);
+        for c in value.chars().chain([',']) {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    current.push(c);
+                }
+                ',' if !quoted => out.push(std::mem::take(&mut current)),
+                _ => current.push(c),
+            }
+        }
+        out.into_iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) => {
+                    let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+                    (k.to_string(), v.to_string())
+                }
+                None => (o, String::new()),
+            })
+            .collect()
+    }
+
+    fn check_vfkit(argv: &[String]) {
+        assert_eq!(argv[0], "vfkit");
+        let mut i = 1;
+        while i < argv.len() {
+            let (flag, value) = (argv[i].as_str(), argv[i + 1].as_str());
+            match flag {
+                "--cpus" | "--memory" => assert!(value.parse::<u32>().is_ok(), "{flag} {value}"),
+                "--bootloader" => {
+                    let opts = vfkit_options(value);
+                    match opts[0].0.as_str() {
+                        "linux" => {
+                            let keys: Vec<&str> = opts[1..].iter().map(|(k, _)| k.as_str()).collect();
+                            assert_eq!(keys, ["kernel", "initrd", "cmdline"], "{value}");
+                            let cmdline = &opts[3].1;
+                            assert_eq!(last_console(cmdline), "hvc0", "vfkit has only virtio-console: {cmdline}");
+                            assert!(!cmdline.contains('"'), "{cmdline}");
+                        }
+                        "efi" => {
+                            assert!(opts[1].0 == "variable-store" && opts[1].1.starts_with('/'), "{value}");
+                            assert!(opts[2..].iter().all(|(k, _)| k == "create"), "{value}");
+                        }
+                        other => panic!("vfkit has no {other:?} bootloader"),
+                    }
+                }
+                "--device" => {
+                    // Device options split on every comma (strings.Split): no quoting at all.
+                    let mut parts = value.split(',');
+                    let kind = parts.next().unwrap();
+                    let (_, allowed) =
+                        VFKIT_DEVICES.iter().find(|(k, _)| *k == kind).unwrap_or_else(|| panic!("vfkit has no {kind}"));
+                    for o in parts {
+                        let key = o.split_once('=').map_or(o, |(k, _)| k);
+                        assert!(allowed.contains(&key), "{kind} takes no {key:?}");
+                    }
+                }
+                "--timesync" => assert!(value.starts_with("vsockPort=")),
+                _ => panic!("vfkit has no {flag}"),
+            }
+            i += 2;
         }
     }
 
     #[test]
     fn qemu_lines() {
-        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::X86_64), &opts()).unwrap());
-        assert_eq!(a, "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=hvc0 console=ttyS0 quiet hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci");
-        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::Aarch64), &opts()).unwrap());
-        assert!(a.starts_with("qemu-system-aarch64 -M virt -accel tcg -cpu cortex-a57"), "{a}");
-        assert!(!a.contains("virtserialport"), "no control port unless hyve run listens: {a}");
+        let a = invocation(Vmm::Qemu, &guest(Arch::X86_64), &opts()).unwrap().argv;
+        assert_eq!(shell_line(&a), "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=ttyS0 quiet hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci -drive file=/d/data.img,format=raw,if=virtio");
+        let a = invocation(Vmm::Qemu, &guest(Arch::Aarch64), &opts()).unwrap().argv;
+        assert!(shell_line(&a).starts_with("qemu-system-aarch64 -M virt -accel tcg -cpu cortex-a57"), "{a:?}");
+        // virt's UART is the PL011.
+        assert_eq!(last_console(values(&a, "-append")[0]), "ttyAMA0");
+        assert!(!a.iter().any(|w| w.contains("virtserialport")), "no control port unless hyve run listens");
         let with_control = RunOptions { control: Some("/run/c.sock".into()), ..opts() };
-        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::Aarch64), &with_control).unwrap());
+        let a = shell_line(&invocation(Vmm::Qemu, &guest(Arch::Aarch64), &with_control).unwrap().argv);
         assert!(a.ends_with("-device virtio-serial-pci,id=hyve-serial -chardev socket,id=hyve-control,path=/run/c.sock -device virtserialport,bus=hyve-serial.0,chardev=hyve-control,name=org.hyve.control"), "{a}");
+        // Intel Macs (lima-vm/lima#1485).
+        let hvf = RunOptions { accel: Accel::Hvf, ..opts() };
+        let a = invocation(Vmm::Qemu, &guest(Arch::X86_64), &hvf).unwrap().argv;
+        assert_eq!(values(&a, "-cpu"), ["host,-avx512vl,-pdpe1gb"]);
+        let a = invocation(Vmm::Qemu, &guest(Arch::Aarch64), &hvf).unwrap().argv;
+        assert_eq!(values(&a, "-cpu"), ["host"]);
     }
 
     #[test]
-    fn macos_vmms() {
-        let a = shell_line(&command(Vmm::Vfkit, &guest(Arch::Aarch64), &opts()).unwrap());
-        assert!(a.contains("--bootloader 'linux,kernel=/o/kernel,initrd=/o/initrd.img,cmdline=\"console=hvc0"), "{a}");
-        let a = shell_line(&command(Vmm::Hyperkit, &guest(Arch::X86_64), &opts()).unwrap());
-        assert!(a.starts_with("hyperkit -A -m 1024M -c 2") && a.contains("kexec,/o/kernel,/o/initrd.img"), "{a}");
-        assert!(command(Vmm::Xhyve, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
-        assert!("2376".parse::<PortForward>().is_err());
+    fn hyperkit_lines_follow_hyperkit() {
+        let inv = invocation(Vmm::Hyperkit, &guest(Arch::X86_64), &opts()).unwrap();
+        check_hyperkit_like(&inv.argv, HYPERKIT_EMULATIONS);
+        let f = values(&inv.argv, "-f")[0];
+        assert_eq!(f, "kexec,/o/kernel,/o/initrd.img,console=ttyS0 quiet hyve.poweroff");
+        // The socket directory is made first; guest_forwards' socket is DIR/<cid>.<port> in %08x.
+        assert_eq!(inv.setup, [strings(&["mkdir", "-p", "/o.vm/vsock"])]);
+        assert!(values(&inv.argv, "-s").contains(&"4:0,virtio-sock,guest_cid=3,path=/o.vm/vsock,guest_forwards=2375"));
+        let script = inv.script();
+        assert!(script.contains("DOCKER_HOST=unix:///o.vm/vsock/00000003.00000947"), "{script}");
+        assert!(script.contains("as root (sudo)") && script.contains("vmnet"), "{script}");
+        assert!(
+            script.lines().all(|l| l.starts_with("# ") || l.contains("hyperkit") || l.starts_with("mkdir")),
+            "{script}"
+        );
+        // The printed script, run by a shell, gives hyperkit the same argv.
+        let line = script.lines().last().unwrap().trim();
+        assert_eq!(as_the_shell_parses(line), inv.argv);
+        assert!(invocation(Vmm::Hyperkit, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
+        assert!(invocation(Vmm::Hyperkit, &guest(Arch::X86_64), &RunOptions { efi: true, ..opts() }).is_err());
+    }
+
+    #[test]
+    fn xhyve_lines_follow_xhyve() {
+        let inv = invocation(Vmm::Xhyve, &guest(Arch::X86_64), &opts()).unwrap();
+        check_hyperkit_like(&inv.argv, XHYVE_EMULATIONS);
+        assert!(!inv.argv.iter().any(|a| a.contains("virtio-sock")));
+        assert!(inv.script().contains("xhyve has no vsock device"), "{}", inv.script());
+        assert!(invocation(Vmm::Xhyve, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
+    }
+
+    #[test]
+    fn vfkit_lines_follow_vfkit() {
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let inv = invocation(Vmm::Vfkit, &guest(arch), &opts()).unwrap();
+            check_vfkit(&inv.argv);
+            // What the shell hands vfkit: the host's time filled in, the rest literal.
+            let line = shell_line(&inv.argv);
+            let argv = as_the_shell_parses(&line);
+            let loader = values(&argv, "--bootloader")[0];
+            let cmdline = &vfkit_options(loader)[3].1;
+            let time = cmdline.split_whitespace().find_map(|w| w.strip_prefix("hyve.time=")).unwrap();
+            assert!(time.len() >= 10 && time.bytes().all(|b| b.is_ascii_digit()), "{cmdline}");
+            assert!(cmdline.starts_with("console=hvc0 quiet hyve.poweroff"), "{cmdline}");
+            // A stale socket would make vfkit skip the vsock device: removed first.
+            assert_eq!(inv.setup[1], strings(&["rm", "-f", "/o.vm/docker.sock"]));
+            assert!(
+                values(&inv.argv, "--device").contains(&"virtio-vsock,port=2375,socketURL=/o.vm/docker.sock,connect")
+            );
+            let script = inv.script();
+            assert!(script.contains("vfkit forwards no ports"), "--port must be explained: {script}");
+        }
+        // EFI: no firmware file, a lasting variable store made on first use only.
+        let state = tempfile::tempdir().unwrap();
+        let efi = RunOptions { efi: true, state_dir: state.path().to_path_buf(), ..opts() };
+        let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap();
+        check_vfkit(&inv.argv);
+        let store = state.path().join("efi-variable-store");
+        assert_eq!(values(&inv.argv, "--bootloader"), [format!("efi,variable-store={},create", store.display())]);
+        std::fs::write(&store, b"vars").unwrap();
+        let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap();
+        assert_eq!(values(&inv.argv, "--bootloader"), [format!("efi,variable-store={}", store.display())]);
+    }
+
+    #[test]
+    fn the_table_checks_catch_wrong_lines() {
+        // The old hyperkit line: the command line in literal quotes.
+        let quoted = strings(&["hyperkit", "-f", "kexec,/k,/i,\"console=ttyS0 quiet\""]);
+        assert!(std::panic::catch_unwind(|| check_hyperkit_like(&quoted, HYPERKIT_EMULATIONS)).is_err());
+        let sock = strings(&["xhyve", "-s", "4:0,virtio-sock,guest_cid=3,path=/v"]);
+        assert!(std::panic::catch_unwind(|| check_hyperkit_like(&sock, XHYVE_EMULATIONS)).is_err());
+        let serial_last =
+            strings(&["vfkit", "--bootloader", "linux,kernel=/k,initrd=/i,cmdline=\"console=hvc0 console=ttyS0\""]);
+        assert!(std::panic::catch_unwind(|| check_vfkit(&serial_last)).is_err());
     }
 
     #[test]
     fn efi_boot_lines() {
         let fw = Firmware { code: "/fw/CODE.fd".into(), vars: "/run/VARS.fd".into() };
-        let efi = RunOptions { efi: Some(fw), ..opts() };
-        let a = shell_line(&command(Vmm::Qemu, &guest(Arch::X86_64), &efi).unwrap());
+        let efi = RunOptions { efi: true, firmware: Some(fw), ..opts() };
+        let a = shell_line(&invocation(Vmm::Qemu, &guest(Arch::X86_64), &efi).unwrap().argv);
         assert!(a.contains("-drive if=pflash,format=raw,readonly=on,file=/fw/CODE.fd -drive if=pflash,format=raw,file=/run/VARS.fd -drive file=/o/disk.img,format=raw,if=virtio"), "{a}");
         assert!(!a.contains("-kernel"), "{a}");
-        let a = shell_line(&command(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap());
-        assert!(
-            a.contains("--bootloader efi,variable-store=/run/VARS.fd,create --device virtio-blk,path=/o/disk.img"),
-            "{a}"
-        );
-        assert!(command(Vmm::Hyperkit, &guest(Arch::X86_64), &efi).is_err());
+        let no_firmware = RunOptions { efi: true, ..opts() };
+        assert!(invocation(Vmm::Qemu, &guest(Arch::X86_64), &no_firmware).is_err());
     }
 
     #[test]
@@ -381,5 +849,6 @@ mod tests {
         assert_eq!(resolve_accel(Accel::Tcg, Arch::X86_64), Accel::Tcg);
         let other = if Arch::host() == Some(Arch::X86_64) { Arch::Aarch64 } else { Arch::X86_64 };
         assert_eq!(resolve_accel(Accel::Auto, other), Accel::Tcg, "a foreign arch is always emulated");
+        assert!("2376".parse::<PortForward>().is_err());
     }
 }

@@ -48,6 +48,14 @@ pub struct RunArgs {
     /// The UEFI firmware's code image (default: the distribution's OVMF / AAVMF)
     #[arg(long, value_name = "FILE", requires = "efi")]
     firmware: Option<PathBuf>,
+    /// One more argument for QEMU, appended to its command line (e.g. `--qemu-arg=-rtc
+    /// --qemu-arg=base=2001-01-01`). Repeatable
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
+    /// Where printed macOS command lines keep what must outlive a run (vfkit's EFI variable
+    /// store, the Docker API's unix sockets) [default: DIR.vm beside the output directory]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Print the command line instead of running it
     #[arg(long)]
     print: bool,
@@ -65,11 +73,41 @@ pub fn run(a: RunArgs) -> Outcome {
         !(a.efi && a.append.is_some()),
         "--append does not reach an EFI boot: the command line is the UKI's .cmdline section (change `cmdline` in the profile and build again)"
     );
+    anyhow::ensure!(a.qemu_args.is_empty() || a.vmm == Vmm::Qemu, "--qemu-arg is for QEMU, not {:?}", a.vmm);
     let monitor_dir = tempfile::Builder::new().prefix("hyve-run-").tempdir().context("creating a temp dir")?;
     let monitor = monitor_dir.path().join("monitor.sock");
     let control_path = monitor_dir.path().join("control.sock");
     let starts_qemu = a.vmm == Vmm::Qemu && !a.print;
-    let efi = if a.efi { Some(firmware(&guest, a.firmware.as_deref(), monitor_dir.path(), a.print)?) } else { None };
+    // Hypervisor.framework runs guests of the Mac's own arch only (vfkit checks nothing itself).
+    anyhow::ensure!(
+        a.vmm == Vmm::Qemu || !cfg!(target_os = "macos") || hyve::apk::Arch::host() == Some(guest.arch),
+        "{:?} on this Mac cannot run {} guests: build for this Mac's arch (hyve build --arch {}) or use qemu",
+        a.vmm,
+        guest.arch,
+        hyve::apk::Arch::host().map_or("?".to_string(), |h| h.to_string())
+    );
+    let needed = vmm::memory_needed(&guest)?;
+    anyhow::ensure!(
+        u64::from(a.memory) >= needed.total_mib(),
+        "--memory {} MiB cannot hold this guest: its root unpacks to {} MiB of RAM, the {} MiB initrd is held while it unpacks, and the kernel and services need about {} MiB; give --memory {} or more",
+        a.memory,
+        needed.root_mib,
+        needed.initrd_mib,
+        vmm::KERNEL_RESERVE_MIB,
+        needed.total_mib()
+    );
+    let state_dir = a.state_dir.clone().unwrap_or_else(|| {
+        let mut name = guest.dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".vm");
+        guest.dir.with_file_name(name)
+    });
+    let mut setup = Vec::new();
+    let firmware = if a.efi && a.vmm == Vmm::Qemu {
+        let vars = if a.print { state_dir.join("efi-vars.fd") } else { monitor_dir.path().join("VARS.fd") };
+        Some(firmware(&guest, a.firmware.as_deref(), vars, a.print, &mut setup)?)
+    } else {
+        None
+    };
     let opts = RunOptions {
         memory_mib: a.memory,
         cpus: a.cpus,
@@ -79,13 +117,18 @@ pub fn run(a: RunArgs) -> Outcome {
         append: a.append,
         monitor: starts_qemu.then(|| monitor.clone()),
         control: starts_qemu.then(|| control_path.clone()),
-        efi,
+        efi: a.efi,
+        firmware,
+        state_dir,
     };
-    let argv = vmm::command(a.vmm, &guest, &opts)?;
+    let mut invocation = vmm::invocation(a.vmm, &guest, &opts)?;
+    invocation.argv.extend(a.qemu_args);
+    invocation.setup.splice(0..0, setup);
     if a.print {
-        println!("{}", vmm::shell_line(&argv));
+        print!("{}", invocation.script());
         return Ok(true);
     }
+    let argv = invocation.argv;
     anyhow::ensure!(
         a.vmm == Vmm::Qemu,
         "hyve starts only QEMU itself; use --print for {:?} and run the printed command on the Mac",
@@ -159,9 +202,18 @@ pub fn run(a: RunArgs) -> Outcome {
     Ok(status.success())
 }
 
-/// The firmware to boot `guest`'s disk with, and a fresh copy of its variable store in
-/// `scratch` (firmware writes to it; the distribution's template must stay pristine).
-fn firmware(guest: &Guest, code: Option<&Path>, scratch: &Path, print: bool) -> anyhow::Result<vmm::Firmware> {
+/// QEMU's firmware to boot `guest`'s disk with, and its variable store at `vars`, a copy of
+/// the firmware's template (firmware writes to it; the template must stay pristine). Running:
+/// copied now. Printing: the copy is a command of `setup`, so printing writes nothing.
+/// aarch64's `virt` needs both flash images the same size (64 MiB for QEMU's own edk2
+/// builds, roms/edk2-build.config), so a smaller store is padded to the code's size.
+fn firmware(
+    guest: &Guest,
+    code: Option<&Path>,
+    vars: PathBuf,
+    print: bool,
+    setup: &mut Vec<Vec<String>>,
+) -> anyhow::Result<vmm::Firmware> {
     let disk = guest.dir.join("disk.img");
     anyhow::ensure!(
         disk.is_file(),
@@ -170,33 +222,41 @@ fn firmware(guest: &Guest, code: Option<&Path>, scratch: &Path, print: bool) -> 
     );
     let candidates = vmm::firmware_candidates(guest.arch);
     let (code, template) = match code {
-        Some(c) => {
-            let vars = candidates.iter().map(|(_, v)| PathBuf::from(v)).find(|v| v.is_file());
-            (c.to_path_buf(), vars)
-        }
+        Some(c) => (c.to_path_buf(), candidates.iter().map(|(_, v)| v.clone()).find(|v| v.is_file())),
         None => {
-            let found = candidates.iter().find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file());
-            let Some((c, v)) = found else {
-                anyhow::bail!(
-                    "no UEFI firmware for {} (looked for {}); install it (apt-get install ovmf qemu-efi-aarch64) or pass --firmware",
-                    guest.arch,
-                    candidates.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
-                );
+            let Some((c, v)) = candidates.iter().find(|(c, v)| c.is_file() && v.is_file()) else {
+                let looked = candidates.iter().map(|(c, _)| c.display().to_string()).collect::<Vec<_>>();
+                anyhow::bail!("{} (looked for {})", vmm::VmmError::NoFirmware { arch: guest.arch }, looked.join(", "));
             };
-            (PathBuf::from(c), Some(PathBuf::from(v)))
+            (c.clone(), Some(v.clone()))
         }
     };
-    let vars = scratch.join("VARS.fd");
-    if !print {
-        match template {
+    let code_len = std::fs::metadata(&code).with_context(|| format!("{}", code.display()))?.len();
+    let template_len = template.as_ref().map(std::fs::metadata).transpose()?.map_or(0, |m| m.len());
+    let padded = guest.arch == hyve::apk::Arch::Aarch64 || template.is_none();
+    let shown = |p: &Path| p.display().to_string();
+    if print {
+        if let Some(dir) = vars.parent() {
+            setup.push(vec!["mkdir".into(), "-p".into(), shown(dir)]);
+        }
+        match &template {
+            Some(t) => setup.push(vec!["cp".into(), "-n".into(), shown(t), shown(&vars)]),
+            None => setup.push(vec!["touch".into(), shown(&vars)]),
+        }
+        if padded && template_len < code_len {
+            setup.push(vec!["truncate".into(), "-s".into(), code_len.to_string(), shown(&vars)]);
+        }
+    } else {
+        match &template {
             Some(t) => {
-                std::fs::copy(&t, &vars).with_context(|| format!("copying {}", t.display()))?;
+                std::fs::copy(t, &vars).with_context(|| format!("copying {}", t.display()))?;
             }
             None => {
-                // Without a template, an empty store of the code image's size.
-                let len = std::fs::metadata(&code).with_context(|| format!("{}", code.display()))?.len();
-                std::fs::File::create(&vars)?.set_len(len)?;
+                std::fs::File::create(&vars)?;
             }
+        }
+        if padded && template_len < code_len {
+            std::fs::OpenOptions::new().write(true).open(&vars)?.set_len(code_len)?;
         }
     }
     Ok(vmm::Firmware { code, vars })
