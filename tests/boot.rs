@@ -96,8 +96,23 @@ fn boot_base(arch: &str, qemu: &str) {
     let out = tmp.path().join("out");
     build(&root.join("profiles/base.toml"), arch, tmp.path(), &out);
 
+    // An RTC from before the image was built, and the host's time on the command line (what
+    // a VMM without an RTC gets): the guest takes the latter.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let append = format!("hyve.poweroff hyve.time={now}");
     let started = std::time::Instant::now();
-    let o = hyve(&["run", &s(&out), "--accel", "auto", "--append", "hyve.poweroff", "--timeout", "180"]);
+    let o = hyve(&[
+        "run",
+        &s(&out),
+        "--accel",
+        "auto",
+        "--append",
+        &append,
+        "--qemu-arg=-rtc",
+        "--qemu-arg=base=2001-01-01T00:00:00",
+        "--timeout",
+        "180",
+    ]);
     let elapsed = started.elapsed();
     let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let log_path = log_path(&format!("base-{arch}"));
@@ -108,6 +123,7 @@ fn boot_base(arch: &str, qemu: &str) {
     };
     check("init reached userspace", "hyve: init reached userspace (HYVE-BOOT-OK)");
     check("root moved to a tmpfs", "hyve: root on tmpfs");
+    check("clock from the command line", "hyve: clock from the kernel command line (hyve.time)");
     check("DHCP from QEMU", "hyve: eth0 10.0.2.15/24 (DHCP)");
     check("shutdown ran", "hyve: shutdown complete");
     check("clean power-off", "reboot: Power down");
@@ -193,6 +209,63 @@ fn test_mirror_behaves_like_alpine() {
             let target = std::fs::read_link(t.join(tool)).unwrap();
             assert_eq!(target, Path::new("xtables-nft-multi"), "{arch}: {tool}");
         }
+    }
+}
+
+/// An SNTP server on the host's loopback, answering with the host's time (RFC 4330, mode 4,
+/// stratum 1) once `answering` and until it is dropped; the guest reaches it as 10.0.2.2
+/// through QEMU's network.
+struct NtpServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answering: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NtpServer {
+    fn start(answering: bool) -> NtpServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let (stop, answering) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(answering)));
+        let (stopped, answers) = (stop.clone(), answering.clone());
+        std::thread::spawn(move || {
+            let mut request = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut request) else { continue };
+                if n < 48 || request[0] & 7 != 3 || !answers.load(Ordering::Relaxed) {
+                    continue; // not a client request, or not answering yet
+                }
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                let ntp = |d: std::time::Duration| {
+                    let secs = d.as_secs() + 2_208_988_800; // 1900 to 1970
+                    ((secs << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)).to_be_bytes()
+                };
+                let mut reply = [0u8; 48];
+                reply[0] = (4 << 3) | 4; // no leap warning, version 4, server
+                reply[1] = 1; // stratum 1
+                reply[2] = request[2];
+                reply[3] = (-20i8) as u8; // precision, about a microsecond
+                reply[12..16].copy_from_slice(b"HYVE");
+                reply[16..24].copy_from_slice(&ntp(now - std::time::Duration::from_secs(1)));
+                reply[24..32].copy_from_slice(&request[40..48]); // origin: the client's transmit time
+                reply[32..40].copy_from_slice(&ntp(now));
+                reply[40..48].copy_from_slice(&ntp(now));
+                let _ = socket.send_to(&reply, peer);
+            }
+        });
+        NtpServer { port, stop, answering }
+    }
+
+    fn answer(&self) {
+        self.answering.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for NtpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -367,7 +440,7 @@ impl Docker {
 /// without a client certificate is refused, no private key is ever on the console, `docker
 /// import` + `docker run` work; a container and a file are created; clean power-off.
 /// boot 2 — the data disk alone: not reformatted, the container and the file are there.
-fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) {
+fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, time_server_late: bool) {
     if !can_run(arch, qemu) {
         return;
     }
@@ -490,11 +563,27 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
         },
     };
 
-    // Boot 1.
+    // Boot 1, with the RTC at 1970 (as a VMM without one leaves the clock) and a time
+    // server on the host: the guest must set its clock before it issues its certificate.
+    // `time_server_late`: the server stays silent through the boot's wait for it, so the
+    // certificate waits for chronyd's first sync in the background.
+    let ntp = NtpServer::start(!time_server_late);
     let started = std::time::Instant::now();
     let mut vm1_args = args.clone();
     vm1_args.extend(["--disk".to_string(), s(&foreign), "--disk".to_string(), s(&data)]);
+    vm1_args.extend([
+        "--qemu-arg=-rtc".to_string(),
+        "--qemu-arg=base=1970-01-01T00:00:00".to_string(),
+        "--append".to_string(),
+        format!("hyve.ntp=10.0.2.2:{}", ntp.port),
+    ]);
     let mut vm = Vm::start(&out, &format!("docker-{arch}-boot1"), &vm1_args);
+    if time_server_late {
+        vm.wait_for("hyve: clock: no time server answered", 600);
+        vm.wait_for("hyve: TLS: the clock is not set yet", 60);
+        ntp.answer();
+        vm.wait_for("hyve: clock set by a time server: ", 300);
+    }
     vm.wait_for("hyve: dockerd ", 600);
     vm.assert_console("foreign disk left alone", "/dev/vda starts with \"hyve, please format-me\" but it has");
     let formatted = if partitioned {
@@ -545,6 +634,13 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool) 
     api.ok(&["import", &s(&image), "hyve-test:1"]);
     let said = api.busybox(Docker::ok, &[], &["echo", "hyve-container-ok"]);
     assert_eq!(said.trim(), "hyve-container-ok");
+    if !time_server_late {
+        let set = format!("hyve: clock set by a time server (10.0.2.2:{})", ntp.port);
+        vm.assert_console("clock from the time server", &set);
+    }
+    let guest_now: i64 = api.busybox(Docker::ok, &[], &["date", "+%s"]).trim().parse().unwrap();
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((guest_now - host_now).abs() < 10, "{arch}: guest clock {guest_now}, host {host_now}");
     container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
     api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);
@@ -654,12 +750,12 @@ fn power_off(vm: &Vm) {
 
 #[test]
 fn docker_host_on_x86_64_with_tls() {
-    boot_docker_host("x86_64", "qemu-system-x86_64", false, false);
+    boot_docker_host("x86_64", "qemu-system-x86_64", false, false, false);
 }
 
 #[test]
-fn docker_host_on_aarch64_with_plain_tcp_and_a_data_partition() {
-    boot_docker_host("aarch64", "qemu-system-aarch64", true, true);
+fn docker_host_on_aarch64_with_plain_tcp_a_data_partition_and_a_late_time_server() {
+    boot_docker_host("aarch64", "qemu-system-aarch64", true, true, true);
 }
 
 /// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host

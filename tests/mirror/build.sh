@@ -56,6 +56,7 @@ declare -A host_pkgs=(
 	[tcpdump]="tcpdump"
 	[openssl]="openssl"
 	[socat]="socat"
+	[chrony]="chrony"
 	[ca-certificates]="ca-certificates"
 	[systemd-efistub]="systemd-boot-efi"
 	[systemd-boot]="systemd-boot-efi"
@@ -220,6 +221,12 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			done
 			;;
 		containerd) extra=(--depends "runc") ;;
+		chrony)
+			# chronyd drops to the user it was built with (Debian: _chrony; Alpine's package
+			# adds chrony for its build the same way, in its pre-install).
+			printf '#!/bin/sh\naddgroup -S _chrony 2>/dev/null\nadduser -S -D -H -h /var/lib/chrony -s /sbin/nologin -G _chrony -g _chrony _chrony 2>/dev/null\nexit 0\n' >"$work/chrony.pre-install"
+			extra=(--pre-install "$work/chrony.pre-install")
+			;;
 		ca-certificates)
 			# Debian assembles the bundle in its postinst; do it here.
 			mkdir -p "$dir/etc/ssl/certs"

@@ -29,3 +29,32 @@ start_service() {
 	echo $! >"/run/hyve/services/$1.pid"
 	echo "${3:-10}" >"/run/hyve/services/$1.grace"
 }
+
+# The time servers, one per word: `hyve.ntp=HOST[:PORT],...` on the kernel command line
+# (`hyve.ntp=off`: none), else the user data's ntp-servers file, else those DHCP offered
+# (option 42) and NTP_SERVERS from /etc/hyve/time.conf.
+ntp_servers() {
+	v=$(cmdline_value hyve.ntp "")
+	if [ -n "$v" ]; then
+		[ "$v" = off ] || echo "$v" | tr ',' ' '
+	elif [ -s "$HYVE_DATA/ntp-servers" ]; then
+		tr -s ' \n' '  ' <"$HYVE_DATA/ntp-servers"
+	else
+		. /etc/hyve/time.conf
+		echo $(cat /run/hyve/dhcp-ntp 2>/dev/null) $NTP_SERVERS
+	fi
+}
+
+# chrony's configuration for those servers in FILE: step any offset over a second at any
+# time (a guest whose host slept), and keep the RTC in step for the next boot.
+chrony_conf() { # FILE
+	for s in $(ntp_servers); do
+		case $s in
+			\[*\]:*) host=${s%]:*} && echo "server ${host#[} port ${s##*]:} iburst" ;;
+			*:*:*) echo "server $s iburst" ;;
+			*:*) echo "server ${s%:*} port ${s##*:} iburst" ;;
+			*) echo "server $s iburst" ;;
+		esac
+	done >"$1"
+	printf 'makestep 1 -1\nrtcsync\n' >>"$1"
+}
