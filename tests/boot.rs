@@ -641,6 +641,13 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let guest_now: i64 = api.busybox(Docker::ok, &[], &["date", "+%s"]).trim().parse().unwrap();
     let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((guest_now - host_now).abs() < 10, "{arch}: guest clock {guest_now}, host {host_now}");
+    // The host's time over vsock as vfkit's --timesync sends it on wake (qemu-guest-agent's
+    // guest-set-time), tried from inside over vsock loopback.
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let request = format!("echo '{{\"execute\": \"guest-set-time\", \"arguments\":{{\"time\": {now_ns}}}}}' | nsenter -t 1 -m -n -- socat -t 5 - VSOCK-CONNECT:1:1234");
+    let reply = api.busybox(Docker::ok, &["--privileged", "--pid", "host"], &["sh", "-c", &request]);
+    assert_eq!(reply, "{\"return\": {}}\n", "{arch}: guest-set-time");
+    vm.wait_for("hyve: clock set by the host (guest-set-time)", 30);
     container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
     api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);

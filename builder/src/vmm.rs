@@ -187,6 +187,10 @@ pub struct RunOptions {
 pub const CONTROL_PORT: &str = "org.hyve.control";
 /// The guest's vsock port for the Docker API (overlay/docker's docker.conf).
 pub const DOCKER_VSOCK_PORT: u32 = 2375;
+/// The guest's vsock port for the host's time (overlay/base's time.conf), which vfkit's
+/// `--timesync vsockPort=` sends as qemu-guest-agent's `guest-set-time` when the Mac wakes
+/// (crc-org/vfkit cmd/vfkit/timesync.go).
+pub const TIMESYNC_VSOCK_PORT: u32 = 1234;
 /// The guest's context id on hyperkit (any value above 2, the host's).
 const HYPERKIT_GUEST_CID: u32 = 3;
 /// Replaced by the host's clock (seconds) when the printed line runs in a shell.
@@ -421,6 +425,8 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
     for d in &opts.disks {
         inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={}", d.display())]));
     }
+    // The clock stands still while the Mac sleeps; vfkit sets it again on wake.
+    inv.argv.extend(strings(&["--timesync", &format!("vsockPort={TIMESYNC_VSOCK_PORT}")]));
     inv.setup.push(strings(&["mkdir", "-p", &state.display().to_string()]));
     inv.setup.push(strings(&["rm", "-f", &socket.display().to_string()]));
     inv.notes.push(format!(
