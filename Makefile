@@ -9,7 +9,7 @@ MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(w
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := index_parser package_reader version_parser
 
-.PHONY: all build test lint unit image mirror demo bench fuzz reproducible clean
+.PHONY: all build test lint unit installed image mirror demo bench fuzz reproducible clean
 
 all: build
 
@@ -18,7 +18,11 @@ build:
 
 # The test command the README promises: lints, unit, integration and boot tests (the boot
 # tests need the test mirror and QEMU; HYVE_REQUIRE_BOOT_TESTS=1 makes a skip a failure).
-test: lint mirror unit
+test: lint mirror unit installed
+
+# hyve installed with `cargo install` and run from an empty directory (tests/installed.sh).
+installed: mirror
+	sh tests/installed.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -421,6 +421,9 @@ print(json.dumps({
     "reproducible": any("tests/reproducible.sh" in r for r in runs),
     "locked": any(e.get("LOCKED") == "1" and "profiles/" in e.get("LOCKFILE", "") for e in envs),
     "sums": any("SHA256SUMS" in r for r in release_runs),
+    "binaries": sorted(i["target"] for i in w["jobs"]["binaries"]["strategy"]["matrix"]["include"]),
+    "mac_smoke": any("build --profile base" in s.get("run", "") and "macOS" in s.get("if", "") for s in w["jobs"]["binaries"]["steps"]),
+    "released": sorted(w["jobs"]["release"]["needs"]),
 }))
 "#;
     let o = Command::new("python3")
@@ -445,4 +448,15 @@ print(json.dumps({
         (w["reproducible"].as_bool(), w["locked"].as_bool(), w["sums"].as_bool()),
         (Some(true), Some(true), Some(true))
     );
+    assert_eq!(
+        w["binaries"],
+        serde_json::json!([
+            "aarch64-apple-darwin",
+            "aarch64-unknown-linux-musl",
+            "x86_64-apple-darwin",
+            "x86_64-unknown-linux-musl"
+        ])
+    );
+    assert_eq!(w["mac_smoke"].as_bool(), Some(true), "the macOS builds are smoke-tested");
+    assert_eq!(w["released"], serde_json::json!(["binaries", "build"]));
 }

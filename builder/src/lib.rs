@@ -2,6 +2,7 @@
 
 pub mod apk;
 pub mod build;
+pub mod builtin;
 pub mod cancel;
 pub mod datadisk;
 pub mod diff;

@@ -1,6 +1,8 @@
 //! Profiles: what a guest image is made of, in TOML, with `extends` inheritance.
 //!
-//! A profile file may name a parent with `extends = "<name>"` (a sibling file) or a path.
+//! A profile file may name a parent with `extends = "<name>"` (a sibling file, else one found
+//! by name like `--profile NAME`, built-in ones last) or a path. Overlays are directories
+//! relative to the file, or built-in ones named `hyve:NAME`.
 //! Lists merge (parent first, duplicates dropped), scalars and tables override field by
 //! field. Unknown fields and type errors are reported with file, line and column.
 
@@ -173,28 +175,44 @@ impl RawProfile {
     }
 }
 
+/// Where profiles named by name are found: directories in order, then the built-in tree
+/// (`builtin::materialize`: `profiles/` and `overlay/`), which also serves `hyve:NAME`
+/// overlays.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    pub dirs: Vec<PathBuf>,
+    pub builtin: Option<PathBuf>,
+}
+
+impl Lookup {
+    fn search(&self) -> Vec<PathBuf> {
+        self.dirs.iter().cloned().chain(self.builtin.iter().map(|b| b.join("profiles"))).collect()
+    }
+
+    /// Whether `path` is one of the built-in profiles.
+    pub fn is_builtin(&self, path: &Path) -> bool {
+        self.builtin.as_ref().is_some_and(|b| path.starts_with(b))
+    }
+
+    /// The same lookup, with `dir` searched first.
+    fn beside(&self, dir: &Path) -> Lookup {
+        Lookup { dirs: std::iter::once(dir.to_path_buf()).chain(self.dirs.iter().cloned()).collect(), ..self.clone() }
+    }
+}
+
 /// Where `--profile X` points: a path if it looks like one, else `<dir>/X.toml` for each
-/// search directory.
-pub fn locate(name_or_path: &str, search: &[PathBuf]) -> Result<PathBuf, ProfileError> {
+/// directory of `lookup`, the built-in profiles last.
+pub fn locate(name_or_path: &str, lookup: &Lookup) -> Result<PathBuf, ProfileError> {
     let as_path = Path::new(name_or_path);
     if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
         return Ok(as_path.to_path_buf());
     }
+    let search = lookup.search();
     let candidates: Vec<PathBuf> = search.iter().map(|d| d.join(format!("{name_or_path}.toml"))).collect();
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
-    let mut available = BTreeSet::new();
-    for dir in search {
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "toml") {
-                    available.insert(p.file_stem().unwrap_or_default().to_string_lossy().into_owned());
-                }
-            }
-        }
-    }
+    let available: BTreeSet<String> = available(lookup).into_iter().map(|(name, _)| name).collect();
     Err(ProfileError::NotFound {
         name: name_or_path.to_string(),
         tried: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
@@ -206,6 +224,25 @@ pub fn locate(name_or_path: &str, search: &[PathBuf]) -> Result<PathBuf, Profile
     })
 }
 
+/// Every profile `lookup` finds by name, with the file that wins for it, sorted by name.
+pub fn available(lookup: &Lookup) -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for dir in lookup.search() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let mut here: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        here.sort();
+        for p in here {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, p));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// 1-based line and column of a TOML error in `text`.
 pub(crate) fn toml_position(text: &str, e: &toml::de::Error) -> (usize, usize) {
     let offset = e.span().map_or(0, |s| s.start);
@@ -215,7 +252,7 @@ pub(crate) fn toml_position(text: &str, e: &toml::de::Error) -> (usize, usize) {
     (line, column)
 }
 
-fn read_raw(path: &Path) -> Result<RawProfile, ProfileError> {
+fn read_raw(path: &Path, lookup: &Lookup) -> Result<RawProfile, ProfileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: shown.clone(), source })?;
     let mut raw: RawProfile = toml::from_str(&text).map_err(|e| {
@@ -228,11 +265,24 @@ fn read_raw(path: &Path) -> Result<RawProfile, ProfileError> {
         };
         ProfileError::Parse { path: shown.clone(), line, column, message }
     })?;
-    // Overlay directories are relative to the file that names them.
+    // Overlay directories are relative to the file that names them; `hyve:NAME` is built in.
     let dir = path.parent().unwrap_or(Path::new("."));
     if let Some(overlays) = raw.overlays.as_mut() {
         for o in overlays.iter_mut() {
-            if !Path::new(o).is_absolute() {
+            if let Some(name) = o.strip_prefix(crate::builtin::OVERLAY_PREFIX) {
+                let known = lookup.builtin.as_ref().map(|b| b.join("overlay").join(name)).filter(|d| d.is_dir());
+                *o = known
+                    .ok_or_else(|| ProfileError::Invalid {
+                        path: shown.clone(),
+                        field: "overlays",
+                        message: format!(
+                            "{o:?}: no such built-in overlay (hyve has {})",
+                            crate::builtin::overlay_names().join(", ")
+                        ),
+                    })?
+                    .display()
+                    .to_string();
+            } else if !Path::new(o).is_absolute() {
                 *o = dir.join(&*o).display().to_string();
             }
         }
@@ -241,7 +291,7 @@ fn read_raw(path: &Path) -> Result<RawProfile, ProfileError> {
 }
 
 /// Reads a profile file and everything it extends.
-pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+pub fn load(path: &Path, lookup: &Lookup) -> Result<Profile, ProfileError> {
     let mut chain: Vec<PathBuf> = Vec::new();
     let mut raws = Vec::new();
     let mut current = path.to_path_buf();
@@ -252,17 +302,17 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
             return Err(ProfileError::Cycle { path: path.display().to_string(), chain: names.join(" -> ") });
         }
         chain.push(canonical);
-        let raw = read_raw(&current)?;
+        let raw = read_raw(&current, lookup)?;
         let parent = raw.extends.clone();
         raws.push(raw);
         match parent {
             Some(p) => {
-                // A parent is found beside the file that names it.
+                // A parent is found beside the file that names it, else by name.
                 let dir = current.parent().unwrap_or(Path::new("."));
                 current = if p.contains('/') || p.ends_with(".toml") {
                     dir.join(&p)
                 } else {
-                    locate(&p, &[dir.to_path_buf()])?
+                    locate(&p, &lookup.beside(dir))?
                 };
             }
             None => break,
@@ -389,7 +439,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "base.toml", "branch = \"v3.22\"\npackages = [\"busybox\", \"musl\"]\ncmdline = \"console=ttyS0\"\n[kernel]\npackage = \"linux-virt\"\nmodules = [\"virtio_net\"]\n");
         let child = write(d.path(), "child.toml", "extends = \"base\"\npackages = [\"docker-engine\", \"musl\"]\ncmdline = \"quiet\"\n[kernel]\nmodules = [\"overlay\"]\n[output]\ncompression = \"zstd\"\n");
-        let p = load(&child).unwrap();
+        let p = load(&child, &Lookup::default()).unwrap();
         assert_eq!(p.name, "child");
         assert_eq!(p.branch, "v3.22");
         assert_eq!(p.packages, ["busybox", "musl", "docker-engine"]);
@@ -404,18 +454,18 @@ mod tests {
     fn errors_carry_file_line_and_column() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "bad.toml", "branch = \"v3.24\"\npackagez = [\"x\"]\n");
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("bad.toml:2:1") && e.contains("packagez"), "{e}");
         let p = write(d.path(), "type.toml", "branch = \"v3.24\"\npackages = \"busybox\"\n");
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("type.toml:2:12") && e.contains("sequence"), "{e}");
         let p = write(d.path(), "disk.toml", "[output]\ndisk_size_mib = 128\ndata_partition_mib = 100\n");
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("disk.toml") && e.contains("output.data_partition_mib"), "{e}");
         let p = write(d.path(), "stub.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
-        assert!(load(&p).unwrap().world().contains(&EFI_STUB_PACKAGE.to_string()));
+        assert!(load(&p, &Lookup::default()).unwrap().world().contains(&EFI_STUB_PACKAGE.to_string()));
         let p = write(d.path(), "arch.toml", "arches = [\"riscv64\"]\n");
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("arch.toml:1:") && e.contains("riscv64"), "{e}");
     }
 
@@ -424,19 +474,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "a.toml", "extends = \"b\"\n");
         write(d.path(), "b.toml", "extends = \"a\"\n");
-        let e = load(&d.path().join("a.toml")).unwrap_err().to_string();
+        let e = load(&d.path().join("a.toml"), &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("cycle") && e.contains("a.toml") && e.contains("b.toml"), "{e}");
         let p = write(d.path(), "orphan.toml", "extends = \"nosuch\"\n");
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("nosuch") && e.contains("a, b, orphan"), "{e}");
     }
 
     #[test]
     fn inputs_hash_ignores_presentation() {
         let d = tempfile::tempdir().unwrap();
-        let a = load(&write(d.path(), "a.toml", "packages = [\"busybox\"]\ncmdline = \"x\"\n")).unwrap();
-        let b = load(&write(d.path(), "b.toml", "packages = [\"busybox\"]\ncmdline = \"y\"\n")).unwrap();
-        let c = load(&write(d.path(), "c.toml", "packages = [\"busybox\", \"musl\"]\n")).unwrap();
+        let a = load(&write(d.path(), "a.toml", "packages = [\"busybox\"]\ncmdline = \"x\"\n"), &Lookup::default())
+            .unwrap();
+        let b = load(&write(d.path(), "b.toml", "packages = [\"busybox\"]\ncmdline = \"y\"\n"), &Lookup::default())
+            .unwrap();
+        let c = load(&write(d.path(), "c.toml", "packages = [\"busybox\", \"musl\"]\n"), &Lookup::default()).unwrap();
         assert_eq!(a.inputs_hash(), b.inputs_hash());
         assert_ne!(a.inputs_hash(), c.inputs_hash());
     }
@@ -445,12 +497,14 @@ mod tests {
     fn shipped_profiles_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
         for name in ["base", "minimal", "dev"] {
-            let p = load(&locate(name, std::slice::from_ref(&dir)).unwrap()).unwrap();
+            let p =
+                load(&locate(name, &Lookup { dirs: vec![dir.clone()], builtin: None }).unwrap(), &Lookup::default())
+                    .unwrap();
             assert_eq!(p.branch, "v3.24", "{name}");
             assert!(p.packages.iter().any(|x| x == "busybox"), "{name}");
             assert_eq!(p.arches, [Arch::X86_64, Arch::Aarch64]);
         }
-        let minimal = load(&dir.join("minimal.toml")).unwrap();
+        let minimal = load(&dir.join("minimal.toml"), &Lookup::default()).unwrap();
         for pkg in
             ["docker-engine", "containerd", "runc", "iptables", "e2fsprogs", "ca-certificates", "openssl", "socat"]
         {

@@ -7,6 +7,7 @@ mod disk;
 mod inspect;
 mod packages;
 mod pkg;
+mod profiles;
 mod progress;
 mod repo;
 mod run;
@@ -15,7 +16,7 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hyve::apk::{Arch, Keyring};
 
 #[derive(Parser)]
@@ -58,6 +59,12 @@ enum Command {
     /// Local signed repositories and their keys
     #[command(subcommand)]
     Repo(repo::Command),
+    /// The profiles a name finds (yours, then the built-in base, minimal, dev); show or export one
+    Profiles(profiles::Args),
+    /// Print a shell completion script: hyve completions bash > /etc/bash_completion.d/hyve
+    Completions { shell: clap_complete::Shell },
+    /// Print hyve's manual page (roff): hyve man > hyve.1 && man ./hyve.1
+    Man,
 }
 
 /// `--key FILE`, on every command that verifies signatures.
@@ -94,6 +101,14 @@ pub fn main() -> ExitCode {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Pkg(cmd) => pkg::run(cmd),
         Command::Repo(cmd) => repo::run(cmd),
+        Command::Profiles(args) => profiles::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hyve", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map(|()| true).map_err(Into::into)
+        }
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use hyve::apk::index::{write_index, IndexRecord};
 use hyve::apk::{Arch, SigningKey};
-use hyve::fetch::{FetchOptions, Fetcher, Mirror};
+use hyve::fetch::{FetchOptions, Fetcher, Mirror, Reporter};
 use hyve::profile::{self, DEFAULT_MIRROR};
 use hyve::session::{preferences, vendor_files, LockPolicy, Session};
 use serde_json::json;
@@ -14,10 +14,29 @@ use serde_json::json;
 use super::progress::Progress;
 use super::{KeyArgs, Outcome, SigType};
 
+/// Where profiles are found by name: ./profiles, the user's profile directory,
+/// $HYVE_PROFILE_PATH, then the built-in ones (written out under `cache_dir` on first use).
+pub fn lookup(cache_dir: &std::path::Path) -> anyhow::Result<profile::Lookup> {
+    let mut dirs = vec![PathBuf::from("profiles")];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    dirs.extend(config.map(|c| c.join("hyve/profiles")));
+    if let Some(extra) = std::env::var_os("HYVE_PROFILE_PATH") {
+        dirs.extend(std::env::split_paths(&extra));
+    }
+    let builtin = hyve::builtin::materialize(cache_dir)
+        .with_context(|| format!("writing hyve's built-in profiles under {}", cache_dir.display()))?;
+    Ok(profile::Lookup { dirs, builtin: Some(builtin) })
+}
+
 /// The options every profile-driven command shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProfileArgs {
-    /// Profile name (looked up in ./profiles and $HYVE_PROFILE_PATH) or path to a .toml
+    /// Profile name or path to a .toml. A name is looked up in ./profiles, the user's
+    /// profiles ($XDG_CONFIG_HOME/hyve/profiles), $HYVE_PROFILE_PATH, then hyve's built-in
+    /// profiles (base, minimal, dev)
     #[arg(long, value_name = "NAME|PATH")]
     pub profile: String,
     /// Target architecture (default: the host's, or the profile's first)
@@ -31,7 +50,8 @@ pub struct ProfileArgs {
     pub branch: Option<String>,
     #[command(flatten)]
     pub keys: KeyArgs,
-    /// Lock file (default: the profile's path with .lock)
+    /// Lock file (default: the profile's path with .lock; for a built-in profile NAME.lock in
+    /// the working directory)
     #[arg(long, value_name = "FILE")]
     pub lockfile: Option<PathBuf>,
     /// Fail if the lock is missing or stale instead of writing it
@@ -53,18 +73,25 @@ pub struct ProfileArgs {
 
 impl ProfileArgs {
     pub fn session<'r>(&self, reporter: &'r Progress) -> anyhow::Result<Session<'r>> {
-        let mut search = vec![PathBuf::from("profiles")];
-        if let Some(extra) = std::env::var_os("HYVE_PROFILE_PATH") {
-            search.extend(std::env::split_paths(&extra));
-        }
-        let path = profile::locate(&self.profile, &search)?;
-        let profile = profile::load(&path)?;
-        let mut opts = FetchOptions::new(self.cache_dir.clone().unwrap_or_else(FetchOptions::default_cache_dir));
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(FetchOptions::default_cache_dir);
+        let lookup = lookup(&cache_dir)?;
+        let path = profile::locate(&self.profile, &lookup)?;
+        let profile = profile::load(&path, &lookup)?;
+        let builtin = lookup.is_builtin(&path);
+        // A built-in profile keeps its lock where the user works, as cargo keeps Cargo.lock
+        // beside the manifest.
+        let lockfile =
+            self.lockfile.clone().or_else(|| builtin.then(|| PathBuf::from(format!("{}.lock", profile.name))));
+        let from =
+            if builtin { format!("built into hyve {}", env!("CARGO_PKG_VERSION")) } else { path.display().to_string() };
+        let lock_shown = lockfile.clone().unwrap_or_else(|| path.with_extension("lock"));
+        reporter.note(&format!("profile {} ({from}); lock {}", profile.name, lock_shown.display()));
+        let mut opts = FetchOptions::new(cache_dir);
         opts.offline = self.offline;
         opts.jobs = self.jobs.max(1);
         let fetcher = Fetcher::new(opts, reporter)?;
         let mirror = Mirror::parse(&self.mirror)?;
-        Ok(Session::new(profile, self.branch.clone(), mirror, self.keys.keys.clone(), self.lockfile.clone(), fetcher))
+        Ok(Session::new(profile, self.branch.clone(), mirror, self.keys.keys.clone(), lockfile, fetcher))
     }
 
     /// `--arch`, else the host's if the profile builds it, else the profile's first.

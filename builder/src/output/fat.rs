@@ -113,9 +113,9 @@ fn name_entries(
     taken.push(short);
     let checksum = short.iter().fold(0u8, |sum, b| (sum >> 1 | (sum & 1) << 7).wrapping_add(*b));
     let mut padded = units.clone();
-    if padded.len() % 13 != 0 {
+    if !padded.len().is_multiple_of(13) {
         padded.push(0);
-        while padded.len() % 13 != 0 {
+        while !padded.len().is_multiple_of(13) {
             padded.push(0xFFFF);
         }
     }
