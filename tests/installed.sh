@@ -30,6 +30,9 @@ done
 "$hyve" build --profile base --arch x86_64 $mirror --out out/base 2>"$work/base.log" || fail "building base: $(cat "$work/base.log")"
 grep -q "profile base (built into hyve" "$work/base.log" || fail "the build did not say where base came from"
 [ -s base.lock ] && [ -s out/base/initrd.img ] && [ -s out/base/kernel ] || fail "no base.lock or outputs in $(pwd): $(ls -R)"
+# shellcheck disable=SC2086
+"$hyve" build --profile base --arch x86_64 $mirror --locked --out out/base >/dev/null 2>"$work/base.log" ||
+	fail "--locked with the built-in profile's lock in the working directory: $(cat "$work/base.log")"
 
 mkdir -p "$work/mine/extra/etc"
 echo mine >"$work/mine/extra/etc/mine.txt"

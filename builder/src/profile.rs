@@ -494,6 +494,26 @@ mod tests {
     }
 
     #[test]
+    fn a_user_profile_extends_and_names_built_in_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let builtin = crate::builtin::materialize(&d.path().join("cache")).unwrap();
+        let lookup = Lookup { dirs: vec![d.path().join("nothing-here")], builtin: Some(builtin.clone()) };
+        let mine = write(d.path(), "mine.toml", "extends = \"minimal\"\noverlays = [\"hyve:dev\", \"own\"]\n");
+        let p = load(&mine, &lookup).unwrap();
+        assert_eq!(p.name, "mine");
+        assert!(p.packages.iter().any(|x| x == "docker-engine"), "minimal's packages came along");
+        let names: Vec<String> =
+            p.overlays.iter().map(|o| o.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["base", "docker", "dev", "own"]);
+        assert!(p.overlays[2].starts_with(&builtin) && p.overlays[3].starts_with(d.path()));
+        assert!(lookup.is_builtin(&locate("minimal", &lookup).unwrap()));
+        assert_eq!(available(&lookup).into_iter().map(|(n, _)| n).collect::<Vec<_>>(), ["base", "dev", "minimal"]);
+        let bad = write(d.path(), "bad.toml", "overlays = [\"hyve:nope\"]\n");
+        let e = load(&bad, &lookup).unwrap_err().to_string();
+        assert!(e.contains("\"hyve:nope\": no such built-in overlay (hyve has base, dev, docker)"), "{e}");
+    }
+
+    #[test]
     fn shipped_profiles_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
         for name in ["base", "minimal", "dev"] {
