@@ -594,7 +594,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     vm.assert_console("data disk formatted", formatted);
     vm.assert_console("user data unpacked", ".ssh/authorized_keys");
     vm.assert_console("data disk mounted", "hyve: data disk /dev/vdb1 mounted at /var/lib/hyve");
-    vm.assert_console("the host's CA used", "hyve: TLS: the host's CA from the user data");
+    vm.assert_console("the host's CAs used", "hyve: TLS: the host's CA and this disk's server CA from the user data");
     vm.wait_for("Docker API on vsock port 2375 (checked", 60);
     let tls = docker(false);
     tls.wait_ready(&mut vm, 300);

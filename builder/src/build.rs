@@ -92,10 +92,7 @@ pub struct BuildResult {
 /// offer no virtio-console, fall back to the UART. `hyve run` and its printed lines replace
 /// these with the one console each VMM has; the UKI in disk.img keeps both.
 pub fn cmdline(arch: Arch, profile_cmdline: &str) -> String {
-    let console = match arch {
-        Arch::X86_64 => "console=ttyS0 console=hvc0",
-        Arch::Aarch64 => "console=ttyAMA0 console=hvc0",
-    };
+    let console = format!("console={} console=hvc0", kernel::serial_console(arch));
     format!("{console} {}", profile_cmdline.trim()).trim().to_string()
 }
 

@@ -1,12 +1,15 @@
 //! The Docker API's TLS identities, made on the host so that no private key ever has to cross
 //! a console or a log (vfkit, Lima and CI jobs keep console output in files).
 //!
-//! `hyve disk create --docker-certs DIR` makes, once per DIR: a CA (`ca.pem`, `ca-key.pem`)
-//! and a client certificate signed by it (`cert.pem`, `key.pem`) — DIR is then a complete
-//! `DOCKER_CERT_PATH`. The CA also goes into the data disk's user data (`docker-tls/`), from
-//! which the guest issues its own server certificate for the names and addresses it has at
-//! boot, and with which dockerd checks client certificates. The same DIR may serve several
-//! disks. EC P-256 keys (rcgen), like the guest's openssl makes.
+//! `hyve disk create --docker-certs DIR` makes, once per DIR: a root CA (`ca.pem`,
+//! `ca-key.pem`, which never leaves the host) and a client certificate signed by it
+//! (`cert.pem`, `key.pem`) — DIR is then a complete `DOCKER_CERT_PATH`. Each disk gets its own
+//! server CA, an intermediate signed by the root that may sign only server certificates
+//! (path length 0, extended key usage serverAuth): the user data carries it with its key and
+//! the root certificate (`docker-tls/`). The guest issues its server certificate from it for
+//! the names and addresses it has at boot, and dockerd checks client certificates against the
+//! root. A guest's key can thus sign no client certificate that another guest from the same
+//! DIR would take. EC P-256 keys (rcgen), like the guest's openssl makes.
 
 use std::path::{Path, PathBuf};
 
@@ -18,14 +21,21 @@ use rcgen::{
 use crate::datadisk::UserFile;
 use crate::fsutil;
 
-/// The files of a complete `DOCKER_CERT_PATH` made by hyve, and their modes.
-pub const FILES: [(&str, u32); 4] = [("ca.pem", 0o644), ("ca-key.pem", 0o600), ("cert.pem", 0o644), ("key.pem", 0o600)];
-/// Where the user data puts the CA for the guest (relative to its data disk).
+/// The files of a complete `DOCKER_CERT_PATH` made by hyve: name, mode, PEM label.
+pub const FILES: [(&str, u32, &str); 4] = [
+    ("ca.pem", 0o644, "CERTIFICATE"),
+    ("ca-key.pem", 0o600, "PRIVATE KEY"),
+    ("cert.pem", 0o644, "CERTIFICATE"),
+    ("key.pem", 0o600, "PRIVATE KEY"),
+];
+/// Where the user data puts the guest's TLS material (relative to its data disk).
 pub const USER_DATA_DIR: &str = "docker-tls";
 
-/// How long the CA and the client certificate are valid.
+/// How long the CAs and the client certificate are valid.
 const CA_DAYS: i64 = 3650;
 const CLIENT_DAYS: i64 = 825;
+/// The root's subject: the issuer every certificate it signs names.
+const ROOT_NAME: &str = "hyve Docker CA";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -39,9 +49,11 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    UserData(#[from] crate::datadisk::DiskError),
 }
 
-/// A `DOCKER_CERT_PATH` directory with a CA and a client certificate.
+/// A `DOCKER_CERT_PATH` directory with a root CA and a client certificate.
 #[derive(Debug)]
 pub struct Bundle {
     pub dir: PathBuf,
@@ -50,16 +62,28 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// The CA (certificate and key) for the guest, as user-data files.
+    /// A new server CA for one disk, signed by the root, with the root certificate: the
+    /// guest's part, as user-data files.
     pub fn user_data(&self) -> Result<Vec<UserFile>, TlsError> {
-        ["ca.pem", "ca-key.pem"]
-            .into_iter()
-            .map(|name| {
-                let mode = FILES.iter().find(|(n, _)| *n == name).map_or(0o600, |(_, m)| *m);
-                let content = read(&self.dir.join(name))?;
-                Ok(UserFile { dest: format!("{USER_DATA_DIR}/{name}"), content, mode })
-            })
-            .collect()
+        let root_cert = read(&self.dir.join("ca.pem"))?;
+        let root_key_path = self.dir.join("ca-key.pem");
+        let root_key_pem = String::from_utf8_lossy(&read(&root_key_path)?).into_owned();
+        let root_key = KeyPair::from_pem(&root_key_pem)
+            .map_err(|_| TlsError::NotPem { path: root_key_path.display().to_string(), expected: "PRIVATE KEY" })?;
+        let root = Issuer::new(params(ROOT_NAME, CA_DAYS)?, &root_key);
+        let key = KeyPair::generate()?;
+        let mut server_ca = params("hyve Docker server CA", CA_DAYS)?;
+        server_ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        server_ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        server_ca.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server_ca.signed_by(&key, &root)?;
+        let file =
+            |name: &str, content: Vec<u8>, mode: u32| UserFile::new(&format!("{USER_DATA_DIR}/{name}"), content, mode);
+        Ok(vec![
+            file("ca.pem", root_cert, 0o644)?,
+            file("server-ca.pem", cert.pem().into_bytes(), 0o644)?,
+            file("server-ca-key.pem", key.serialize_pem().into_bytes(), 0o600)?,
+        ])
     }
 }
 
@@ -69,17 +93,13 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// The bundle in `dir`: checked when all its files are there, made when none is.
 pub fn ensure(dir: &Path) -> Result<Bundle, TlsError> {
-    let (present, missing): (Vec<&str>, Vec<&str>) = FILES.iter().map(|(n, _)| *n).partition(|n| dir.join(n).exists());
+    let (present, missing): (Vec<&str>, Vec<&str>) =
+        FILES.iter().map(|(n, _, _)| *n).partition(|n| dir.join(n).exists());
     if missing.is_empty() {
-        for (name, expected) in [
-            ("ca.pem", "CERTIFICATE"),
-            ("ca-key.pem", "PRIVATE KEY"),
-            ("cert.pem", "CERTIFICATE"),
-            ("key.pem", "PRIVATE KEY"),
-        ] {
+        for (name, _, label) in FILES {
             let text = read(&dir.join(name))?;
-            if !String::from_utf8_lossy(&text).contains(&format!("-----BEGIN {expected}-----")) {
-                return Err(TlsError::NotPem { path: dir.join(name).display().to_string(), expected });
+            if !String::from_utf8_lossy(&text).contains(&format!("-----BEGIN {label}-----")) {
+                return Err(TlsError::NotPem { path: dir.join(name).display().to_string(), expected: label });
             }
         }
         return Ok(Bundle { dir: dir.to_path_buf(), created: false });
@@ -94,10 +114,9 @@ pub fn ensure(dir: &Path) -> Result<Bundle, TlsError> {
     let io = |source| TlsError::Io { path: dir.display().to_string(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
-    for (name, text) in generate()? {
-        let mode = FILES.iter().find(|(n, _)| *n == name).map_or(0o600, |(_, m)| *m);
+    for ((name, mode, _), text) in FILES.iter().zip(generate()?) {
         let path = dir.join(name);
-        fsutil::write_atomic(&path, text.as_bytes(), mode)
+        fsutil::write_atomic(&path, text.as_bytes(), *mode)
             .map_err(|source| TlsError::Io { path: path.display().to_string(), source })?;
     }
     Ok(Bundle { dir: dir.to_path_buf(), created: true })
@@ -118,10 +137,10 @@ fn params(common_name: &str, days: i64) -> Result<CertificateParams, TlsError> {
     Ok(p)
 }
 
-/// A new CA and a client certificate signed by it, as (file name, PEM text).
-fn generate() -> Result<Vec<(&'static str, String)>, TlsError> {
+/// A new root CA and a client certificate signed by it, in the order of [`FILES`].
+fn generate() -> Result<[String; 4], TlsError> {
     let ca_key = KeyPair::generate()?;
-    let mut ca = params("hyve Docker CA", CA_DAYS)?;
+    let mut ca = params(ROOT_NAME, CA_DAYS)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -132,12 +151,7 @@ fn generate() -> Result<Vec<(&'static str, String)>, TlsError> {
     client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer)?;
-    Ok(vec![
-        ("ca.pem", ca_cert.pem()),
-        ("ca-key.pem", ca_key.serialize_pem()),
-        ("cert.pem", client_cert.pem()),
-        ("key.pem", client_key.serialize_pem()),
-    ])
+    Ok([ca_cert.pem(), ca_key.serialize_pem(), client_cert.pem(), client_key.serialize_pem()])
 }
 
 #[cfg(test)]
@@ -145,28 +159,33 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// `openssl verify` (an independent checker) of `cert` against the root in `dir`, with
+    /// `untrusted` intermediates, for `purpose`.
+    fn openssl_verifies(dir: &Path, purpose: &str, untrusted: Option<&Path>, cert: &Path) -> bool {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["verify", "-purpose", purpose, "-CAfile"]).arg(dir.join("ca.pem"));
+        if let Some(u) = untrusted {
+            cmd.arg("-untrusted").arg(u);
+        }
+        cmd.arg(cert).output().expect("openssl").status.success()
+    }
+
     #[test]
     fn made_once_then_reused_and_never_mixed() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("certs");
         let made = ensure(&dir).unwrap();
         assert!(made.created);
-        for (name, mode) in FILES {
+        for (name, mode, _) in FILES {
             let meta = std::fs::metadata(dir.join(name)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         }
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(openssl_verifies(&dir, "sslclient", None, &dir.join("cert.pem")), "the client certificate");
         let ca = std::fs::read(dir.join("ca.pem")).unwrap();
         let again = ensure(&dir).unwrap();
         assert!(!again.created);
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca, "an existing bundle is kept");
-        let files = again.user_data().unwrap();
-        assert_eq!(
-            files.iter().map(|f| f.dest.as_str()).collect::<Vec<_>>(),
-            ["docker-tls/ca.pem", "docker-tls/ca-key.pem"]
-        );
-        assert_eq!((files[0].mode, files[1].mode), (0o644, 0o600));
-        assert!(String::from_utf8_lossy(&files[1].content).contains("-----BEGIN PRIVATE KEY-----"));
 
         std::fs::remove_file(dir.join("key.pem")).unwrap();
         let e = ensure(&dir).unwrap_err().to_string();
@@ -174,5 +193,39 @@ mod tests {
         std::fs::write(dir.join("key.pem"), "not a key").unwrap();
         let e = ensure(&dir).unwrap_err().to_string();
         assert!(e.contains("key.pem: expected a PEM PRIVATE KEY"), "{e}");
+    }
+
+    #[test]
+    fn each_disk_gets_a_server_ca_that_cannot_make_clients() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("certs");
+        let bundle = ensure(&dir).unwrap();
+        let files = bundle.user_data().unwrap();
+        let dests: Vec<&str> = files.iter().map(|f| f.dest.as_str()).collect();
+        assert_eq!(dests, ["docker-tls/ca.pem", "docker-tls/server-ca.pem", "docker-tls/server-ca-key.pem"]);
+        assert_eq!(files[0].content, std::fs::read(dir.join("ca.pem")).unwrap(), "the root, for client checks");
+        assert_eq!(files[2].mode, 0o600);
+        let root_key = std::fs::read(dir.join("ca-key.pem")).unwrap();
+        assert!(files.iter().all(|f| f.content != root_key), "the root's key stays on the host");
+        assert_ne!(bundle.user_data().unwrap()[1].content, files[1].content, "a new server CA for every disk");
+        let intermediate = d.path().join("server-ca.pem");
+        std::fs::write(&intermediate, &files[1].content).unwrap();
+        // What a guest can do with its key: a server certificate the host accepts, but no
+        // client certificate any guest would take.
+        let key = KeyPair::from_pem(&String::from_utf8_lossy(&files[2].content)).unwrap();
+        let mut ca_params = params("hyve Docker server CA", 1).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let issuer = Issuer::new(ca_params, &key);
+        for (name, usage, purpose, accepted) in [
+            ("server.pem", ExtendedKeyUsagePurpose::ServerAuth, "sslserver", true),
+            ("forged-client.pem", ExtendedKeyUsagePurpose::ClientAuth, "sslclient", false),
+        ] {
+            let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            leaf.extended_key_usages = vec![usage];
+            let cert = leaf.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+            std::fs::write(d.path().join(name), cert.pem()).unwrap();
+            let verified = openssl_verifies(&dir, purpose, Some(&intermediate), &d.path().join(name));
+            assert_eq!(verified, accepted, "{name}");
+        }
     }
 }

@@ -84,6 +84,15 @@ pub fn unwrap_arm64(bytes: &[u8], path: &str) -> Result<Vec<u8>> {
     Ok(image)
 }
 
+/// The UART console of the machine each arch's VMMs emulate: the PC's 16550 (QEMU `pc`,
+/// hyperkit's and xhyve's LPC com1) or the Arm `virt` machine's PL011.
+pub fn serial_console(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "ttyS0",
+        Arch::Aarch64 => "ttyAMA0",
+    }
+}
+
 /// Normalised module name: `foo-bar.ko.gz` -> `foo_bar`.
 fn module_name(file: &str) -> String {
     let base = file.rsplit('/').next().unwrap_or(file);

@@ -194,6 +194,15 @@ impl Lookup {
         self.builtin.as_ref().is_some_and(|b| path.starts_with(b))
     }
 
+    /// Where a profile found by this lookup comes from, for people: its path, or built in.
+    pub fn describe(&self, path: &Path) -> String {
+        if self.is_builtin(path) {
+            format!("built into hyve {}", env!("CARGO_PKG_VERSION"))
+        } else {
+            path.display().to_string()
+        }
+    }
+
     /// The same lookup, with `dir` searched first.
     fn beside(&self, dir: &Path) -> Lookup {
         Lookup { dirs: std::iter::once(dir.to_path_buf()).chain(self.dirs.iter().cloned()).collect(), ..self.clone() }

@@ -81,13 +81,12 @@ impl<'r> Session<'r> {
         branch: Option<String>,
         mirror: Mirror,
         keys: Vec<PathBuf>,
-        lockfile: Option<PathBuf>,
+        lockfile: PathBuf,
         fetcher: Fetcher<'r>,
     ) -> Self {
         if let Some(b) = branch {
             profile.branch = b;
         }
-        let lockfile = lockfile.unwrap_or_else(|| profile.path.with_extension("lock"));
         Session { branch: profile.branch.clone(), profile, mirror, keys, lockfile, fetcher }
     }
 

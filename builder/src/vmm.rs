@@ -195,6 +195,10 @@ pub const TIMESYNC_VSOCK_PORT: u32 = 1234;
 const HYPERKIT_GUEST_CID: u32 = 3;
 /// Replaced by the host's clock (seconds) when the printed line runs in a shell.
 pub const HOST_TIME: &str = "$(date +%s)";
+/// `,create` when vfkit's EFI variable store does not exist yet (set by a setup line).
+const EFI_CREATE: &str = "${create}";
+/// The only shell expansions a printed argument may carry; everything else stays literal.
+const EXPANSIONS: [&str; 2] = [HOST_TIME, EFI_CREATE];
 
 /// UEFI firmware for QEMU: the read-only code and a writable copy of the variable store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,21 +282,20 @@ pub fn resolve_accel(requested: Accel, guest: Arch) -> Accel {
     }
 }
 
-/// The one console each VMM gives the guest; it goes last on the command line, since the
-/// last `console=` becomes `/dev/console` (where userspace writes). QEMU: the machine's UART;
-/// vfkit: only virtio-console (`virtio-serial`, Linux's hvc0; vfkit v0.6.4 pkg/vf/virtio.go
-/// configures no UART); hyperkit and xhyve: only the LPC com1 (ttyS0; neither has a
-/// virtio-console device in src/lib or src).
+/// The one console each VMM gives the guest. QEMU: the machine's UART; vfkit: only
+/// virtio-console (`virtio-serial`, Linux's hvc0; vfkit v0.6.4 pkg/vf/virtio.go configures no
+/// UART); hyperkit and xhyve: only the LPC com1 (ttyS0; neither has a virtio-console device
+/// in src/lib or src).
 fn console(vmm: Vmm, arch: Arch) -> &'static str {
-    match (vmm, arch) {
-        (Vmm::Qemu, Arch::X86_64) | (Vmm::Hyperkit | Vmm::Xhyve, _) => "ttyS0",
-        (Vmm::Qemu, Arch::Aarch64) => "ttyAMA0",
-        (Vmm::Vfkit, _) => "hvc0",
+    match vmm {
+        Vmm::Qemu => crate::kernel::serial_console(arch),
+        Vmm::Hyperkit | Vmm::Xhyve => crate::kernel::serial_console(Arch::X86_64),
+        Vmm::Vfkit => "hvc0",
     }
 }
 
-/// The guest's command line for `vmm`: its own `console=` words replaced by the VMM's
-/// console, then `--append`.
+/// The guest's command line for `vmm`: the built image's `console=` words (one per VMM kind)
+/// replaced by the one console `vmm` has, so it is `/dev/console`; then `--append`.
 fn cmdline(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> String {
     let own = guest.cmdline.split_whitespace().filter(|w| !w.starts_with("console="));
     let console = format!("console={}", console(vmm, guest.arch));
@@ -300,12 +303,12 @@ fn cmdline(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> String {
     std::iter::once(console.as_str()).chain(own).chain(extra).collect::<Vec<_>>().join(" ")
 }
 
-/// What `hyve run --print` shows for one VMM: notes (printed as shell comments), commands to
-/// run first, and the VMM's own argv.
+/// What `hyve run --print` shows for one VMM: notes (printed as shell comments), shell lines
+/// to run first, and the VMM's own argv.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub notes: Vec<String>,
-    pub setup: Vec<Vec<String>>,
+    pub setup: Vec<String>,
     pub argv: Vec<String>,
 }
 
@@ -314,14 +317,17 @@ impl Invocation {
         Invocation { notes: vec![], setup: vec![], argv }
     }
 
-    /// A shell script: the notes as comments, then the commands joined with `&&`.
+    /// A shell script: the notes as comments, the setup lines, then the VMM's command.
     pub fn script(&self) -> String {
-        let mut out: String = self.notes.iter().map(|n| format!("# {n}\n")).collect();
-        let commands: Vec<String> = self.setup.iter().chain([&self.argv]).map(|c| shell_line(c)).collect();
-        out.push_str(&commands.join(" &&\n  "));
-        out.push('\n');
-        out
+        let notes = self.notes.iter().map(|n| format!("# {n}"));
+        let lines: Vec<String> = notes.chain(self.setup.iter().cloned()).chain([shell_line(&self.argv)]).collect();
+        lines.join("\n") + "\n"
     }
+}
+
+/// One command as a shell line.
+pub fn sh(argv: &[&str]) -> String {
+    shell_line(&strings(argv))
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -395,9 +401,10 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
         // Virtualization.framework's own EFI: no firmware file. The variable store must
         // outlive the run; `create` overwrites an existing one (Code-Hex/vz v3.7.1
         // VZEFIVariableStoreInitializationOptionAllowOverwrite), so only for a new store.
+        // The shell running the line decides, so a saved script can run again.
         let store = state.join("efi-variable-store");
-        let create = if store.exists() { "" } else { ",create" };
-        inv.argv.extend(strings(&["--bootloader", &format!("efi,variable-store={}{create}", store.display())]));
+        inv.setup.push(format!("create=; [ -e {} ] || create=,create", shell_line(&[store.display().to_string()])));
+        inv.argv.extend(strings(&["--bootloader", &format!("efi,variable-store={}{EFI_CREATE}", store.display())]));
         inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={}", guest.file("disk.img"))]));
     } else {
         // vfkit splits --bootloader's options on commas outside double quotes and strips the
@@ -427,8 +434,8 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
     }
     // The clock stands still while the Mac sleeps; vfkit sets it again on wake.
     inv.argv.extend(strings(&["--timesync", &format!("vsockPort={TIMESYNC_VSOCK_PORT}")]));
-    inv.setup.push(strings(&["mkdir", "-p", &state.display().to_string()]));
-    inv.setup.push(strings(&["rm", "-f", &socket.display().to_string()]));
+    inv.setup.push(sh(&["mkdir", "-p", &state.display().to_string()]));
+    inv.setup.push(sh(&["rm", "-f", &socket.display().to_string()]));
     inv.notes.push(format!(
         "vfkit on a Mac with {} guests; the Docker API: DOCKER_HOST=unix://{}",
         macos_host(guest.arch),
@@ -478,7 +485,7 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
             dir.display()
         );
         inv.argv.extend(strings(&["-s", &format!("4:0,{sock}")]));
-        inv.setup.push(strings(&["mkdir", "-p", &dir.display().to_string()]));
+        inv.setup.push(sh(&["mkdir", "-p", &dir.display().to_string()]));
         inv.notes.push(format!(
             "the Docker API: DOCKER_HOST=unix://{}/{HYPERKIT_GUEST_CID:08x}.{DOCKER_VSOCK_PORT:08x}",
             dir.display()
@@ -505,26 +512,30 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     Ok(inv)
 }
 
-/// Quotes an argv for a POSIX shell. An argument carrying [`HOST_TIME`] is double-quoted so
-/// that the shell fills in the time; everything else in it stays literal.
-pub fn shell_line(argv: &[String]) -> String {
+/// Quotes an argv for a POSIX shell. An argument carrying one of [`EXPANSIONS`] is
+/// double-quoted so that the shell fills it in; everything else in it stays literal.
+fn shell_line(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
                 a.clone()
-            } else if a.contains(HOST_TIME) {
-                let literal = |part: &str| {
-                    part.chars()
-                        .flat_map(|c| if "\"\\$`".contains(c) { vec!['\\', c] } else { vec![c] })
-                        .collect::<String>()
-                };
-                format!("\"{}\"", a.split(HOST_TIME).map(literal).collect::<Vec<_>>().join(HOST_TIME))
+            } else if EXPANSIONS.iter().any(|e| a.contains(e)) {
+                format!("\"{}\"", double_quoted(a))
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
             }
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `text` for the inside of double quotes: [`EXPANSIONS`] kept, any other `$`, `` ` ``, `"`
+/// and `\` escaped.
+fn double_quoted(text: &str) -> String {
+    match EXPANSIONS.iter().filter_map(|e| text.find(e).map(|i| (i, e))).min() {
+        Some((i, e)) => format!("{}{e}{}", double_quoted(&text[..i]), double_quoted(&text[i + e.len()..])),
+        None => text.chars().flat_map(|c| if "\"\\$`".contains(c) { vec!['\\', c] } else { vec![c] }).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -551,10 +562,13 @@ mod tests {
         }
     }
 
-    /// The argv a POSIX shell makes of `line` (how a user runs a printed line).
-    fn as_the_shell_parses(line: &str) -> Vec<String> {
-        let o = std::process::Command::new("sh").arg("-c").arg(format!("printf '%s\\0' {line}")).output().unwrap();
-        assert!(o.status.success(), "{line}");
+    /// The argv a POSIX shell makes of `line` after the `setup` lines (how a user runs a
+    /// printed script), with the setup's commands not run.
+    fn as_the_shell_parses(setup: &[String], line: &str) -> Vec<String> {
+        let stubbed = "mkdir() { :; }; rm() { :; }";
+        let script = format!("{stubbed}\n{}\nprintf '%s\\0' {line}", setup.join("\n"));
+        let o = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(o.status.success(), "{script}");
         String::from_utf8(o.stdout).unwrap().split_terminator('\0').map(str::to_string).collect()
     }
 
@@ -769,7 +783,7 @@ mod tests {
         let f = values(&inv.argv, "-f")[0];
         assert_eq!(f, "kexec,/o/kernel,/o/initrd.img,console=ttyS0 quiet hyve.poweroff");
         // The socket directory is made first; guest_forwards' socket is DIR/<cid>.<port> in %08x.
-        assert_eq!(inv.setup, [strings(&["mkdir", "-p", "/o.vm/vsock"])]);
+        assert_eq!(inv.setup, ["mkdir -p /o.vm/vsock"]);
         assert!(values(&inv.argv, "-s").contains(&"4:0,virtio-sock,guest_cid=3,path=/o.vm/vsock,guest_forwards=2375"));
         let script = inv.script();
         assert!(script.contains("DOCKER_HOST=unix:///o.vm/vsock/00000003.00000947"), "{script}");
@@ -779,8 +793,8 @@ mod tests {
             "{script}"
         );
         // The printed script, run by a shell, gives hyperkit the same argv.
-        let line = script.lines().last().unwrap().trim();
-        assert_eq!(as_the_shell_parses(line), inv.argv);
+        let line = script.lines().last().unwrap();
+        assert_eq!(as_the_shell_parses(&inv.setup, line), inv.argv);
         assert!(invocation(Vmm::Hyperkit, &guest(Arch::Aarch64), &opts()).unwrap_err().to_string().contains("vfkit"));
         assert!(invocation(Vmm::Hyperkit, &guest(Arch::X86_64), &RunOptions { efi: true, ..opts() }).is_err());
     }
@@ -801,14 +815,14 @@ mod tests {
             check_vfkit(&inv.argv);
             // What the shell hands vfkit: the host's time filled in, the rest literal.
             let line = shell_line(&inv.argv);
-            let argv = as_the_shell_parses(&line);
+            let argv = as_the_shell_parses(&inv.setup, &line);
             let loader = values(&argv, "--bootloader")[0];
             let cmdline = &vfkit_options(loader)[3].1;
             let time = cmdline.split_whitespace().find_map(|w| w.strip_prefix("hyve.time=")).unwrap();
             assert!(time.len() >= 10 && time.bytes().all(|b| b.is_ascii_digit()), "{cmdline}");
             assert!(cmdline.starts_with("console=hvc0 quiet hyve.poweroff"), "{cmdline}");
             // A stale socket would make vfkit skip the vsock device: removed first.
-            assert_eq!(inv.setup[1], strings(&["rm", "-f", "/o.vm/docker.sock"]));
+            assert_eq!(inv.setup[1], "rm -f /o.vm/docker.sock");
             assert!(
                 values(&inv.argv, "--device").contains(&"virtio-vsock,port=2375,socketURL=/o.vm/docker.sock,connect")
             );
@@ -820,11 +834,35 @@ mod tests {
         let efi = RunOptions { efi: true, state_dir: state.path().to_path_buf(), ..opts() };
         let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap();
         check_vfkit(&inv.argv);
+        // `create` (which overwrites a store) only while there is none, decided by the shell
+        // each time the script runs.
         let store = state.path().join("efi-variable-store");
-        assert_eq!(values(&inv.argv, "--bootloader"), [format!("efi,variable-store={},create", store.display())]);
+        let loader = || {
+            let argv = as_the_shell_parses(&inv.setup, &shell_line(&inv.argv));
+            values(&argv, "--bootloader")[0].to_string()
+        };
+        assert_eq!(loader(), format!("efi,variable-store={},create", store.display()));
         std::fs::write(&store, b"vars").unwrap();
-        let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap();
-        assert_eq!(values(&inv.argv, "--bootloader"), [format!("efi,variable-store={}", store.display())]);
+        assert_eq!(loader(), format!("efi,variable-store={}", store.display()));
+    }
+
+    #[test]
+    fn ports_and_names_match_the_overlay() {
+        let text = |path: &str| String::from_utf8_lossy(crate::builtin::file(path).unwrap()).into_owned();
+        let docker = text("overlay/docker/etc/hyve/docker.conf");
+        assert!(docker.lines().any(|l| l == format!("DOCKER_VSOCK_PORT={DOCKER_VSOCK_PORT}")), "{docker}");
+        let time = text("overlay/base/etc/hyve/time.conf");
+        assert!(time.lines().any(|l| l == format!("TIMESYNC_VSOCK_PORT={TIMESYNC_VSOCK_PORT}")), "{time}");
+        assert!(text("overlay/base/etc/hyve/services/03-host-control").contains(&format!("= {CONTROL_PORT} ]")));
+    }
+
+    #[test]
+    fn only_the_known_expansions_reach_the_shell() {
+        let arg = format!("a $HOME `id` \"q\" \\ {HOST_TIME} b");
+        let argv = as_the_shell_parses(&[], &shell_line(&[arg]));
+        let expanded = &argv[0];
+        assert!(expanded.starts_with("a $HOME `id` \"q\" \\ ") && expanded.ends_with(" b"), "{expanded}");
+        assert!(expanded.split(' ').nth(5).unwrap().parse::<u64>().is_ok(), "the time is filled in: {expanded}");
     }
 
     #[test]

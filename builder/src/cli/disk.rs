@@ -52,6 +52,10 @@ pub fn run(cmd: Command) -> Outcome {
         let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
         files.push(UserFile::new(dest, content, mode)?);
     }
+    // Before any certificate is made for it.
+    if a.file.symlink_metadata().is_ok() {
+        return Err(datadisk::DiskError::Exists { path: a.file.display().to_string() }.into());
+    }
     let bundle = a.docker_certs.as_deref().map(dockertls::ensure).transpose()?;
     if let Some(b) = &bundle {
         files.extend(b.user_data()?);

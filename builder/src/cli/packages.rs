@@ -77,15 +77,16 @@ impl ProfileArgs {
         let lookup = lookup(&cache_dir)?;
         let path = profile::locate(&self.profile, &lookup)?;
         let profile = profile::load(&path, &lookup)?;
-        let builtin = lookup.is_builtin(&path);
-        // A built-in profile keeps its lock where the user works, as cargo keeps Cargo.lock
-        // beside the manifest.
-        let lockfile =
-            self.lockfile.clone().or_else(|| builtin.then(|| PathBuf::from(format!("{}.lock", profile.name))));
-        let from =
-            if builtin { format!("built into hyve {}", env!("CARGO_PKG_VERSION")) } else { path.display().to_string() };
-        let lock_shown = lockfile.clone().unwrap_or_else(|| path.with_extension("lock"));
-        reporter.note(&format!("profile {} ({from}); lock {}", profile.name, lock_shown.display()));
+        // A profile file keeps its lock beside it; a built-in one where the user works, as
+        // cargo keeps Cargo.lock beside the manifest.
+        let lockfile = self.lockfile.clone().unwrap_or_else(|| {
+            if lookup.is_builtin(&path) {
+                PathBuf::from(format!("{}.lock", profile.name))
+            } else {
+                path.with_extension("lock")
+            }
+        });
+        reporter.note(&format!("profile {} ({}); lock {}", profile.name, lookup.describe(&path), lockfile.display()));
         let mut opts = FetchOptions::new(cache_dir);
         opts.offline = self.offline;
         opts.jobs = self.jobs.max(1);

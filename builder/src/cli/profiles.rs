@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Outcome {
     match a.command.unwrap_or(Command::List) {
         Command::List => {
             for (name, path) in profile::available(&lookup) {
-                let from = if lookup.is_builtin(&path) { "built in".to_string() } else { path.display().to_string() };
+                let from = if lookup.is_builtin(&path) { "built in".to_string() } else { lookup.describe(&path) };
                 let description =
                     profile::load(&path, &lookup).map(|p| p.description).unwrap_or_else(|e| format!("error: {e}"));
                 println!("{name:<12} {from:<28} {description}");
@@ -52,8 +52,7 @@ pub fn run(a: Args) -> Outcome {
         Command::Show { name } => {
             let path = profile::locate(&name, &lookup)?;
             let merged = profile::load(&path, &lookup)?;
-            let from = if lookup.is_builtin(&path) { "built in".to_string() } else { path.display().to_string() };
-            println!("# profile {} ({from}), with everything it extends merged in", merged.name);
+            println!("# profile {} ({}), with everything it extends merged in", merged.name, lookup.describe(&path));
             print!("{}", toml::to_string(&merged).context("printing the profile")?);
         }
         Command::Export { name, dir } => {

@@ -164,7 +164,7 @@ pub fn run(a: RunArgs) -> Outcome {
         format!("starting {} (install QEMU: apt-get install qemu-system-x86 qemu-system-arm)", argv[0])
     })?;
     let started = Instant::now();
-    // When the first SIGTERM/SIGINT pressed the power button; a second one kills QEMU.
+    // When the first SIGTERM/SIGINT asked the guest to power off; a second one kills QEMU.
     let mut stop_requested: Option<Instant> = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -212,7 +212,7 @@ fn firmware(
     code: Option<&Path>,
     vars: PathBuf,
     print: bool,
-    setup: &mut Vec<Vec<String>>,
+    setup: &mut Vec<String>,
 ) -> anyhow::Result<vmm::Firmware> {
     let disk = guest.dir.join("disk.img");
     anyhow::ensure!(
@@ -231,32 +231,36 @@ fn firmware(
             (c.clone(), Some(v.clone()))
         }
     };
-    let code_len = std::fs::metadata(&code).with_context(|| format!("{}", code.display()))?.len();
-    let template_len = template.as_ref().map(std::fs::metadata).transpose()?.map_or(0, |m| m.len());
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).with_context(|| format!("reading {}", p.display()));
+    let code_len = len(&code)?;
+    let template_len = template.as_deref().map(len).transpose()?.unwrap_or(0);
     let padded = guest.arch == hyve::apk::Arch::Aarch64 || template.is_none();
     let shown = |p: &Path| p.display().to_string();
     if print {
+        // Kept across runs of the printed script: copied only while there is none.
         if let Some(dir) = vars.parent() {
-            setup.push(vec!["mkdir".into(), "-p".into(), shown(dir)]);
+            setup.push(vmm::sh(&["mkdir", "-p", &shown(dir)]));
         }
-        match &template {
-            Some(t) => setup.push(vec!["cp".into(), "-n".into(), shown(t), shown(&vars)]),
-            None => setup.push(vec!["touch".into(), shown(&vars)]),
-        }
+        let create = match &template {
+            Some(t) => vmm::sh(&["cp", &shown(t), &shown(&vars)]),
+            None => vmm::sh(&["touch", &shown(&vars)]),
+        };
+        setup.push(format!("[ -e {} ] || {create}", vmm::sh(&[&shown(&vars)])));
         if padded && template_len < code_len {
-            setup.push(vec!["truncate".into(), "-s".into(), code_len.to_string(), shown(&vars)]);
+            setup.push(vmm::sh(&["truncate", "-s", &code_len.to_string(), &shown(&vars)]));
         }
     } else {
-        match &template {
-            Some(t) => {
-                std::fs::copy(t, &vars).with_context(|| format!("copying {}", t.display()))?;
-            }
-            None => {
-                std::fs::File::create(&vars)?;
-            }
-        }
+        let made = match &template {
+            Some(t) => std::fs::copy(t, &vars).map(drop),
+            None => std::fs::File::create(&vars).map(drop),
+        };
+        made.with_context(|| format!("writing the variable store {}", vars.display()))?;
         if padded && template_len < code_len {
-            std::fs::OpenOptions::new().write(true).open(&vars)?.set_len(code_len)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&vars)
+                .and_then(|f| f.set_len(code_len))
+                .with_context(|| format!("padding the variable store {} to {code_len} bytes", vars.display()))?;
         }
     }
     Ok(vmm::Firmware { code, vars })

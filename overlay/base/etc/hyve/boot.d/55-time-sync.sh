@@ -12,10 +12,10 @@ elif ! command -v chronyd >/dev/null; then
 	log "clock: no chronyd in the image to set it with"
 else
 	chrony_conf /run/hyve/chrony-boot.conf
-	if chronyd -q -t "$NTP_BOOT_WAIT" -f /run/hyve/chrony-boot.conf >/var/log/chrony-boot.log 2>&1; then
+	if chronyd -q -t "${NTP_BOOT_WAIT:-20}" -f /run/hyve/chrony-boot.conf >/var/log/chrony-boot.log 2>&1; then
 		: >/run/hyve/clock-set
 		log "clock set by a time server ($servers): $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 	else
-		log "clock: no time server answered within $NTP_BOOT_WAIT s ($servers); chronyd keeps trying (see /var/log/chrony-boot.log)"
+		log "clock: no time server answered within ${NTP_BOOT_WAIT:-20} s ($servers); chronyd keeps trying (see /var/log/chrony-boot.log)"
 	fi
 fi

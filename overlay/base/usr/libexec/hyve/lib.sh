@@ -51,6 +51,7 @@ chrony_conf() { # FILE
 	for s in $(ntp_servers); do
 		case $s in
 			\[*\]:*) host=${s%]:*} && echo "server ${host#[} port ${s##*]:} iburst" ;;
+			\[*\]) host=${s%]} && echo "server ${host#[} iburst" ;;
 			*:*:*) echo "server $s iburst" ;;
 			*:*) echo "server ${s%:*} port ${s##*:} iburst" ;;
 			*) echo "server $s iburst" ;;

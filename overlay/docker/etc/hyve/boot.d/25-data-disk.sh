@@ -28,9 +28,11 @@ disk_holds_data() {
 	fi
 }
 
-# Saves the user-data tar at the start of DEV before anything overwrites it.
+# Saves the user-data tar at the start of DEV (readable by root alone: it may hold a CA
+# key), then zeroes it there, so no key stays in the gap before the data partition.
 save_user_data() { # DEV
-	dd if="$1" of=/run/hyve/userdata.tar bs=65536 count=1 2>/dev/null
+	(umask 077 && dd if="$1" of=/run/hyve/userdata.tar bs=65536 count=1 2>/dev/null) &&
+		dd if=/dev/zero of="$1" bs=65536 count=1 conv=notrunc 2>/dev/null
 }
 
 # ext4 labelled hyve-data on DEV (already checked to hold no file system) -> data_dev
@@ -96,7 +98,7 @@ fi
 if [ -n "$data_dev" ]; then
 	if [ -n "$data_new" ]; then
 		tar -xf /run/hyve/userdata.tar -C "$HYVE_DATA" 2>/var/log/userdata.log || log "user data: tar failed (/var/log/userdata.log)"
-		rm -f "$HYVE_DATA/$HYVE_FORMAT_MAGIC" /run/hyve/userdata.tar
+		rm -f "$HYVE_DATA/$HYVE_FORMAT_MAGIC"
 		[ -d "$HYVE_DATA/.ssh" ] && chmod -R go-rwx "$HYVE_DATA/.ssh"
 		log "user data unpacked: $(cd "$HYVE_DATA" && find . -type f | sed 's|^\./||' | tr '\n' ' ')"
 	fi
@@ -104,6 +106,7 @@ if [ -n "$data_dev" ]; then
 else
 	log "no data disk (none labelled hyve-data or starting with \"$HYVE_FORMAT_MAGIC\"): Docker's data lives in RAM and is lost at power-off"
 fi
+rm -f /run/hyve/userdata.tar
 for d in docker containerd; do
 	mkdir -p "$HYVE_DATA/$d" "/var/lib/$d"
 	mount --bind "$HYVE_DATA/$d" "/var/lib/$d"
