@@ -644,7 +644,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     // The host's time over vsock as vfkit's --timesync sends it on wake (qemu-guest-agent's
     // guest-set-time), tried from inside over vsock loopback.
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let request = format!("echo '{{\"execute\": \"guest-set-time\", \"arguments\":{{\"time\": {now_ns}}}}}' | nsenter -t 1 -m -n -- socat -t 5 - VSOCK-CONNECT:1:1234");
+    let request = format!("echo '{{\"execute\": \"guest-set-time\", \"arguments\":{{\"time\": {now_ns}}}}}' | nsenter -t 1 -m -n -- socat -t 60 - VSOCK-CONNECT:1:1234");
     let reply = api.busybox(Docker::ok, &["--privileged", "--pid", "host"], &["sh", "-c", &request]);
     assert_eq!(reply, "{\"return\": {}}\n", "{arch}: guest-set-time");
     vm.wait_for("hyve: clock set by the host (guest-set-time)", 30);
