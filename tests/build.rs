@@ -65,7 +65,7 @@ fn build_writes_a_complete_guest_that_gnu_cpio_reads() {
     let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&out).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
     assert_eq!(std::fs::read(out.join("kernel")).unwrap(), bzimage(), "x86_64 uses the bzImage as is");
-    assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "console=hvc0 console=ttyS0 panic=-1 quiet\n");
+    assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "console=ttyS0 console=hvc0 panic=-1 quiet\n");
 
     let initrd = out.join("initrd.img");
     let l = gnu_cpio_listing(&initrd);
@@ -182,7 +182,7 @@ fn aarch64_kernel_is_unwrapped_from_zboot() {
     let out = env.root.join("out-arm");
     ok(&env.build(&out, &env.root.join("cache"), &["--arch", "aarch64"], &[], "022"));
     assert_eq!(std::fs::read(out.join("kernel")).unwrap(), arm64_image(), "the raw Image, byte for byte");
-    assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "console=hvc0 console=ttyAMA0 panic=-1 quiet\n");
+    assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "console=ttyAMA0 console=hvc0 panic=-1 quiet\n");
 }
 
 #[test]
