@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::guest::{arm64_image, bzimage, ok, packages, setup, KREL};
-use support::{hyve, stderr, Pkg};
+use support::{hyve, stderr, unprivileged, Pkg};
 
 /// One line of `cpio -itv`: (mode string, links, uid, gid, size, link target).
 type Listed = (String, u32, u32, u32, u64, Option<String>);
@@ -365,6 +365,19 @@ fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     // The data partition waits for the guest with the format-me header.
     let data = doc["partitions"][1]["first_lba"].as_u64().unwrap() as usize * 512;
     assert!(bytes[data..].starts_with(b"hyve, please format-me"));
+    // inspect and diff only read a disk image: one its reader may not write is read all
+    // the same, and stays as it was.
+    let ro_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(ro_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ro = ro_dir.path().join("disk.img");
+    std::fs::copy(&disk, &ro).unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let ro_arg = ro.to_str().unwrap();
+    for args in [vec!["inspect", ro_arg], vec!["diff", ro_arg, ro_arg]] {
+        let o = unprivileged(Command::new(env!("CARGO_BIN_EXE_hyve")).args(&args)).output().unwrap();
+        assert!(o.status.success(), "hyve {args:?} on a read-only disk.img: {}", stderr(&o));
+    }
+    assert!(std::fs::read(&ro).unwrap() == bytes, "reading changed the disk image");
 }
 
 #[test]
@@ -411,17 +424,23 @@ fn an_interrupted_build_leaves_the_previous_output_and_no_temporary_files() {
     std::fs::write(&env.profile, text).unwrap();
     let mut args = env.args("build", &cache, &["--out", out.to_str().unwrap()]);
     args.retain(|a| !a.is_empty());
-    // Ctrl-C and a service manager's stop alike.
-    for signal in ["-INT", "-TERM"] {
+    let parent = env.root.join("out");
+    let beside = || -> Vec<String> {
+        std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "guest")
+            .collect()
+    };
+    // Starts a build and sends `signal` while its outputs are being written into the
+    // staging directory (the initrd's compression is most of that time).
+    let interrupted = |signal: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hyve"))
             .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait until the outputs are being written into the staging directory (the initrd's
-        // compression is most of that time).
-        let parent = env.root.join("out");
         let start = std::time::Instant::now();
         let compressing = || {
             std::fs::read_dir(&parent).unwrap().filter_map(|e| e.ok()).any(|e| {
@@ -445,16 +464,24 @@ fn an_interrupted_build_leaves_the_previous_output_and_no_temporary_files() {
         assert!(status.success());
         let o = child.wait_with_output().unwrap();
         assert!(!o.status.success(), "{signal}");
+        assert_eq!(std::fs::read(out.join("initrd.img")).unwrap(), before, "{signal}: the previous build is intact");
+        o
+    };
+    // Ctrl-C and a service manager's stop alike.
+    for signal in ["-INT", "-TERM"] {
+        let o = interrupted(signal);
         assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
-        assert_eq!(std::fs::read(out.join("initrd.img")).unwrap(), before, "the previous build is intact");
-        let left: Vec<String> = std::fs::read_dir(&parent)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "guest")
-            .collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(beside().is_empty(), "left behind: {:?}", beside());
         assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "no partial downloads in the cache");
     }
+    // SIGKILL (or a crash, or power loss) cleans nothing up: the staging directory stays
+    // until the next build into the same place finds nobody holding it and removes it.
+    interrupted("-KILL");
+    let left = beside();
+    assert!(left.len() == 1 && left[0].starts_with(".guest.tmp-"), "after SIGKILL: {left:?}");
+    ok(&Command::new(env!("CARGO_BIN_EXE_hyve")).args(&args).output().unwrap());
+    assert_ne!(std::fs::read(out.join("initrd.img")).unwrap(), before, "the new build is in place");
+    assert!(beside().is_empty(), "left behind after the next build: {:?}", beside());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `hyve build`: lock → verified packages → tree → kernel + initramfs + cmdline + manifest,
-//! written into a temporary directory beside the output and renamed into place, so a failed
-//! build leaves the previous output untouched and nothing half-written.
+//! written into a staging directory beside the output and swapped into place in one step
+//! (`fsutil::StagingDir`), so a failed or killed build leaves the previous output untouched
+//! and nothing half-written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ pub enum BuildError {
     Uki(#[from] crate::output::uki::UkiError),
     #[error(transparent)]
     Disk(#[from] crate::output::disk::DiskError),
+    /// `--out` names something that is not an earlier build: replacing it would delete it.
+    #[error("{path} {what}, not a hyve output directory (none of manifest.json and SHA256SUMS); building there would replace it — pick an empty or new directory")]
+    NotAnOutput { path: String, what: &'static str },
     /// SIGINT or SIGTERM.
     #[error("interrupted; the previous output (if any) is untouched and no temporary files were left")]
     Interrupted,
@@ -185,7 +189,27 @@ pub fn build(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> 
         .map_err(|e| if opts.cancel.is_cancelled() { BuildError::Interrupted } else { e })
 }
 
+/// Refuses an `out` that a build would replace and that is not a hyve output: a file, or a
+/// directory holding anything but an earlier build's outputs.
+pub fn check_replaceable(out: &Path) -> Result<()> {
+    let refuse = |what| Err(BuildError::NotAnOutput { path: out.display().to_string(), what });
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(out)(e)),
+        Ok(m) if !m.is_dir() => refuse("is a file"),
+        Ok(_) => {
+            let empty = std::fs::read_dir(out).map_err(io_err(out))?.next().is_none();
+            if empty || (out.join("manifest.json").is_file() && out.join(SHA256SUMS).is_file()) {
+                Ok(())
+            } else {
+                refuse("is a directory with other files")
+            }
+        }
+    }
+}
+
 fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
+    check_replaceable(out)?;
     let profile = &session.profile;
     let workers = opts.workers;
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
@@ -297,10 +321,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     }
 
     // Write everything beside the target, then swap it in.
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.tmp-")).tempdir_in(parent).map_err(io_err(parent))?;
+    let tmp = crate::fsutil::StagingDir::beside(out).map_err(io_err(out))?;
     let mut outputs = Vec::new();
     let kernel_sha256 = hex::encode(Sha256::digest(&kernel.image));
     if profile.formats.contains(&OutputFormat::Kernel) {
@@ -362,8 +383,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     }
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(io_err(tmp.path()))?;
-    let staged = tmp.keep();
-    replace_dir(&staged, out)?;
+    tmp.commit().map_err(io_err(out))?;
     Ok(BuildResult {
         dir: out.to_path_buf(),
         arch,
@@ -513,22 +533,6 @@ fn write_disk_image(
     disk::write_disk(&path, &spec, files)?;
     let (sha256, size) = std::fs::File::open(&path).and_then(crate::fsutil::sha256_of).map_err(io_err(&path))?;
     Ok(Artifact { name: "disk.img".into(), sha256, size })
-}
-
-/// Moves `staged` to `out`, replacing an existing `out` (the old one is renamed aside first,
-/// then removed), so at every moment `out` is either the old or the new build.
-fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let old = tempfile::Builder::new().prefix(".old-").tempdir_in(parent).map_err(io_err(parent))?.keep();
-        std::fs::remove_dir(&old).map_err(io_err(&old))?;
-        std::fs::rename(out, &old).map_err(io_err(out))?;
-        std::fs::rename(staged, out).map_err(io_err(out))?;
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    } else {
-        std::fs::rename(staged, out).map_err(io_err(out))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! at a final path.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,137 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A directory filled beside its final path and swapped in whole by [`StagingDir::commit`].
+///
+/// While it is being filled it is `.NAME.tmp-XXXXXX` beside `NAME`, locked (`flock`) by this
+/// process: a staging directory nobody holds is what a killed run left, and the next
+/// [`StagingDir::beside`] for the same target removes it. Dropping it uncommitted removes it.
+pub struct StagingDir {
+    dir: tempfile::TempDir,
+    // Held for the lock; closing it releases the lock.
+    _lock: std::fs::File,
+    target: PathBuf,
+}
+
+impl StagingDir {
+    /// A new, locked staging directory beside `target`, after removing the ones killed
+    /// runs left there.
+    pub fn beside(target: &Path) -> std::io::Result<StagingDir> {
+        let (parent, prefix) = staging_prefix(target);
+        std::fs::create_dir_all(parent)?;
+        remove_abandoned(parent, &prefix)?;
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(parent)?;
+        let lock = std::fs::File::open(dir.path())?;
+        if !try_lock(&lock)? {
+            return Err(std::io::Error::other(format!("{} is locked by another process", dir.path().display())));
+        }
+        Ok(StagingDir { dir, _lock: lock, target: target.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Puts the staged directory at the target in one step: readers see the old target or
+    /// the new one, never neither (`rename` when there is none, else an atomic exchange);
+    /// the old one is removed afterwards. Where the filesystem cannot exchange, the old
+    /// target is renamed aside first, the one moment it is missing.
+    pub fn commit(self) -> std::io::Result<()> {
+        let staged = self.dir.path().to_path_buf();
+        match std::fs::symlink_metadata(&self.target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(&staged, &self.target)?;
+                // Renamed away: nothing for the TempDir to remove.
+                let _ = self.dir.keep();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        match exchange(&staged, &self.target) {
+            // The staging path now holds the old target.
+            Ok(()) => self.dir.close(),
+            Err(e) if exchange_unsupported(&e) => {
+                let (parent, prefix) = staging_prefix(&self.target);
+                let aside = tempfile::Builder::new().prefix(&prefix).tempdir_in(parent)?.keep();
+                std::fs::remove_dir(&aside)?;
+                std::fs::rename(&self.target, &aside)?;
+                std::fs::rename(&staged, &self.target)?;
+                let _ = self.dir.keep();
+                std::fs::remove_dir_all(&aside)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `target`'s parent and the name prefix of its staging directories.
+fn staging_prefix(target: &Path) -> (&Path, String) {
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    (parent, format!(".{name}.tmp-"))
+}
+
+/// Removes the staging directories under `parent` named `prefix*` that no process holds.
+fn remove_abandoned(parent: &Path, prefix: &str) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(parent)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(prefix) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = std::fs::File::open(&path) else { continue };
+        if try_lock(&dir)? {
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on `file` without waiting: false when another holder has it.
+/// (std's `File::try_lock` needs Rust 1.89; hyve builds with 1.88.)
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
+}
+
+/// Swaps two paths atomically: Linux `renameat2(RENAME_EXCHANGE)` (3.15+), macOS
+/// `renamex_np(RENAME_SWAP)` (10.12+). std has neither.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    #[cfg(target_os = "linux")]
+    // SAFETY: two NUL-terminated paths that outlive the call. The raw syscall, as musl
+    // before 1.2.5 has no renameat2 wrapper.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    #[cfg(target_os = "macos")]
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe { libc::renamex_np(a.as_ptr(), b.as_ptr(), libc::RENAME_SWAP) };
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    let rc = {
+        let _ = (a, b);
+        return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// The errors a filesystem or kernel without an atomic exchange gives.
+fn exchange_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +184,85 @@ mod tests {
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn staged(target: &Path, marker: &str) -> StagingDir {
+        let stage = StagingDir::beside(target).unwrap();
+        std::fs::write(stage.path().join("marker"), marker).unwrap();
+        stage
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commit_creates_then_replaces_and_leaves_nothing_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        staged(&out, "one").commit().unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("marker")).unwrap(), "one");
+        let stage = staged(&out, "two");
+        std::fs::write(out.join("only-in-old"), "x").unwrap();
+        stage.commit().unwrap();
+        assert_eq!(names(&out), ["marker"]);
+        assert_eq!(std::fs::read_to_string(out.join("marker")).unwrap(), "two");
+        assert_eq!(names(dir.path()), ["out"]);
+        // Dropped uncommitted: removed, the target untouched.
+        drop(staged(&out, "three"));
+        assert_eq!(names(dir.path()), ["out"]);
+        assert_eq!(std::fs::read_to_string(out.join("marker")).unwrap(), "two");
+    }
+
+    /// A reader polling the target while it is replaced again and again always finds it
+    /// (renaming the old one aside first, as hyve once did, leaves moments with none).
+    #[test]
+    fn the_target_never_goes_missing_while_replaced() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        staged(&out, "0").commit().unwrap();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (out, done) = (out.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut misses = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if std::fs::read(out.join("marker")).is_err() {
+                        misses += 1;
+                    }
+                }
+                misses
+            })
+        };
+        for i in 1..=300 {
+            staged(&out, &i.to_string()).commit().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        assert_eq!(reader.join().unwrap(), 0, "the target was missing while being replaced");
+        assert_eq!(std::fs::read_to_string(out.join("marker")).unwrap(), "300");
+    }
+
+    /// What a killed run left (an unlocked staging directory) goes with the next run; a
+    /// staging directory that a live run holds stays.
+    #[test]
+    fn abandoned_staging_dirs_are_removed_held_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let abandoned = dir.path().join(".out.tmp-killed");
+        std::fs::create_dir_all(abandoned.join("sub")).unwrap();
+        std::fs::write(abandoned.join("sub/initrd.img"), "partial").unwrap();
+        let other = dir.path().join(".other.tmp-keep");
+        std::fs::create_dir(&other).unwrap();
+        let live = StagingDir::beside(&out).unwrap();
+        assert!(!abandoned.exists());
+        assert!(other.exists(), "another target's staging directory was removed");
+        let second = StagingDir::beside(&out).unwrap();
+        assert!(live.path().exists(), "a live run's staging directory was removed");
+        second.commit().unwrap();
+        live.commit().unwrap();
+        assert_eq!(names(dir.path()), [".other.tmp-keep", "out"]);
     }
 }
