@@ -69,8 +69,7 @@ fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioE
 /// The initrd, kernel and command line inside a hyve disk image's ESP.
 fn read_disk(path: &Path) -> Result<Snapshot> {
     let origin = path.display().to_string();
-    // fatfs wants a writable handle; nothing is written.
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let (_, parts) = disk::read_gpt(&mut f, &origin)?;
     let esp = parts.iter().find(|p| p.type_guid == disk::ESP_TYPE).ok_or_else(|| DiffError::Unknown {
         path: origin.clone(),

@@ -324,6 +324,28 @@ pub fn hyve(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     cmd.output().expect("run hyve")
 }
 
+/// `cmd` as user `nobody` when the tests run as root (root may write a file its mode forbids),
+/// where `nobody` can run the hyve binary; as the current user otherwise.
+pub fn unprivileged(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return cmd;
+    }
+    let runs = std::process::Command::new(env!("CARGO_BIN_EXE_hyve"))
+        .arg("--version")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        cmd.uid(65534).gid(65534);
+    } else {
+        eprintln!("note: user nobody cannot run {}; running as root", env!("CARGO_BIN_EXE_hyve"));
+    }
+    cmd
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -270,10 +270,7 @@ fn inspect_initramfs(args: &Args) -> Outcome {
 fn inspect_disk(args: &Args) -> Outcome {
     use hyve::output::disk;
     let origin = args.file.display().to_string();
-    let mut file =
-        std::fs::OpenOptions::new().read(true).write(true).open(&args.file).with_context(|| {
-            format!("opening {origin} (read-write: the FAT reader asks for it; nothing is written)")
-        })?;
+    let mut file = std::fs::File::open(&args.file).with_context(|| format!("opening {origin}"))?;
     let size = file.metadata()?.len();
     let (disk_guid, parts) = disk::read_gpt(&mut file, &origin)?;
     let esp = parts.iter().find(|p| p.type_guid == disk::ESP_TYPE);

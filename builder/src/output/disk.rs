@@ -296,6 +296,32 @@ impl<F: Seek> Seek for Slice<F> {
     }
 }
 
+/// A reader `fatfs` can mount: it wants a writable device even to read, and reading writes
+/// nothing (no access dates; the dirty flag is only set by writes), so every write is an
+/// error here and a disk image is opened read-only.
+struct ReadOnly<R>(R);
+
+impl<R: Read> Read for ReadOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R> Write for ReadOnly<R> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the disk image is opened read-only"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<R: Seek> Seek for ReadOnly<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
 /// Writes one file's bytes (exactly its announced size).
 pub type WriteContent<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>;
 
@@ -374,19 +400,19 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
 pub type EspEntry = (String, Option<u64>);
 
 /// The ESP of a hyve disk, opened for reading with `fatfs`.
-fn open_esp<'a>(
-    disk: &'a mut std::fs::File,
+fn open_esp<'a, R: Read + Seek>(
+    disk: &'a mut R,
     esp: &ReadPartition,
     what: &str,
-) -> Result<fatfs::FileSystem<Slice<&'a mut std::fs::File>>, DiskError> {
+) -> Result<fatfs::FileSystem<Slice<ReadOnly<&'a mut R>>>, DiskError> {
     let start = esp.first_lba * SECTOR;
     let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
-    let slice = Slice::new(disk, start, len).map_err(io(what))?;
+    let slice = Slice::new(ReadOnly(disk), start, len).map_err(io(what))?;
     fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(format!("{what}: the ESP")))
 }
 
 /// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
-pub fn list_esp(disk: &mut std::fs::File, esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
+pub fn list_esp(disk: &mut (impl Read + Seek), esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
     let fs = open_esp(disk, esp, path)?;
     let mut out = Vec::new();
     fn walk<T: fatfs::ReadWriteSeek>(dir: fatfs::Dir<T>, prefix: &str, out: &mut Vec<EspEntry>) -> std::io::Result<()> {
@@ -413,7 +439,7 @@ pub fn list_esp(disk: &mut std::fs::File, esp: &ReadPartition, path: &str) -> Re
 
 /// The first `limit` bytes of a file on the ESP (UKI headers, the loader entry).
 pub fn read_esp_file(
-    disk: &mut std::fs::File,
+    disk: &mut (impl Read + Seek),
     esp: &ReadPartition,
     file: &str,
     limit: u64,
@@ -427,7 +453,7 @@ pub fn read_esp_file(
 
 /// Streams a file on the ESP to `read` (the initrd, without holding it in memory).
 pub fn with_esp_file<T>(
-    disk: &mut std::fs::File,
+    disk: &mut (impl Read + Seek),
     esp: &ReadPartition,
     file: &str,
     read: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
@@ -483,11 +509,12 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!((parts[0].type_guid.as_str(), parts[0].first_lba), (ESP_TYPE, 2048));
         assert_eq!(parts[1].name, "hyve-data");
-        let mut rw = std::fs::OpenOptions::new().read(true).write(true).open(&a).unwrap();
-        let listing = list_esp(&mut rw, &parts[0], "a.img").unwrap();
-        assert!(listing.contains(&("EFI/BOOT/BOOTX64.EFI".to_string(), Some(3000))), "{listing:?}");
-        assert_eq!(read_esp_file(&mut rw, &parts[0], "loader/entries/hyve.conf", 100).unwrap(), b"title");
+        // Read from bytes that cannot be written: the ESP reader needs no write access.
         let bytes = std::fs::read(&a).unwrap();
+        let mut image = std::io::Cursor::new(bytes.as_slice());
+        let listing = list_esp(&mut image, &parts[0], "a.img").unwrap();
+        assert!(listing.contains(&("EFI/BOOT/BOOTX64.EFI".to_string(), Some(3000))), "{listing:?}");
+        assert_eq!(read_esp_file(&mut image, &parts[0], "loader/entries/hyve.conf", 100).unwrap(), b"title");
         let data = (parts[1].first_lba * SECTOR) as usize;
         assert!(bytes[data..].starts_with(datadisk::FORMAT_MAGIC.as_bytes()));
         // A flipped byte in the backup table is caught.
