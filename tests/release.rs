@@ -116,6 +116,20 @@ fn verify_accepts_a_rebuild_and_names_any_changed_byte() {
         .filter(|n| n.starts_with(".hyve-verify-"))
         .collect();
     assert!(stray.is_empty(), "scratch left behind: {stray:?}");
+    // --keep again replaces the earlier rebuild; a directory holding anything else is
+    // refused before the rebuild and left as it was (so is a build's --out).
+    ok(&env.verify(published.to_str().unwrap(), &env.root.join("cache"), &["--keep", kept.to_str().unwrap()]));
+    let precious = env.root.join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("thesis.tex"), "years of work").unwrap();
+    let o = env.verify(published.to_str().unwrap(), &env.root.join("cache"), &["--keep", precious.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("precious") && e.contains("not a hyve output directory"), "{e}");
+    let o = env.build(&precious, &env.root.join("cache"), &[], &[], "022");
+    assert!(!o.status.success() && stderr(&o).contains("not a hyve output directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(precious.join("thesis.tex")).unwrap(), "years of work");
+    assert_eq!(std::fs::read_dir(&precious).unwrap().count(), 1);
 }
 
 #[test]

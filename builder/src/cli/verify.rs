@@ -22,7 +22,8 @@ pub struct VerifyArgs {
     /// downloading the file to compare its bytes
     #[arg(long)]
     checksums_only: bool,
-    /// Keep the rebuild in DIR (replaced if it exists), e.g. for `hyve diff`
+    /// Keep the rebuild in DIR, e.g. for `hyve diff` (an earlier build there is replaced;
+    /// a directory with other files is refused)
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
 }
@@ -31,16 +32,11 @@ pub fn run(args: VerifyArgs) -> Outcome {
     let progress = Progress::new(args.common.json);
     let session = args.common.session(&progress)?;
     let published = Published::parse(&args.against)?;
-    // The rebuild goes beside --keep (so it can be renamed there), else into TMPDIR.
-    let scratch_parent = match &args.keep {
-        Some(k) => k.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| ".".into()),
-        None => std::env::temp_dir(),
-    };
-    std::fs::create_dir_all(&scratch_parent).with_context(|| format!("creating {}", scratch_parent.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".hyve-verify-")
-        .tempdir_in(&scratch_parent)
-        .with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
+    // Checked before the rebuild: --keep replaces only an earlier build.
+    if let Some(keep) = &args.keep {
+        hyve::build::check_replaceable(keep)?;
+    }
+    let scratch = tempfile::Builder::new().prefix("hyve-verify-").tempdir().context("creating a scratch directory")?;
     let manifest = published.manifest(&session.fetcher, scratch.path())?;
     // The published manifest says how it was built; the command line and SOURCE_DATE_EPOCH
     // win when given.
@@ -60,22 +56,13 @@ pub fn run(args: VerifyArgs) -> Outcome {
     let epoch = hyve::epoch::source_date_epoch()?.or(manifest.as_ref().map(|m| m.source_date_epoch));
     let mut opts = args.common.build_options(epoch);
     opts.policy = hyve::session::LockPolicy::Locked;
-    let rebuilt = scratch.path().join("rebuilt");
+    // With --keep the rebuild goes straight there (swapped in whole, as every build).
+    let rebuilt = args.keep.clone().unwrap_or_else(|| scratch.path().join("rebuilt"));
     let result = hyve::build::build(&session, arch, &opts, &rebuilt)
         .with_context(|| format!("rebuilding {} ({arch}) from {}", session.profile.name, session.lockfile.display()))?;
     progress.finish();
     let checks = compare(&published, &rebuilt, &session.fetcher, scratch.path(), args.checksums_only)?;
     let identical = checks.iter().all(|c| c.verdict == Verdict::Identical);
-    let kept = match &args.keep {
-        Some(dir) => {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
-            }
-            std::fs::rename(&rebuilt, dir).with_context(|| format!("keeping the rebuild in {}", dir.display()))?;
-            Some(dir.clone())
-        }
-        None => None,
-    };
     if args.common.json {
         let doc = json!({
             "identical": identical,
@@ -83,7 +70,7 @@ pub fn run(args: VerifyArgs) -> Outcome {
             "arch": arch,
             "against": args.against,
             "source_date_epoch": result.source_date_epoch,
-            "rebuild": kept,
+            "rebuild": args.keep,
             "files": checks,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -102,7 +89,7 @@ pub fn run(args: VerifyArgs) -> Outcome {
     if identical {
         println!("verified: all {} files are byte-identical to {}", checks.len(), args.against);
     } else {
-        let hint = match &kept {
+        let hint = match &args.keep {
             Some(dir) => format!("`hyve diff {} {}` shows what is inside them", args.against, dir.display()),
             None => "rerun with --keep DIR, then `hyve diff` the two to see what is inside them".into(),
         };
