@@ -129,6 +129,18 @@ fn boot_base(arch: &str, qemu: &str) {
     check("clean power-off", "reboot: Power down");
     assert!(o.status.success(), "{arch}: QEMU exited with {:?} (log: {})", o.status, log_path.display());
     eprintln!("boot test {arch}: powered off cleanly after {:.1} s", elapsed.as_secs_f64());
+    // --timeout ends the run with timeout(1)'s status 124, and like every other exit it
+    // leaves nothing in TMPDIR.
+    let run_tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hyve"))
+        .args(["run", &s(&out), "--accel", "auto", "--timeout", "2"])
+        .env("TMPDIR", run_tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(124), "{arch}: --timeout: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did not finish within 2 s; stopped it"));
+    let left: Vec<_> = std::fs::read_dir(run_tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{arch}: hyve run left {left:?} in TMPDIR");
 
     // The same guest from disk.img alone, through UEFI firmware and the UKI on its ESP (the
     // UKI's command line is fixed, so the VM is stopped once the marker and DHCP are seen).

@@ -86,6 +86,15 @@ impl KeyArgs {
 /// already reported.
 type Outcome = anyhow::Result<bool>;
 
+/// An error that ends hyve with its own exit status instead of 1 (a timeout's 124, as
+/// timeout(1) has it). Returned, never `process::exit`, so every drop cleans up first.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
@@ -115,7 +124,7 @@ pub fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            e.downcast_ref::<ExitWith>().map_or(ExitCode::FAILURE, |x| ExitCode::from(x.code))
         }
     }
 }

@@ -194,8 +194,7 @@ pub fn run(a: RunArgs) -> Outcome {
         if let Some(why) = overdue {
             let _ = child.kill();
             let _ = child.wait();
-            eprintln!("hyve: {why}; stopped it");
-            std::process::exit(124);
+            return Err(super::ExitWith { code: 124, message: format!("{why}; stopped it") }.into());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
