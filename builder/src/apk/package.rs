@@ -147,6 +147,11 @@ impl<R: BufRead> PackageReader<R> {
                 ".PKGINFO has no datahash; packages from abuild before 2.x are not supported".into(),
             ));
         }
+        // The signed .PKGINFO declares the installed size: the data may exceed it by tar
+        // overhead and slack only, whoever opened the package (`hyve inspect` too; a build
+        // passes the index's size, which may be tighter).
+        let declared = Limits::for_installed_size(info.installed_size).data_bytes;
+        let limits = Limits { data_bytes: limits.data_bytes.min(declared), ..limits };
         Ok(PackageReader {
             origin: origin.to_string(),
             input,
@@ -167,7 +172,12 @@ impl<R: BufRead> PackageReader<R> {
         let expected = self.control.info.datahash.clone().expect("checked in open");
         let start = self.input.consumed();
         self.input.set_tap(Tap::Sha256(Box::default()));
+        self.input.take_ran_dry();
         let streamed = self.stream_entries(visit);
+        // The decompressor asked for bytes past the end of the file: the member never
+        // finished, so the file is cut short (decided from the stream, not from flate2's
+        // wording of the error).
+        let cut_short = streamed.is_err() && self.input.take_ran_dry();
         if streamed.is_err() {
             // Corrupt compressed data can decompress to plausible garbage before the CRC
             // check at the member's end, so a parse error may really be tampering. Hash the
@@ -177,10 +187,6 @@ impl<R: BufRead> PackageReader<R> {
         let Tap::Sha256(hasher) = self.input.set_tap(Tap::Off) else { unreachable!("tap set above") };
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
-            // Input that ran out inside the gzip member is a cut-short file, not an edit.
-            let cut_short = matches!(&streamed, Err(Error::Gzip { detail, .. })
-                if detail.contains("end of file") || detail.contains("incomplete deflate stream"))
-                && self.input.at_eof().unwrap_or(false);
             let why = if cut_short {
                 "the file ends inside its data member: it is truncated (an interrupted download or copy)"
             } else {
@@ -670,6 +676,26 @@ mod tests {
         assert_eq!(info.installed_size, 4096);
     }
 
+    /// A file cut anywhere inside its data member is called truncated; a changed byte in
+    /// the middle of a complete one is called altered.
+    #[test]
+    fn truncated_and_altered_data_are_told_apart() {
+        let key = test_key();
+        let (bytes, _) = sample_package(&key);
+        let data_start = PackageReader::open(&bytes[..], "t", Limits::default(), None).unwrap().input.consumed() as usize;
+        let why = |b: &[u8]| match PackageReader::open(b, "t", Limits::default(), None).unwrap().read_data(|_, _| Ok(()))
+        {
+            Err(Error::DataHashMismatch { why, .. }) => why,
+            other => panic!("{other:?}"),
+        };
+        for cut in [data_start + 1, (data_start + bytes.len()) / 2, bytes.len() - 1] {
+            assert!(why(&bytes[..cut]).contains("truncated"), "cut at {cut} of {}", bytes.len());
+        }
+        let mut altered = bytes.clone();
+        altered[(data_start + bytes.len()) / 2] ^= 0x40;
+        assert!(why(&altered).contains("altered"));
+    }
+
     #[test]
     fn every_flipped_byte_is_caught() {
         let key = test_key();
@@ -723,6 +749,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("big.apk") && e.contains("\"big\"") && e.contains("declares 2147483648 bytes"), "{e}");
+    }
+
+    /// 300 MiB of data under a declared `size = 100` stops at the limit the declaration
+    /// allows, with no index to say otherwise.
+    #[test]
+    fn data_far_beyond_the_declared_size_is_refused() {
+        let key = test_key();
+        let big = 300u64 << 20;
+        let entry = DataEntry { size: big, ..DataEntry::owned_by_root("zeros", EntryKind::File, 0o644, 0) };
+        let mut tar = TarWriter::new(archive::gzip_writer(Vec::new(), 1));
+        tar.append_data(&entry, &mut io::repeat(0).take(big)).unwrap();
+        let data = tar.finish().unwrap().finish().unwrap();
+        let mut info = PkgInfo::new("liar", Version::parse("1").unwrap(), "x86_64");
+        info.installed_size = 100;
+        let mut bytes = Vec::new();
+        assemble_package(&mut bytes, &mut info, &[], &data, &key, SigAlgo::RsaSha256).unwrap();
+        let e = PackageReader::open(&bytes[..], "liar.apk", Limits::default(), None)
+            .unwrap()
+            .read_data(|_, _| Ok(()))
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::TooLarge { limit, .. } if limit == Limits::for_installed_size(100).data_bytes),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,11 +23,19 @@ pub(crate) struct TappedReader<R> {
     inner: R,
     tap: Tap,
     consumed: u64,
+    /// A reader asked for more after the input ended: a decompressor reading through it
+    /// wanted bytes the file does not have.
+    ran_dry: bool,
 }
 
 impl<R: BufRead> TappedReader<R> {
     pub fn new(inner: R) -> Self {
-        TappedReader { inner, tap: Tap::Off, consumed: 0 }
+        TappedReader { inner, tap: Tap::Off, consumed: 0, ran_dry: false }
+    }
+
+    /// Whether a read came up empty at the end of the input since the last call.
+    pub fn take_ran_dry(&mut self) -> bool {
+        std::mem::take(&mut self.ran_dry)
     }
 
     /// Installs a new tap and returns the old one.
@@ -56,7 +64,9 @@ impl<R: BufRead> Read for TappedReader<R> {
 
 impl<R: BufRead> BufRead for TappedReader<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
+        let buf = self.inner.fill_buf()?;
+        self.ran_dry |= buf.is_empty();
+        Ok(buf)
     }
 
     fn consume(&mut self, amt: usize) {
