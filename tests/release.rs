@@ -184,6 +184,16 @@ fn diff_between_two_locks_lists_exactly_the_changed_packages() {
     assert!(o.status.success() && stdout(&o).contains("no differences"), "{}", stdout(&o));
     let o = support::hyve(&["diff", a.to_str().unwrap(), env.profile.to_str().unwrap()], &[]);
     assert!(!o.status.success() && stderr(&o).contains("guest.toml"), "{}", stderr(&o));
+    // A manifest someone edited: a short or non-hex hash is named, never a panic (exit 1).
+    let mut m: Value = serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
+    for bad in ["ab", "éééééééééééééééé", &"A".repeat(64)] {
+        m["packages"][0]["sha256"] = Value::from(bad);
+        std::fs::write(b.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let o = support::hyve(&["diff", a.to_str().unwrap(), b.to_str().unwrap()], &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{bad:?}: {e}");
+        assert!(e.contains("packages[0]") && e.contains("64 lower-case hex digits"), "{e}");
+    }
 }
 
 #[test]

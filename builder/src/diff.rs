@@ -51,7 +51,7 @@ pub struct Snapshot {
 }
 
 fn parse_manifest(bytes: &[u8], path: &str) -> Result<Manifest> {
-    serde_json::from_slice(bytes).map_err(|e| DiffError::Manifest { path: path.into(), detail: e.to_string() })
+    Manifest::from_json(bytes).map_err(|detail| DiffError::Manifest { path: path.into(), detail })
 }
 
 /// The files of a compressed initramfs, and the guest manifest inside it.

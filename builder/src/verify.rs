@@ -104,9 +104,9 @@ impl Published {
             Err(e) => return Err(e),
         };
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        serde_json::from_slice(&bytes)
+        Manifest::from_json(&bytes)
             .map(Some)
-            .map_err(|e| VerifyError::Manifest { origin: path.display().to_string(), detail: e.to_string() })
+            .map_err(|detail| VerifyError::Manifest { origin: path.display().to_string(), detail })
     }
 
     /// Published file names with their listed SHA-256 (`None` when only the bytes are known).

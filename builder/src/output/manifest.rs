@@ -78,12 +78,38 @@ impl Manifest {
         serde_json::to_string_pretty(self).expect("a manifest serializes") + "\n"
     }
 
+    /// Reads a manifest someone hands hyve (a published build, another output): the JSON,
+    /// and every SHA-256 in it 64 lower-case hex digits, naming the field that is not.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let check = |field: String, value: &str| {
+            if is_sha256_hex(value) {
+                Ok(())
+            } else {
+                Err(format!("{field}: expected a SHA-256 (64 lower-case hex digits), found {value:?}"))
+            }
+        };
+        check("lock.sha256".into(), &m.lock.sha256)?;
+        for (i, p) in m.packages.iter().enumerate() {
+            check(format!("packages[{i}] ({}).sha256", p.name), &p.sha256)?;
+        }
+        for (name, o) in &m.outputs {
+            check(format!("outputs.{name}.sha256"), &o.sha256)?;
+        }
+        Ok(m)
+    }
+
     /// `packageFileName` and the canonical download URL of a package.
     fn apk_location(&self, p: &PackageSummary) -> (String, String) {
         let file = format!("{}-{}.apk", p.name, p.version);
         let url = format!("{CANONICAL_MIRROR}/{}/{}/{}/{file}", self.branch, p.repository, self.arch);
         (file, url)
     }
+}
+
+/// Whether `s` is a SHA-256 as hyve writes them: 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// `sha256sum -c` input for `outputs` (name, sha256), sorted by name.
