@@ -100,25 +100,6 @@ pub fn cmdline(arch: Arch, profile_cmdline: &str) -> String {
     format!("{console} {}", profile_cmdline.trim()).trim().to_string()
 }
 
-/// Streams bytes to a file while hashing them.
-struct HashingFile {
-    file: std::fs::File,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl Write for HashingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Result<Artifact> {
     write_hashed_artifact(dir, name, bytes, hex::encode(Sha256::digest(bytes)))
 }
@@ -407,7 +388,7 @@ fn write_initrd(
 ) -> Result<(Artifact, u64)> {
     let initrd_path = dir.join("initrd.img");
     let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
-    let hashing = HashingFile { file, hasher: Sha256::new(), len: 0 };
+    let hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
     let mut compressor = Compressor::new(
         profile.compression,
         profile.level,
@@ -419,11 +400,9 @@ fn write_initrd(
         cpio::write_tree(tree, store, epoch, &mut cancel.wrap(&mut compressor)).map_err(io_err(&initrd_path))?;
     let hashing =
         compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
-    hashing.file.sync_all().map_err(io_err(&initrd_path))?;
-    Ok((
-        Artifact { name: "initrd.img".into(), sha256: hex::encode(hashing.hasher.finalize()), size: hashing.len },
-        entries,
-    ))
+    let (file, sha256, size) = hashing.finish();
+    file.sync_all().map_err(io_err(&initrd_path))?;
+    Ok((Artifact { name: "initrd.img".into(), sha256: hex::encode(sha256), size }, entries))
 }
 
 /// What the disk image carries of the guest.

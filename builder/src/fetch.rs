@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apk::package::{DataSummary, Limits, PackageReader};
 use crate::apk::Q1;
+use crate::fsutil::Hashing;
 
 /// What the fetcher tells the user about; the CLI turns it into progress bars or lines.
 pub trait Reporter: Send + Sync {
@@ -465,11 +466,10 @@ impl<'r> Fetcher<'r> {
                 _ => FetchError::Io { path: p.to_string(), source: e },
             })?;
             let mut out = tmp;
-            let mut hashing =
-                HashingWriter { inner: out.as_file_mut(), hasher: Sha256::new(), reporter: self.reporter, n: 0 };
+            let mut hashing = download_sink(out.as_file_mut(), self.reporter);
             io::copy(&mut src, &mut hashing).map_err(io_err(Path::new(p)))?;
-            let (sha, n) = (hex::encode(hashing.hasher.finalize()), hashing.n);
-            return Ok((out, sha, n));
+            let (_, sha, n) = hashing.finish();
+            return Ok((out, hex::encode(sha), n));
         }
         let tmp = Mutex::new(tmp);
         let (sha, n) = self.with_retries(url, |attempt| {
@@ -487,7 +487,7 @@ impl<'r> Fetcher<'r> {
             }
             let announced = resp.content_length();
             let mut resp = resp;
-            let mut hashing = HashingWriter { inner: file, hasher: Sha256::new(), reporter: self.reporter, n: 0 };
+            let mut hashing = download_sink(file, self.reporter);
             if let Err(e) = io::copy(&mut resp, &mut hashing) {
                 return Attempt::Retry(FetchError::Network {
                     url: url.to_string(),
@@ -495,7 +495,7 @@ impl<'r> Fetcher<'r> {
                     attempts: attempt,
                 });
             }
-            let n = hashing.n;
+            let n = hashing.count();
             // Fewer bytes than the server announced is a broken transfer (retry). A complete
             // body of another size is another file: the caller's checks name it.
             if let Some(e) = announced.filter(|&e| n < e) {
@@ -506,7 +506,7 @@ impl<'r> Fetcher<'r> {
                     attempts: attempt,
                 });
             }
-            Attempt::Done((hex::encode(hashing.hasher.finalize()), n))
+            Attempt::Done((hex::encode(hashing.finish().1), n))
         })?;
         let tmp = tmp.into_inner().expect("not poisoned");
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
@@ -592,18 +592,15 @@ impl Attempt<()> {
     }
 }
 
-struct HashingWriter<'a, W> {
+/// Tells the reporter of every byte written through it (download progress).
+struct Reporting<'a, W> {
     inner: W,
-    hasher: Sha256,
     reporter: &'a dyn Reporter,
-    n: u64,
 }
 
-impl<W: Write> Write for HashingWriter<'_, W> {
+impl<W: Write> Write for Reporting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.n += n as u64;
         self.reporter.bytes(n as u64);
         Ok(n)
     }
@@ -611,6 +608,11 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// A download's sink: written to `file`, hashed and reported.
+fn download_sink<'a, W: Write>(file: W, reporter: &'a dyn Reporter) -> Hashing<Reporting<'a, W>, Sha256> {
+    Hashing::new(Reporting { inner: file, reporter })
 }
 
 #[cfg(test)]

@@ -7,10 +7,62 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 (lower-case hex) and length of everything `input` yields.
-pub fn sha256_of(mut input: impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let n = std::io::copy(&mut input, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), n))
+pub fn sha256_of(input: impl Read) -> std::io::Result<(String, u64)> {
+    let (digest, n) = digest_of::<Sha256>(input)?;
+    Ok((hex::encode(digest), n))
+}
+
+/// The `D` digest and length of everything `input` yields.
+pub fn digest_of<D: Digest>(input: impl Read) -> std::io::Result<(sha2::digest::Output<D>, u64)> {
+    let mut hashing = Hashing::<_, D>::new(input);
+    std::io::copy(&mut hashing, &mut std::io::sink())?;
+    let (_, digest, n) = hashing.finish();
+    Ok((digest, n))
+}
+
+/// Passes bytes through from or to `inner` while hashing them with `D` and counting them:
+/// the one adapter for every stream hyve checks as it reads or writes it.
+pub struct Hashing<T, D> {
+    inner: T,
+    hasher: D,
+    count: u64,
+}
+
+impl<T, D: Digest> Hashing<T, D> {
+    pub fn new(inner: T) -> Self {
+        Hashing { inner, hasher: D::new(), count: 0 }
+    }
+
+    /// Bytes passed through so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The stream, the digest of what passed and how many bytes that was.
+    pub fn finish(self) -> (T, sha2::digest::Output<D>, u64) {
+        (self.inner, self.hasher.finalize(), self.count)
+    }
+}
+
+impl<T: Read, D: Digest> Read for Hashing<T, D> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write, D: Digest> Write for Hashing<T, D> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Writes `bytes` to a temporary file beside `path`, sets `mode`, syncs, and renames it over
@@ -140,7 +192,11 @@ fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// Swaps two paths atomically: Linux `renameat2(RENAME_EXCHANGE)` (3.15+), macOS
@@ -153,7 +209,14 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     // SAFETY: two NUL-terminated paths that outlive the call. The raw syscall, as musl
     // before 1.2.5 has no renameat2 wrapper.
     let rc = unsafe {
-        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     #[cfg(target_os = "macos")]
     // SAFETY: two NUL-terminated paths that outlive the call.
@@ -163,7 +226,11 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
         let _ = (a, b);
         return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The errors a filesystem or kernel without an atomic exchange gives.
@@ -193,7 +260,8 @@ mod tests {
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<_> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
     }

@@ -4,10 +4,9 @@
 //! Anything else a script does is reported as a warning naming the package and the line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::apk::archive::{DataEntry, EntryKind};
 use crate::apk::package::{Limits, PackageReader};
@@ -24,20 +23,6 @@ pub struct PackageFile {
     /// unpacks it.
     pub sha256: String,
     pub installed_size: u64,
-}
-
-/// Hashes every byte read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// What was installed, for `/lib/apk/db/installed`, the manifest and the SBOM.
@@ -93,7 +78,7 @@ impl<'a> Installer<'a> {
         let origin = pkg.path.display().to_string();
         let file = std::fs::File::open(&pkg.path)
             .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
-        let mut hashing = HashingReader { inner: file, hasher: Sha256::new() };
+        let mut hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
         let reader = PackageReader::open(
             std::io::BufReader::new(&mut hashing),
             &origin,
@@ -132,7 +117,7 @@ impl<'a> Installer<'a> {
             .map_err(|e| corrupt_or(e, pkg))?;
         std::io::copy(&mut hashing, &mut std::io::sink())
             .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
-        let actual = hex::encode(std::mem::take(&mut hashing.hasher).finalize());
+        let actual = hex::encode(hashing.finish().1);
         if actual != pkg.sha256 {
             return Err(cache_corrupt(pkg, actual));
         }

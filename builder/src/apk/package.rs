@@ -15,6 +15,7 @@ use super::pkginfo::PkgInfo;
 use super::sign::{Keyring, SigAlgo, Signature, SigningKey, Verdict};
 use super::stream::{self, LimitedReader, Tap, TappedReader};
 use super::{Error, Result, Q1};
+use crate::fsutil::Hashing;
 
 /// Size limits that turn hostile inputs into errors instead of memory or disk exhaustion.
 #[derive(Debug, Clone, Copy)]
@@ -231,43 +232,27 @@ impl<R: BufRead> PackageReader<R> {
                 };
                 entries += 1;
                 content_bytes += data_entry.size;
-                let mut hashing =
-                    HashingReader { inner: (&mut entry).take(data_entry.size), hasher: Sha1::new(), count: 0 };
+                let mut hashing = Hashing::<_, Sha1>::new((&mut entry).take(data_entry.size));
                 visit(&data_entry, &mut hashing)?;
                 io::copy(&mut hashing, &mut io::sink()).map_err(map_io)?;
-                if hashing.count != data_entry.size {
+                let (_, actual, count) = hashing.finish();
+                if count != data_entry.size {
                     return Err(Error::UnsafeEntry {
                         origin: origin.clone(),
                         path: data_entry.path,
                         reason: format!(
                             "the header declares {} bytes but the stream ends after {}",
-                            data_entry.size, hashing.count
+                            data_entry.size, count
                         ),
                     });
                 }
-                let actual: [u8; 20] = hashing.hasher.finalize().into();
-                check_entry_checksum(&data_entry, actual, &origin)?;
+                check_entry_checksum(&data_entry, actual.into(), &origin)?;
             }
         }
         // Drain padding and trailing zero blocks so the whole member is hashed and its CRC
         // checked.
         io::copy(&mut limited, &mut io::sink()).map_err(map_io)?;
         Ok((entries, content_bytes))
-    }
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha1,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
     }
 }
 
@@ -477,9 +462,9 @@ impl NewEntry {
     /// A regular file whose content stays on disk; it is hashed now and read again when
     /// the package is written (a change in between is detected).
     pub fn from_file(mut entry: DataEntry, path: &Path) -> io::Result<Self> {
-        let mut hasher = HashingReader { inner: std::fs::File::open(path)?, hasher: Sha1::new(), count: 0 };
-        entry.size = io::copy(&mut hasher, &mut io::sink())?;
-        entry.sha1 = Some(hasher.hasher.finalize().into());
+        let (sha1, size) = crate::fsutil::digest_of::<Sha1>(std::fs::File::open(path)?)?;
+        entry.size = size;
+        entry.sha1 = Some(sha1.into());
         Ok(NewEntry { entry, source: Source::File(path.to_path_buf()) })
     }
 
@@ -682,12 +667,13 @@ mod tests {
     fn truncated_and_altered_data_are_told_apart() {
         let key = test_key();
         let (bytes, _) = sample_package(&key);
-        let data_start = PackageReader::open(&bytes[..], "t", Limits::default(), None).unwrap().input.consumed() as usize;
-        let why = |b: &[u8]| match PackageReader::open(b, "t", Limits::default(), None).unwrap().read_data(|_, _| Ok(()))
-        {
-            Err(Error::DataHashMismatch { why, .. }) => why,
-            other => panic!("{other:?}"),
-        };
+        let data_start =
+            PackageReader::open(&bytes[..], "t", Limits::default(), None).unwrap().input.consumed() as usize;
+        let why =
+            |b: &[u8]| match PackageReader::open(b, "t", Limits::default(), None).unwrap().read_data(|_, _| Ok(())) {
+                Err(Error::DataHashMismatch { why, .. }) => why,
+                other => panic!("{other:?}"),
+            };
         for cut in [data_start + 1, (data_start + bytes.len()) / 2, bytes.len() - 1] {
             assert!(why(&bytes[..cut]).contains("truncated"), "cut at {cut} of {}", bytes.len());
         }
