@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::apk::Arch;
+use crate::fsutil;
 use crate::install::{installed_db, Installer, PackageFile};
 use crate::kernel;
 use crate::output::compress::Compressor;
@@ -33,8 +34,8 @@ pub enum BuildError {
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
-    #[error("{path}: {source}{hint}", hint = space_hint(source))]
-    Io { path: String, source: std::io::Error },
+    #[error("{0}{hint}", hint = space_hint(&.0.source))]
+    Io(#[from] crate::fsutil::IoError),
     #[error("the lock for {arch} has no {package}, the profile's kernel package")]
     NoKernelPackage { arch: Arch, package: String },
     /// The disk image needs systemd's EFI stub and the package set has none.
@@ -62,10 +63,6 @@ fn space_hint(e: &std::io::Error) -> &'static str {
         }
         _ => "",
     }
-}
-
-fn io_err(p: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io { path: p.display().to_string(), source }
 }
 
 /// The checksum file every build writes; it lists every other output.
@@ -107,7 +104,7 @@ fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Result<Artifact> {
 /// `write_artifact` for bytes whose SHA-256 is already known (each output is hashed once).
 fn write_hashed_artifact(dir: &Path, name: &str, bytes: &[u8], sha256: String) -> Result<Artifact> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(io_err(&path))?;
+    std::fs::write(&path, bytes).map_err(fsutil::at(&path))?;
     Ok(Artifact { name: name.into(), sha256, size: bytes.len() as u64 })
 }
 
@@ -135,7 +132,7 @@ fn fetch_and_install(
     cancel: &crate::cancel::Cancel,
 ) -> Result<Installed> {
     let reqs = session.locked_requests(arch, section, true)?;
-    let mut store = ContentStore::new().map_err(io_err(Path::new("content store")))?;
+    let mut store = ContentStore::new().map_err(fsutil::at(Path::new("content store")))?;
     let mut tree = Tree::new();
     let mut installer = Installer::new(&mut tree, &mut store, arch);
     session.fetcher.packages_each(&reqs, |i, cached| -> Result<()> {
@@ -176,10 +173,10 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
     let refuse = |what| Err(BuildError::NotAnOutput { path: out.display().to_string(), what });
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(out)(e)),
+        Err(e) => Err(fsutil::at(out)(e).into()),
         Ok(m) if !m.is_dir() => refuse("is a file"),
         Ok(_) => {
-            let empty = std::fs::read_dir(out).map_err(io_err(out))?.next().is_none();
+            let empty = std::fs::read_dir(out).map_err(fsutil::at(out))?.next().is_none();
             if empty || (out.join("manifest.json").is_file() && out.join(SHA256SUMS).is_file()) {
                 Ok(())
             } else {
@@ -302,7 +299,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     }
 
     // Write everything beside the target, then swap it in.
-    let tmp = crate::fsutil::StagingDir::beside(out).map_err(io_err(out))?;
+    let tmp = crate::fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
     let mut outputs = Vec::new();
     let kernel_sha256 = hex::encode(Sha256::digest(&kernel.image));
     if profile.formats.contains(&OutputFormat::Kernel) {
@@ -339,7 +336,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
             outputs.push(artifact);
         } else {
             let path = tmp.path().join("initrd.img");
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            std::fs::remove_file(&path).map_err(fsutil::at(&path))?;
         }
     }
     outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
@@ -357,14 +354,14 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     )?);
     let sums = manifest::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
     let sums_path = tmp.path().join(SHA256SUMS);
-    std::fs::write(&sums_path, sums).map_err(io_err(&sums_path))?;
-    for entry in std::fs::read_dir(tmp.path()).map_err(io_err(tmp.path()))? {
-        let p = entry.map_err(io_err(tmp.path()))?.path();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(&p))?;
+    std::fs::write(&sums_path, sums).map_err(fsutil::at(&sums_path))?;
+    for entry in std::fs::read_dir(tmp.path()).map_err(fsutil::at(tmp.path()))? {
+        let p = entry.map_err(fsutil::at(tmp.path()))?.path();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(fsutil::at(&p))?;
     }
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(io_err(tmp.path()))?;
-    tmp.commit().map_err(io_err(out))?;
+        .map_err(fsutil::at(tmp.path()))?;
+    tmp.commit().map_err(fsutil::at(out))?;
     Ok(BuildResult {
         dir: out.to_path_buf(),
         arch,
@@ -387,7 +384,7 @@ fn write_initrd(
     cancel: &crate::cancel::Cancel,
 ) -> Result<(Artifact, u64)> {
     let initrd_path = dir.join("initrd.img");
-    let file = std::fs::File::create(&initrd_path).map_err(io_err(&initrd_path))?;
+    let file = std::fs::File::create(&initrd_path).map_err(fsutil::at(&initrd_path))?;
     let hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
     let mut compressor = Compressor::new(
         profile.compression,
@@ -395,13 +392,15 @@ fn write_initrd(
         std::io::BufWriter::with_capacity(1 << 20, hashing),
         workers,
     )
-    .map_err(io_err(&initrd_path))?;
+    .map_err(fsutil::at(&initrd_path))?;
     let entries =
-        cpio::write_tree(tree, store, epoch, &mut cancel.wrap(&mut compressor)).map_err(io_err(&initrd_path))?;
-    let hashing =
-        compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(io_err(&initrd_path))?;
+        cpio::write_tree(tree, store, epoch, &mut cancel.wrap(&mut compressor)).map_err(fsutil::at(&initrd_path))?;
+    let hashing = compressor
+        .finish()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .map_err(fsutil::at(&initrd_path))?;
     let (file, sha256, size) = hashing.finish();
-    file.sync_all().map_err(io_err(&initrd_path))?;
+    file.sync_all().map_err(fsutil::at(&initrd_path))?;
     Ok((Artifact { name: "initrd.img".into(), sha256: hex::encode(sha256), size }, entries))
 }
 
@@ -439,10 +438,10 @@ fn write_disk_image(
     };
     let stub_path = format!("usr/lib/systemd/boot/efi/{stub_name}");
     let stub = match tree.get(&stub_path).map(|n| &n.kind) {
-        Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(io_err(Path::new(&stub_path)))?,
+        Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?,
         _ => return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
     };
-    let initrd_len = std::fs::metadata(guest.initrd).map_err(io_err(guest.initrd))?.len();
+    let initrd_len = std::fs::metadata(guest.initrd).map_err(fsutil::at(guest.initrd))?.len();
     let uki = UkiLayout::new(
         &stub,
         &stub_path,
@@ -510,7 +509,7 @@ fn write_disk_image(
         DiskSpec { size: profile.disk_size_mib * disk::MIB, data_mib: profile.data_partition_mib, seed: &seed, epoch };
     let path = dir.join("disk.img");
     disk::write_disk(&path, &spec, files)?;
-    let (sha256, size) = std::fs::File::open(&path).and_then(crate::fsutil::sha256_of).map_err(io_err(&path))?;
+    let (sha256, size) = std::fs::File::open(&path).and_then(crate::fsutil::sha256_of).map_err(fsutil::at(&path))?;
     Ok(Artifact { name: "disk.img".into(), sha256, size })
 }
 

@@ -21,7 +21,7 @@ pub const USER_DATA_MAX: usize = 64 << 10;
 pub const MIN_SIZE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiskError {
+pub enum DataDiskError {
     /// `--size` could not be read.
     #[error("--size {given:?}: {reason}; give a size like 20G, 512M or 1T (powers of 1024)")]
     BadSize { given: String, reason: String },
@@ -37,8 +37,8 @@ pub enum DiskError {
     /// The disk file exists already.
     #[error("{path} already exists; hyve never overwrites a disk (it may hold data): remove it or pick another name")]
     Exists { path: String },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 /// A file for the guest's data disk, relative to its mount point (`/var/lib/hyve`).
@@ -52,8 +52,8 @@ pub struct UserFile {
 impl UserFile {
     /// A file whose destination is checked: relative, printable ASCII, no `.` or `..`
     /// components, short enough for a plain ustar name.
-    pub fn new(dest: &str, content: Vec<u8>, mode: u32) -> Result<UserFile, DiskError> {
-        let bad = |reason: &str| DiskError::BadDest { dest: dest.into(), reason: reason.into() };
+    pub fn new(dest: &str, content: Vec<u8>, mode: u32) -> Result<UserFile, DataDiskError> {
+        let bad = |reason: &str| DataDiskError::BadDest { dest: dest.into(), reason: reason.into() };
         if dest.is_empty() || dest.starts_with('/') {
             return Err(bad("expected a path relative to the data disk, e.g. hostname or .ssh/authorized_keys"));
         }
@@ -70,10 +70,10 @@ impl UserFile {
     }
 
     /// `.ssh/authorized_keys` from an OpenSSH public key file.
-    pub fn ssh_key(path: &Path) -> Result<UserFile, DiskError> {
+    pub fn ssh_key(path: &Path) -> Result<UserFile, DataDiskError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| DiskError::Io { path: shown.clone(), source })?;
-        let bad = |reason: &str| DiskError::BadKey { path: shown.clone(), reason: reason.into() };
+        let text = std::fs::read_to_string(path).map_err(crate::fsutil::at(path))?;
+        let bad = |reason: &str| DataDiskError::BadKey { path: shown.clone(), reason: reason.into() };
         if text.contains("PRIVATE KEY") {
             return Err(bad("this is a private key; pass the public one (the .pub file)"));
         }
@@ -91,8 +91,8 @@ impl UserFile {
 }
 
 /// Parses `20G`, `512M`, `1T`, `4096K` or a byte count; powers of 1024.
-pub fn parse_size(given: &str) -> Result<u64, DiskError> {
-    let bad = |reason: &str| DiskError::BadSize { given: given.into(), reason: reason.into() };
+pub fn parse_size(given: &str) -> Result<u64, DataDiskError> {
+    let bad = |reason: &str| DataDiskError::BadSize { given: given.into(), reason: reason.into() };
     let s = given.trim().trim_end_matches("iB").trim_end_matches('B');
     let (digits, shift) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 10),
@@ -114,7 +114,7 @@ pub fn parse_size(given: &str) -> Result<u64, DiskError> {
 
 /// The tar the guest unpacks onto its new data filesystem: the format-me member first, then
 /// `files` in order. Owners root, times zero: the same files give the same bytes.
-pub fn user_data_tar(files: &[UserFile]) -> Result<Vec<u8>, DiskError> {
+pub fn user_data_tar(files: &[UserFile]) -> Result<Vec<u8>, DataDiskError> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut append = |name: &str, content: &[u8], mode: u32| {
         let mut header = tar::Header::new_ustar();
@@ -126,25 +126,25 @@ pub fn user_data_tar(files: &[UserFile]) -> Result<Vec<u8>, DiskError> {
         header.set_gid(0);
         tar.append_data(&mut header, name, content)
     };
-    let io = |source| DiskError::Io { path: "user data".into(), source };
+    let io = |source| crate::fsutil::at_named("user data")(source);
     append(FORMAT_MAGIC, b"", 0o644).map_err(io)?;
     for f in files {
         append(&f.dest, &f.content, f.mode).map_err(io)?;
     }
     let bytes = tar.into_inner().map_err(io)?;
     if bytes.len() > USER_DATA_MAX {
-        return Err(DiskError::TooLarge { actual: bytes.len(), max: USER_DATA_MAX });
+        return Err(DataDiskError::TooLarge { actual: bytes.len(), max: USER_DATA_MAX });
     }
     Ok(bytes)
 }
 
 /// Writes a sparse raw disk of `size` bytes at `path` starting with the user-data tar. The
 /// file appears complete or not at all, and an existing file is never replaced.
-pub fn create(path: &Path, size: u64, files: &[UserFile]) -> Result<(), DiskError> {
+pub fn create(path: &Path, size: u64, files: &[UserFile]) -> Result<(), DataDiskError> {
     let shown = path.display().to_string();
-    let io = |source| DiskError::Io { path: shown.clone(), source };
+    let io = crate::fsutil::at(path);
     if path.symlink_metadata().is_ok() {
-        return Err(DiskError::Exists { path: shown });
+        return Err(DataDiskError::Exists { path: shown });
     }
     let header = user_data_tar(files)?;
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -154,9 +154,9 @@ pub fn create(path: &Path, size: u64, files: &[UserFile]) -> Result<(), DiskErro
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist_noclobber(path).map_err(|e| {
         if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            DiskError::Exists { path: shown.clone() }
+            DataDiskError::Exists { path: shown.clone() }
         } else {
-            DiskError::Io { path: shown.clone(), source: e.error }
+            io(e.error).into()
         }
     })?;
     Ok(())

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::build::SHA256SUMS;
+use crate::fsutil;
 use crate::output::cpio::{read_archive, CpioEntry};
 use crate::output::disk;
 use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
@@ -19,8 +20,8 @@ pub const GUEST_MANIFEST: &str = "etc/hyve/manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
     #[error(transparent)]
@@ -33,10 +34,6 @@ pub enum DiffError {
 }
 
 type Result<T> = std::result::Result<T, DiffError>;
-
-fn io_err(p: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
-    move |source| DiffError::Io { path: p.display().to_string(), source }
-}
 
 /// One side of a diff.
 #[derive(Debug, Default)]
@@ -56,7 +53,7 @@ fn parse_manifest(bytes: &[u8], path: &str) -> Result<Manifest> {
 
 /// The files of a compressed initramfs, and the guest manifest inside it.
 fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
-    let at = |e| DiffError::Io { path: origin.to_string(), source: e };
+    let at = |e| DiffError::from(crate::fsutil::at_named(origin)(e));
     let reader = crate::output::compress::decompressor(BufReader::new(input)).map_err(at)?;
     let (entries, kept) = read_archive(BufReader::new(reader), |n| n == GUEST_MANIFEST).map_err(at)?;
     let manifest = match kept.get(GUEST_MANIFEST) {
@@ -69,7 +66,7 @@ fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioE
 /// The initrd, kernel and command line inside a hyve disk image's ESP.
 fn read_disk(path: &Path) -> Result<Snapshot> {
     let origin = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut f = std::fs::File::open(path).map_err(fsutil::at(path))?;
     let (_, parts) = disk::read_gpt(&mut f, &origin)?;
     let esp = parts.iter().find(|p| p.type_guid == disk::ESP_TYPE).ok_or_else(|| DiffError::Unknown {
         path: origin.clone(),
@@ -102,7 +99,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         };
         let mut snap = if path.join("initrd.img").is_file() {
             let p = path.join("initrd.img");
-            let (files, _) = read_initrd(std::fs::File::open(&p).map_err(io_err(&p))?, &p.display().to_string())?;
+            let (files, _) = read_initrd(std::fs::File::open(&p).map_err(fsutil::at(&p))?, &p.display().to_string())?;
             Snapshot { files: Some(files), ..Default::default() }
         } else if path.join("disk.img").is_file() {
             read_disk(&path.join("disk.img"))?
@@ -116,11 +113,11 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         return Ok(snap);
     }
     let mut head = Vec::new();
-    std::fs::File::open(path).map_err(io_err(path))?.take(520).read_to_end(&mut head).map_err(io_err(path))?;
+    std::fs::File::open(path).map_err(fsutil::at(path))?.take(520).read_to_end(&mut head).map_err(fsutil::at(path))?;
     if disk::looks_like_gpt(&head) {
         return read_disk(path);
     }
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let file = std::fs::File::open(path).map_err(fsutil::at(path))?;
     let (files, manifest) =
         read_initrd(file, &origin).map_err(|e| DiffError::Unknown { path: origin.clone(), detail: e.to_string() })?;
     let cmdline = manifest.as_ref().map(|m| m.cmdline.clone());

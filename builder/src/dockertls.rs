@@ -47,10 +47,10 @@ pub enum TlsError {
     NotPem { path: String, expected: &'static str },
     #[error("making the Docker TLS certificates: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
     #[error(transparent)]
-    UserData(#[from] crate::datadisk::DiskError),
+    Io(#[from] crate::fsutil::IoError),
+    #[error(transparent)]
+    UserData(#[from] crate::datadisk::DataDiskError),
 }
 
 /// A `DOCKER_CERT_PATH` directory with a root CA and a client certificate.
@@ -88,7 +88,7 @@ impl Bundle {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io { path: path.display().to_string(), source })
+    Ok(std::fs::read(path).map_err(fsutil::at(path))?)
 }
 
 /// The bundle in `dir`: checked when all its files are there, made when none is.
@@ -111,13 +111,12 @@ pub fn ensure(dir: &Path) -> Result<Bundle, TlsError> {
             missing: missing.join(", "),
         });
     }
-    let io = |source| TlsError::Io { path: dir.display().to_string(), source };
+    let io = fsutil::at(dir);
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
     for ((name, mode, _), text) in FILES.iter().zip(generate()?) {
         let path = dir.join(name);
-        fsutil::write_atomic(&path, text.as_bytes(), *mode)
-            .map_err(|source| TlsError::Io { path: path.display().to_string(), source })?;
+        fsutil::write_atomic(&path, text.as_bytes(), *mode).map_err(fsutil::at(&path))?;
     }
     Ok(Bundle { dir: dir.to_path_buf(), created: true })
 }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apk::package::{DataSummary, Limits, PackageReader};
 use crate::apk::Q1;
+use crate::fsutil;
 use crate::fsutil::Hashing;
 
 /// What the fetcher tells the user about; the CLI turns it into progress bars or lines.
@@ -59,18 +60,14 @@ pub enum FetchError {
     #[error(transparent)]
     Verify(#[from] crate::apk::Error),
     /// Local filesystem trouble (cache or file:// mirror).
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
     /// The mirror URL is not usable.
     #[error("mirror {0:?} is not an http(s):// or file:// URL or a directory")]
     BadMirror(String),
 }
 
 type Result<T, E = FetchError> = std::result::Result<T, E>;
-
-fn io_err(path: &Path) -> impl Fn(io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.display().to_string(), source }
-}
 
 /// Where packages come from: an HTTP(S) base URL or a local directory in Alpine layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +208,7 @@ impl<'r> Fetcher<'r> {
     pub fn new(opts: FetchOptions, reporter: &'r dyn Reporter) -> Result<Self> {
         for sub in ["blobs/sha256", "q1", "indexes", "tmp"] {
             let d = opts.cache_dir.join(sub);
-            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+            std::fs::create_dir_all(&d).map_err(fsutil::at(&d))?;
         }
         let client = reqwest::blocking::Client::builder()
             .timeout(opts.timeout)
@@ -274,7 +271,7 @@ impl<'r> Fetcher<'r> {
         if let Some(p) = url.strip_prefix("file://") {
             let bytes = std::fs::read(p).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => FetchError::NotFound { url: url.to_string() },
-                _ => FetchError::Io { path: p.to_string(), source: e },
+                _ => crate::fsutil::at_named(p)(e).into(),
             })?;
             return Ok(FetchedIndex { bytes, from_cache: false });
         }
@@ -330,9 +327,9 @@ impl<'r> Fetcher<'r> {
                 Ok(FetchedIndex { bytes: cached.expect("304 only when a cached copy was offered"), from_cache: true })
             }
             Some((bytes, meta)) => {
-                crate::fsutil::write_atomic(&path, &bytes, 0o644).map_err(io_err(&path))?;
+                crate::fsutil::write_atomic(&path, &bytes, 0o644).map_err(fsutil::at(&path))?;
                 let meta_json = serde_json::to_vec(&meta).expect("meta serialises");
-                crate::fsutil::write_atomic(&meta_path, &meta_json, 0o644).map_err(io_err(&meta_path))?;
+                crate::fsutil::write_atomic(&meta_path, &meta_json, 0o644).map_err(fsutil::at(&meta_path))?;
                 Ok(FetchedIndex { bytes, from_cache: false })
             }
         }
@@ -362,7 +359,7 @@ impl<'r> Fetcher<'r> {
             return Ok(std::fs::metadata(path).ok().map(|m| m.len()).filter(|n| expected.is_none_or(|e| e == *n)));
         }
         let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
-        let (actual, n) = crate::fsutil::sha256_of(f).map_err(io_err(path))?;
+        let (actual, n) = crate::fsutil::sha256_of(f).map_err(fsutil::at(path))?;
         if actual == sha256 {
             self.reporter.bytes(n);
             return Ok(Some(n));
@@ -374,7 +371,7 @@ impl<'r> Fetcher<'r> {
 
     /// Verifies a package file fully (Q1 before parsing, every file's SHA-1, datahash).
     fn verify_file(path: &Path, req: &PackageRequest, origin: &str) -> Result<DataSummary> {
-        let f = std::fs::File::open(path).map_err(io_err(path))?;
+        let f = std::fs::File::open(path).map_err(fsutil::at(path))?;
         let limits = Limits::for_installed_size(req.installed_size);
         let reader = PackageReader::open(io::BufReader::new(f), origin, limits, Some(req.q1))?;
         Ok(reader.read_data(|_, _| Ok(()))?)
@@ -421,7 +418,7 @@ impl<'r> Fetcher<'r> {
         let tmp = tempfile::Builder::new()
             .prefix("dl-")
             .tempfile_in(self.opts.cache_dir.join("tmp"))
-            .map_err(io_err(&self.opts.cache_dir))?;
+            .map_err(fsutil::at(&self.opts.cache_dir))?;
         let (tmp, sha256, size) = self.download(&req.url, tmp)?;
         if let Some(expected) = &req.sha256 {
             if expected != &sha256 {
@@ -444,9 +441,9 @@ impl<'r> Fetcher<'r> {
             return Err(FetchError::Size { url: req.url.clone(), expected, actual: size, attempts: 1 });
         }
         let path = self.blob_path(&sha256);
-        tmp.persist(&path).map_err(|e| FetchError::Io { path: path.display().to_string(), source: e.error })?;
+        tmp.persist(&path).map_err(|e| crate::fsutil::at(&path)(e.error))?;
         let q1_path = self.q1_path(req.q1);
-        crate::fsutil::write_atomic(&q1_path, sha256.as_bytes(), 0o644).map_err(io_err(&q1_path))?;
+        crate::fsutil::write_atomic(&q1_path, sha256.as_bytes(), 0o644).map_err(fsutil::at(&q1_path))?;
         done(path, sha256, size, datahash, false)
     }
 
@@ -454,7 +451,7 @@ impl<'r> Fetcher<'r> {
     /// `dir`, with the same retries as packages; its SHA-256 and size. A missing file is
     /// `FetchError::NotFound` (whose message is about packages: callers name the file).
     pub fn download_file(&self, url: &str, dir: &Path) -> Result<(tempfile::NamedTempFile, String, u64)> {
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(fsutil::at(dir))?;
         self.download(url, tmp)
     }
 
@@ -463,11 +460,11 @@ impl<'r> Fetcher<'r> {
         if let Some(p) = url.strip_prefix("file://") {
             let mut src = std::fs::File::open(p).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => FetchError::NotFound { url: url.to_string() },
-                _ => FetchError::Io { path: p.to_string(), source: e },
+                _ => crate::fsutil::at_named(p)(e).into(),
             })?;
             let mut out = tmp;
             let mut hashing = download_sink(out.as_file_mut(), self.reporter);
-            io::copy(&mut src, &mut hashing).map_err(io_err(Path::new(p)))?;
+            io::copy(&mut src, &mut hashing).map_err(fsutil::at(Path::new(p)))?;
             let (_, sha, n) = hashing.finish();
             return Ok((out, hex::encode(sha), n));
         }
@@ -476,7 +473,7 @@ impl<'r> Fetcher<'r> {
             let mut guard = tmp.lock().expect("not poisoned");
             let file = guard.as_file_mut();
             if let Err(e) = file.set_len(0).and_then(|_| io::Seek::rewind(file)) {
-                return Attempt::Fail(FetchError::Io { path: "cache tmp".into(), source: e });
+                return Attempt::Fail(crate::fsutil::at_named("cache tmp")(e).into());
             }
             let resp = match self.client.get(url).send() {
                 Ok(r) => r,
@@ -509,7 +506,7 @@ impl<'r> Fetcher<'r> {
             Attempt::Done((hex::encode(hashing.finish().1), n))
         })?;
         let tmp = tmp.into_inner().expect("not poisoned");
-        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(fsutil::at(tmp.path()))?;
         Ok((tmp, sha, n))
     }
 

@@ -6,6 +6,26 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// An I/O error and the file it happened on: the one shape every module's error enum
+/// carries for I/O (`#[error(transparent)] Io(#[from] IoError)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct IoError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+/// For `map_err`: the error names `path`.
+pub fn at(path: &Path) -> impl Fn(std::io::Error) -> IoError + Copy + '_ {
+    move |source| IoError { path: path.display().to_string(), source }
+}
+
+/// For `map_err`: the error names `what` (a file inside an image, a URL, a device).
+pub fn at_named(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IoError {
+    let path = what.into();
+    move |source| IoError { path, source }
+}
+
 /// SHA-256 (lower-case hex) and length of everything `input` yields.
 pub fn sha256_of(input: impl Read) -> std::io::Result<(String, u64)> {
     let (digest, n) = digest_of::<Sha256>(input)?;

@@ -23,8 +23,8 @@ pub enum KernelError {
     BadArm64 { path: String, detail: String },
     #[error("kernel module {module:?} is neither in {package} nor built into it; check the name (modules like {examples} exist)")]
     NoModule { module: String, package: String, examples: String },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
@@ -44,11 +44,11 @@ pub struct Kernel {
 
 fn read_node(tree: &Tree, store: &ContentStore, path: &str) -> Result<Vec<u8>> {
     match tree.get(path).map(|n| &n.kind) {
-        Some(NodeKind::File(b)) => store.read_all(*b).map_err(|source| KernelError::Io { path: path.into(), source }),
-        _ => Err(KernelError::Io {
-            path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a regular file"),
-        }),
+        Some(NodeKind::File(b)) => Ok(store.read_all(*b).map_err(crate::fsutil::at_named(path))?),
+        _ => {
+            Err(crate::fsutil::at_named(path)(std::io::Error::new(std::io::ErrorKind::NotFound, "not a regular file"))
+                .into())
+        }
     }
 }
 
@@ -107,7 +107,7 @@ fn is_module_file(path: &str) -> bool {
 /// `depends=` from a module's `.modinfo` (after decompressing by extension).
 fn modinfo_depends(bytes: &[u8], path: &str) -> Result<Vec<String>> {
     let mut raw = Vec::new();
-    let err = |source| KernelError::Io { path: path.into(), source };
+    let err = |source| crate::fsutil::at_named(path)(source);
     if path.ends_with(".gz") {
         flate2::read::GzDecoder::new(bytes).read_to_end(&mut raw).map_err(err)?;
     } else if path.ends_with(".xz") {
@@ -294,9 +294,7 @@ fn select_modules(
             order.iter().map(|d| format!(" {}", rel(d))).collect::<String>()
         ));
     }
-    let blob = store
-        .add_bytes(text.as_bytes())
-        .map_err(|source| KernelError::Io { path: format!("{base}/modules.dep"), source })?;
+    let blob = store.add_bytes(text.as_bytes()).map_err(crate::fsutil::at_named(format!("{base}/modules.dep")))?;
     let node = Node {
         kind: NodeKind::File(blob),
         mode: 0o644,

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::fsutil;
 use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree};
 
 /// The manifest of owners inside an overlay directory.
@@ -23,8 +24,8 @@ pub const MODES_FILE: &str = ".hyve-modes";
 pub enum OverlayError {
     #[error("overlay directory {dir} does not exist (named by the profile); create it or remove it from `overlays`")]
     Missing { dir: String },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
     #[error("{path}:{line}: expected `{expected}`, found {text:?}")]
     Listing { path: String, line: usize, expected: &'static str, text: String },
     #[error("{path}: names {entry}, which is not in the overlay")]
@@ -36,10 +37,6 @@ pub enum OverlayError {
 }
 
 type Result<T> = std::result::Result<T, OverlayError>;
-
-fn io_err(p: &Path) -> impl Fn(std::io::Error) -> OverlayError + '_ {
-    move |source| OverlayError::Io { path: p.display().to_string(), source }
-}
 
 /// The lines `PATH FIELD...` of the listing `file` in `dir` (none when it does not exist),
 /// each parsed by `parse`; `expected` describes a line for the error message.
@@ -129,12 +126,12 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
     let mut digest = Sha256::new();
     for rel in &paths {
         let full = dir.join(rel);
-        let meta = std::fs::symlink_metadata(&full).map_err(io_err(&full))?;
+        let meta = std::fs::symlink_metadata(&full).map_err(fsutil::at(&full))?;
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             NodeKind::Dir
         } else if ft.is_symlink() {
-            let t = std::fs::read_link(&full).map_err(io_err(&full))?;
+            let t = std::fs::read_link(&full).map_err(fsutil::at(&full))?;
             NodeKind::Symlink(
                 t.to_str()
                     .ok_or_else(|| OverlayError::Unsupported {
@@ -144,8 +141,8 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
                     .to_string(),
             )
         } else if ft.is_file() {
-            let mut f = std::fs::File::open(&full).map_err(io_err(&full))?;
-            NodeKind::File(store.add(&mut f).map_err(io_err(&full))?)
+            let mut f = std::fs::File::open(&full).map_err(fsutil::at(&full))?;
+            NodeKind::File(store.add(&mut f).map_err(fsutil::at(&full))?)
         } else {
             return Err(OverlayError::Unsupported {
                 path: full.display().to_string(),
@@ -170,13 +167,13 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
         }
         tree.insert(rel, node, Overwrite::Allowed)?;
     }
-    let name = dir.canonicalize().map_err(io_err(dir))?.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = dir.canonicalize().map_err(fsutil::at(dir))?.file_name().map(|n| n.to_string_lossy().into_owned());
     Ok(OverlaySummary { name: name.unwrap_or_default(), entries: paths.len(), sha256: hex::encode(digest.finalize()) })
 }
 
 fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let e = e.map_err(io_err(dir))?;
+    for e in std::fs::read_dir(dir).map_err(fsutil::at(dir))? {
+        let e = e.map_err(fsutil::at(dir))?;
         let name = e.file_name().to_str().map(str::to_string).ok_or_else(|| OverlayError::Unsupported {
             path: e.path().display().to_string(),
             detail: "file name is not UTF-8".into(),
@@ -185,7 +182,7 @@ fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
             continue;
         }
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        if e.file_type().map_err(io_err(&e.path()))?.is_dir() {
+        if e.file_type().map_err(fsutil::at(&e.path()))?.is_dir() {
             collect(&e.path(), &rel, out)?;
         }
         out.push(rel);
@@ -203,7 +200,7 @@ pub fn put(
     mtime: u64,
 ) -> Result<()> {
     let kind = match kind {
-        Generated::Text(t) => NodeKind::File(store.add_bytes(t.as_bytes()).map_err(io_err(Path::new(path)))?),
+        Generated::Text(t) => NodeKind::File(store.add_bytes(t.as_bytes()).map_err(fsutil::at(Path::new(path)))?),
         Generated::Dir => {
             if tree.get(path).is_some_and(|n| n.kind == NodeKind::Dir) {
                 return Ok(());

@@ -41,8 +41,8 @@ pub enum Error {
     #[error("{path}: {detail}; regenerate it with `hyve lock --update`")]
     BadLockEntry { path: String, detail: String },
     /// Local filesystem trouble.
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -185,7 +185,7 @@ impl<'r> Session<'r> {
     }
 
     pub fn write_lock(&self, lock: &LockFile) -> Result<()> {
-        lock.write(&self.lockfile).map_err(|source| Error::Io { path: self.lockfile.display().to_string(), source })
+        lock.write(&self.lockfile).map_err(|e| crate::fsutil::at(&self.lockfile)(e).into())
     }
 
     /// The lock section for `arch` under `policy`; `true` when it was (re)created and the
@@ -269,11 +269,9 @@ pub fn vendor_files(
     let mut repo_dirs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
     for (locked, cached) in section.packages.iter().zip(packages) {
         let repo_dir = dir.join(branch).join(&locked.repository).join(arch.as_str());
-        std::fs::create_dir_all(&repo_dir)
-            .map_err(|source| Error::Io { path: repo_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&repo_dir).map_err(crate::fsutil::at(&repo_dir))?;
         let target = repo_dir.join(format!("{}-{}.apk", locked.name, locked.version));
-        crate::fsutil::copy_atomic(&cached.path, &target)
-            .map_err(|source| Error::Io { path: target.display().to_string(), source })?;
+        crate::fsutil::copy_atomic(&cached.path, &target).map_err(crate::fsutil::at(&target))?;
         match repo_dirs.iter_mut().find(|(d, _)| *d == repo_dir) {
             Some((_, files)) => files.push(target),
             None => repo_dirs.push((repo_dir, vec![target])),

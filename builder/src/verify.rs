@@ -11,12 +11,13 @@ use sha2::{Digest, Sha256};
 
 use crate::build::SHA256SUMS;
 use crate::fetch::{FetchError, Fetcher};
+use crate::fsutil;
 use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
     #[error(transparent)]
     Sums(#[from] BadSums),
     /// The published manifest cannot be read.
@@ -31,10 +32,6 @@ pub enum VerifyError {
 }
 
 type Result<T> = std::result::Result<T, VerifyError>;
-
-fn io_err(p: &Path) -> impl Fn(io::Error) -> VerifyError + '_ {
-    move |source| VerifyError::Io { path: p.display().to_string(), source }
-}
 
 /// What was published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +83,7 @@ impl Published {
                 let (tmp, _, _) = fetcher
                     .download_file(&url, scratch)
                     .map_err(|e| VerifyError::Fetch { name: name.to_string(), source: Box::new(e) })?;
-                let (_, path) = tmp.keep().map_err(|e| VerifyError::Io { path: url, source: e.error })?;
+                let (_, path) = tmp.keep().map_err(|e| crate::fsutil::at_named(url)(e.error))?;
                 Ok(Some(path))
             }
         }
@@ -103,7 +100,7 @@ impl Published {
             }
             Err(e) => return Err(e),
         };
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let bytes = std::fs::read(&path).map_err(fsutil::at(&path))?;
         Manifest::from_json(&bytes)
             .map(Some)
             .map_err(|detail| VerifyError::Manifest { origin: path.display().to_string(), detail })
@@ -113,16 +110,16 @@ impl Published {
     fn listing(&self, fetcher: &Fetcher, scratch: &Path) -> Result<BTreeMap<String, Option<String>>> {
         if let Published::Dir(d) = self {
             let mut out = BTreeMap::new();
-            for e in std::fs::read_dir(d).map_err(io_err(d))? {
-                let e = e.map_err(io_err(d))?;
-                if e.file_type().map_err(io_err(&e.path()))?.is_file() {
+            for e in std::fs::read_dir(d).map_err(fsutil::at(d))? {
+                let e = e.map_err(fsutil::at(d))?;
+                if e.file_type().map_err(fsutil::at(&e.path()))?.is_file() {
                     out.insert(e.file_name().to_string_lossy().into_owned(), None);
                 }
             }
             return Ok(out);
         }
         let sums = self.fetch(SHA256SUMS, fetcher, scratch)?.expect("SHA256SUMS is local or fetched");
-        let text = std::fs::read_to_string(&sums).map_err(io_err(&sums))?;
+        let text = std::fs::read_to_string(&sums).map_err(fsutil::at(&sums))?;
         let origin = match self {
             Published::Url { base } => format!("{base}/{SHA256SUMS}"),
             _ => sums.display().to_string(),
@@ -170,20 +167,20 @@ type Digested = (String, u64);
 
 /// SHA-256 and size of a file.
 fn digest(path: &Path) -> Result<Digested> {
-    std::fs::File::open(path).and_then(crate::fsutil::sha256_of).map_err(io_err(path))
+    Ok(std::fs::File::open(path).and_then(fsutil::sha256_of).map_err(fsutil::at(path))?)
 }
 
 /// Both files' SHA-256 and size, and where they first differ, in one streaming pass.
 fn compare_files(a: &Path, b: &Path) -> Result<(Digested, Digested, Option<u64>)> {
-    let open = |p: &Path| std::fs::File::open(p).map(|f| BufReader::with_capacity(1 << 20, f)).map_err(io_err(p));
+    let open = |p: &Path| std::fs::File::open(p).map(|f| BufReader::with_capacity(1 << 20, f)).map_err(fsutil::at(p));
     let (mut ra, mut rb) = (open(a)?, open(b)?);
     let (mut ha, mut hb) = (Sha256::new(), Sha256::new());
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
     let (mut na, mut nb) = (0u64, 0u64);
     let mut first = None;
     loop {
-        let la = read_full(&mut ra, &mut ba).map_err(io_err(a))?;
-        let lb = read_full(&mut rb, &mut bb).map_err(io_err(b))?;
+        let la = read_full(&mut ra, &mut ba).map_err(fsutil::at(a))?;
+        let lb = read_full(&mut rb, &mut bb).map_err(fsutil::at(b))?;
         ha.update(&ba[..la]);
         hb.update(&bb[..lb]);
         if first.is_none() {
@@ -227,8 +224,8 @@ pub fn compare(
 ) -> Result<Vec<FileCheck>> {
     let listed = published.listing(fetcher, scratch)?;
     let mut rebuilt_names = BTreeSet::new();
-    for e in std::fs::read_dir(rebuilt).map_err(io_err(rebuilt))? {
-        rebuilt_names.insert(e.map_err(io_err(rebuilt))?.file_name().to_string_lossy().into_owned());
+    for e in std::fs::read_dir(rebuilt).map_err(fsutil::at(rebuilt))? {
+        rebuilt_names.insert(e.map_err(fsutil::at(rebuilt))?.file_name().to_string_lossy().into_owned());
     }
     let names: BTreeSet<&String> = listed.keys().chain(&rebuilt_names).collect();
     let mut out = Vec::new();

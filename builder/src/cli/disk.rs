@@ -54,7 +54,7 @@ pub fn run(cmd: Command) -> Outcome {
     }
     // Before any certificate is made for it.
     if a.file.symlink_metadata().is_ok() {
-        return Err(datadisk::DiskError::Exists { path: a.file.display().to_string() }.into());
+        return Err(datadisk::DataDiskError::Exists { path: a.file.display().to_string() }.into());
     }
     let bundle = a.docker_certs.as_deref().map(dockertls::ensure).transpose()?;
     if let Some(b) = &bundle {

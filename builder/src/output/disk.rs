@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::fat;
 use crate::datadisk;
+use crate::fsutil;
 
 pub const SECTOR: u64 = 512;
 pub const MIB: u64 = 1 << 20;
@@ -32,16 +33,16 @@ pub enum DiskError {
     /// The files do not fit the ESP the profile sized.
     #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile")]
     TooSmall { esp_mib: u64, need_mib: u64, suggest_mib: u64 },
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error("{path}: the ESP: {source}")]
+    Fat { path: String, source: fat::FatError },
+    /// The data partition's format-me header.
+    #[error("the data partition's header: {0}")]
+    FormatMe(#[from] datadisk::DataDiskError),
     /// A disk image that is not what `hyve` writes (for `inspect`).
     #[error("{path}: {detail}")]
     NotGpt { path: String, detail: String },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
-    let what = what.into();
-    move |source| DiskError::Io { what, source }
 }
 
 /// A GUID's on-disk bytes from its text form (first three fields little-endian).
@@ -185,11 +186,11 @@ pub struct ReadPartition {
 /// Reads and checks a GPT: signature, header and table CRCs, the backup copy.
 pub fn read_gpt(disk: &mut (impl Read + Seek), path: &str) -> Result<(String, Vec<ReadPartition>), DiskError> {
     let bad = |detail: String| DiskError::NotGpt { path: path.into(), detail };
-    let size = disk.seek(SeekFrom::End(0)).map_err(io(path))?;
+    let size = disk.seek(SeekFrom::End(0)).map_err(fsutil::at_named(path))?;
     let read_at = |disk: &mut dyn ReadSeek, at: u64, len: usize| -> Result<Vec<u8>, DiskError> {
         let mut b = vec![0u8; len];
-        disk.seek(SeekFrom::Start(at)).map_err(io(path))?;
-        disk.read_exact(&mut b).map_err(io(path))?;
+        disk.seek(SeekFrom::Start(at)).map_err(fsutil::at_named(path))?;
+        disk.read_exact(&mut b).map_err(fsutil::at_named(path))?;
         Ok(b)
     };
     let mbr = read_at(disk, 0, SECTOR as usize)?;
@@ -346,10 +347,7 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
     let shown = path.display().to_string();
     let parts = layout(spec.size, spec.data_mib);
     let (esp_start, esp_len) = parts[0];
-    let fat_error = |e: fat::FatError| DiskError::Io {
-        what: format!("{shown}: the ESP"),
-        source: std::io::Error::other(e.to_string()),
-    };
+    let fat_error = |source| DiskError::Fat { path: shown.clone(), source };
     match fat::check_fits(esp_len, &files) {
         Ok(()) => {}
         Err(fat::FatError::Full { need, cluster, .. }) => {
@@ -360,8 +358,13 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
         }
         Err(e) => return Err(fat_error(e)),
     }
-    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io(&shown))?;
-    file.set_len(spec.size).map_err(io(&shown))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(fsutil::at_named(&shown))?;
+    file.set_len(spec.size).map_err(fsutil::at_named(&shown))?;
     let mut disk = file;
     let mut gpt_parts = vec![Partition {
         type_guid: guid_bytes(ESP_TYPE),
@@ -379,20 +382,17 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
             name: "hyve-data".into(),
         });
         // The guest formats this partition on first boot (datadisk's protocol).
-        let header = datadisk::user_data_tar(&[]).map_err(|e| DiskError::Io {
-            what: "format-me header".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        disk.seek(SeekFrom::Start(start)).map_err(io(&shown))?;
-        disk.write_all(&header).map_err(io(&shown))?;
+        let header = datadisk::user_data_tar(&[])?;
+        disk.seek(SeekFrom::Start(start)).map_err(fsutil::at_named(&shown))?;
+        disk.write_all(&header).map_err(fsutil::at_named(&shown))?;
     }
-    write_gpt(&mut disk, spec.size, &derived_guid(spec.seed, "disk"), &gpt_parts).map_err(io(&shown))?;
+    write_gpt(&mut disk, spec.size, &derived_guid(spec.seed, "disk"), &gpt_parts).map_err(fsutil::at_named(&shown))?;
 
     let serial = u32::from_le_bytes(derived_guid(spec.seed, "fat-serial")[..4].try_into().expect("4 bytes"));
     let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
     let volume = fat::Volume { start: esp_start, len: esp_len, hidden, serial, label: ESP_LABEL, epoch: spec.epoch };
     fat::write_fat32(&mut disk, &volume, files).map_err(fat_error)?;
-    disk.sync_all().map_err(io(&shown))?;
+    disk.sync_all().map_err(fsutil::at_named(&shown))?;
     Ok(())
 }
 
@@ -407,8 +407,8 @@ fn open_esp<'a, R: Read + Seek>(
 ) -> Result<fatfs::FileSystem<Slice<ReadOnly<&'a mut R>>>, DiskError> {
     let start = esp.first_lba * SECTOR;
     let len = (esp.last_lba + 1 - esp.first_lba) * SECTOR;
-    let slice = Slice::new(ReadOnly(disk), start, len).map_err(io(what))?;
-    fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(io(format!("{what}: the ESP")))
+    let slice = Slice::new(ReadOnly(disk), start, len).map_err(fsutil::at_named(what))?;
+    Ok(fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(fsutil::at_named(format!("{what}: the ESP")))?)
 }
 
 /// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
@@ -433,7 +433,7 @@ pub fn list_esp(disk: &mut (impl Read + Seek), esp: &ReadPartition, path: &str) 
         }
         Ok(())
     }
-    walk(fs.root_dir(), "", &mut out).map_err(io(format!("{path}: the ESP")))?;
+    walk(fs.root_dir(), "", &mut out).map_err(fsutil::at_named(format!("{path}: the ESP")))?;
     Ok(out)
 }
 
@@ -459,8 +459,8 @@ pub fn with_esp_file<T>(
     read: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
 ) -> Result<T, DiskError> {
     let fs = open_esp(disk, esp, file)?;
-    let mut f = fs.root_dir().open_file(file).map_err(io(file))?;
-    read(&mut f).map_err(io(file))
+    let mut f = fs.root_dir().open_file(file).map_err(fsutil::at_named(file))?;
+    Ok(read(&mut f).map_err(fsutil::at_named(file))?)
 }
 
 /// Whether the first 520 bytes of a file are a protective MBR followed by a GPT header.

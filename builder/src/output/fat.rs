@@ -34,8 +34,11 @@ pub enum FatError {
     TooFewClusters { size: u64, clusters: u64, cluster: u64 },
     #[error("the files need {need} clusters of {cluster} bytes, the partition has {have}")]
     Full { need: u64, have: u64, cluster: u64 },
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    /// A file's writer wrote another length than its entry announced.
+    #[error("ESP file {path}: wrote {wrote} bytes, announced {announced}")]
+    WrongSize { path: String, wrote: u64, announced: u64 },
 }
 
 /// The 11-byte short name and NT case flags of a file name that fits 8.3.
@@ -271,7 +274,6 @@ pub fn check_fits(len: u64, files: &[EspFile]) -> Result<(), FatError> {
 /// Writes a FAT32 file system holding `files` into `dev` where `volume` says.
 pub fn write_fat32(dev: &mut (impl Write + Seek), volume: &Volume, files: Vec<EspFile>) -> Result<(), FatError> {
     let Volume { start, len, hidden, serial, label, epoch } = *volume;
-    let io = |what: String| move |source| FatError::Io { what, source };
     let Plan { g, dirs, dir_cluster, file_cluster, next } = Plan::new(len, &files)?;
     let cb = g.cluster_bytes();
     let used = u64::from(next - 2);
@@ -323,8 +325,8 @@ pub fn write_fat32(dev: &mut (impl Write + Seek), volume: &Volume, files: Vec<Es
     info[492..496].copy_from_slice(&next.to_le_bytes());
     info[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes());
     let at = |dev: &mut dyn WriteSeek, offset: u64, bytes: &[u8], what: &str| -> Result<(), FatError> {
-        dev.seek(SeekFrom::Start(start + offset)).map_err(io(what.into()))?;
-        dev.write_all(bytes).map_err(io(what.into()))
+        dev.seek(SeekFrom::Start(start + offset)).map_err(crate::fsutil::at_named(what))?;
+        Ok(dev.write_all(bytes).map_err(crate::fsutil::at_named(what))?)
     };
     at(dev, 0, &boot, "FAT boot sector")?;
     at(dev, SECTOR, &info, "FAT FSInfo")?;
@@ -370,17 +372,14 @@ pub fn write_fat32(dev: &mut (impl Write + Seek), volume: &Volume, files: Vec<Es
             continue;
         }
         let what = format!("ESP file {}", f.path);
-        dev.seek(SeekFrom::Start(start + g.cluster_offset(first))).map_err(io(what.clone()))?;
+        dev.seek(SeekFrom::Start(start + g.cluster_offset(first))).map_err(crate::fsutil::at_named(what.clone()))?;
         let mut counted = Counted { inner: &mut *dev, n: 0 };
-        (f.write)(&mut counted).map_err(io(what.clone()))?;
+        (f.write)(&mut counted).map_err(crate::fsutil::at_named(what.clone()))?;
         if counted.n != f.size {
-            return Err(FatError::Io {
-                what,
-                source: std::io::Error::other(format!("wrote {} bytes, announced {}", counted.n, f.size)),
-            });
+            return Err(FatError::WrongSize { path: f.path.clone(), wrote: counted.n, announced: f.size });
         }
         let pad = u64::from(n) * cb - f.size;
-        dev.write_all(&vec![0u8; pad as usize]).map_err(io(what))?;
+        dev.write_all(&vec![0u8; pad as usize]).map_err(crate::fsutil::at_named(what))?;
     }
     Ok(())
 }

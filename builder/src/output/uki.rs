@@ -17,8 +17,11 @@ pub enum UkiError {
     /// The stub is not a PE32+ image this module understands.
     #[error("EFI stub {path}: {detail}")]
     BadStub { path: String, detail: String },
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    /// A section's body ended before its planned length.
+    #[error("UKI section {section}: expected {expected} bytes, read {read}")]
+    ShortSection { section: String, expected: u64, read: u64 },
 }
 
 /// One section of a PE image, as its header says.
@@ -188,27 +191,17 @@ impl UkiLayout {
     /// Writes the UKI, reading each section's body from `bodies` (same order and lengths as
     /// planned).
     pub fn write(&self, out: &mut impl Write, bodies: Vec<(&str, &mut dyn Read)>) -> Result<(), UkiError> {
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| UkiError::Io { what: what.clone(), source }
-        };
-        out.write_all(&self.head).map_err(io("UKI headers"))?;
+        out.write_all(&self.head).map_err(crate::fsutil::at_named("UKI headers"))?;
         let mut at = self.head.len() as u64;
         for ((offset, len), (name, body)) in self.placed.iter().zip(bodies) {
-            pad(out, offset - at).map_err(io(name))?;
-            let copied = std::io::copy(&mut body.take(*len), out).map_err(io(name))?;
+            pad(out, offset - at).map_err(crate::fsutil::at_named(name))?;
+            let copied = std::io::copy(&mut body.take(*len), out).map_err(crate::fsutil::at_named(name))?;
             if copied != *len {
-                return Err(UkiError::Io {
-                    what: name.to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("expected {len} bytes, read {copied}"),
-                    ),
-                });
+                return Err(UkiError::ShortSection { section: name.to_string(), expected: *len, read: copied });
             }
             at = offset + len;
         }
-        pad(out, self.total - at).map_err(io("UKI padding"))
+        Ok(pad(out, self.total - at).map_err(crate::fsutil::at_named("UKI padding"))?)
     }
 }
 
