@@ -26,6 +26,31 @@ pub fn at_named(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IoErr
     move |source| IoError { path, source }
 }
 
+/// Every path below `dir` (not `dir` itself), relative and `/`-separated, sorted so that
+/// parents come before their children; symlinks are listed, not followed. A name that is
+/// not UTF-8 is an error naming it.
+pub fn relative_paths(dir: &Path) -> Result<Vec<String>, IoError> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), IoError> {
+        for entry in std::fs::read_dir(dir).map_err(at(dir))? {
+            let entry = entry.map_err(at(dir))?;
+            let path = entry.path();
+            let name = entry.file_name().into_string().map_err(|_| {
+                at(&path)(std::io::Error::new(std::io::ErrorKind::InvalidData, "file name is not UTF-8"))
+            })?;
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            if entry.file_type().map_err(at(&path))?.is_dir() {
+                walk(&path, &rel, out)?;
+            }
+            out.push(rel);
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(dir, "", &mut paths)?;
+    paths.sort();
+    Ok(paths)
+}
+
 /// SHA-256 (lower-case hex) and length of everything `input` yields.
 pub fn sha256_of(input: impl Read) -> std::io::Result<(String, u64)> {
     let (digest, n) = digest_of::<Sha256>(input)?;

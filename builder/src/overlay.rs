@@ -112,9 +112,8 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
     }
     let owners = read_owners(dir)?;
     let modes = read_modes(dir)?;
-    let mut paths = Vec::new();
-    collect(dir, "", &mut paths)?;
-    paths.sort();
+    let paths: Vec<String> =
+        fsutil::relative_paths(dir)?.into_iter().filter(|p| p != OWNERS_FILE && p != MODES_FILE).collect();
     for (file, listed) in [(OWNERS_FILE, owners.keys().collect::<Vec<_>>()), (MODES_FILE, modes.keys().collect())] {
         if let Some(entry) = listed.into_iter().find(|p| paths.binary_search(p).is_err()) {
             return Err(OverlayError::ListedMissing {
@@ -169,25 +168,6 @@ pub fn apply_dir(tree: &mut Tree, store: &mut ContentStore, dir: &Path, mtime: u
     }
     let name = dir.canonicalize().map_err(fsutil::at(dir))?.file_name().map(|n| n.to_string_lossy().into_owned());
     Ok(OverlaySummary { name: name.unwrap_or_default(), entries: paths.len(), sha256: hex::encode(digest.finalize()) })
-}
-
-fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(fsutil::at(dir))? {
-        let e = e.map_err(fsutil::at(dir))?;
-        let name = e.file_name().to_str().map(str::to_string).ok_or_else(|| OverlayError::Unsupported {
-            path: e.path().display().to_string(),
-            detail: "file name is not UTF-8".into(),
-        })?;
-        if prefix.is_empty() && (name == OWNERS_FILE || name == MODES_FILE) {
-            continue;
-        }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        if e.file_type().map_err(fsutil::at(&e.path()))?.is_dir() {
-            collect(&e.path(), &rel, out)?;
-        }
-        out.push(rel);
-    }
-    Ok(())
 }
 
 /// A generated file or node (hostname, os-release, manifest, /dev/console, mount points).

@@ -9,15 +9,13 @@ use super::archive::{self, TarWriter};
 use super::dep::Dep;
 use super::package::Control;
 use super::pkginfo::display_list;
-use super::sign::{Keyring, SigAlgo, Signature, SigningKey, Verdict};
+use super::sign::{self, Keyring, SigAlgo, Signature, SigningKey, Verdict};
 use super::stream::{self, Tap, TappedReader};
 use super::version::Version;
 use super::{Error, Result, Q1};
 
 /// Largest decompressed index accepted; Alpine's biggest (community) is ~10 MB.
 const MAX_INDEX_BYTES: u64 = 512 << 20;
-/// Largest decompressed signature member.
-const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
 
 /// One package in an index.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,26 +178,9 @@ fn open_index(
     let first = stream::read_member(&mut input, MAX_INDEX_BYTES).map_err(|e| member_err("first gzip member", e))?;
     let first_entries = archive::read_small_tar(&first).map_err(|e| tar_err("first gzip member", e))?;
     let signed_start = input.consumed() as usize;
-    let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
 
-    let (signatures, signed, index_entries) = if is_signature_member {
-        if first.len() as u64 > MAX_SIGNATURE_BYTES {
-            return Err(Error::TooLarge {
-                origin: origin.to_string(),
-                member: "signature member",
-                limit: MAX_SIGNATURE_BYTES,
-            });
-        }
-        let sigs: Vec<Signature> = first_entries
-            .into_iter()
-            .filter_map(|(name, _, data)| {
-                Signature::parse_entry_name(&name).map(|(algo, key)| Signature {
-                    algo,
-                    key_name: key.to_string(),
-                    bytes: data,
-                })
-            })
-            .collect();
+    let (signatures, signed, index_entries) = if sign::is_signature_member(&first_entries) {
+        let sigs = sign::read_signature_member(first_entries, first.len(), origin)?;
         (sigs, &bytes[signed_start..], None)
     } else {
         (Vec::new(), &bytes[..0], Some(first_entries))

@@ -12,7 +12,7 @@ use sha2::Sha256;
 
 use super::archive::{self, DataEntry, EntryKind, TarWriter, CHECKSUM_RECORD};
 use super::pkginfo::PkgInfo;
-use super::sign::{Keyring, SigAlgo, Signature, SigningKey, Verdict};
+use super::sign::{self, Keyring, SigAlgo, Signature, SigningKey, Verdict};
 use super::stream::{self, LimitedReader, Tap, TappedReader};
 use super::{Error, Result, Q1};
 use crate::fsutil::Hashing;
@@ -104,18 +104,8 @@ impl<R: BufRead> PackageReader<R> {
         }
         let (first_raw, first) = read_raw_member(&mut input, origin, "first gzip member", limits.control_bytes)?;
         let first_entries = parse_tar(&first, origin, "first gzip member")?;
-        let is_signature_member = first_entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."));
-        let (signatures, control_raw, control_entries) = if is_signature_member {
-            let mut sigs = Vec::new();
-            for (name, _, data) in first_entries {
-                match Signature::parse_entry_name(&name) {
-                    Some((algo, key)) => sigs.push(Signature { algo, key_name: key.to_string(), bytes: data }),
-                    None if name.starts_with(".SIGN.") => {} // DSA or future types: ignored, as apk does
-                    None => {
-                        return Err(format_err(origin, format!("unexpected entry {name:?} in the signature member")))
-                    }
-                }
-            }
+        let (signatures, control_raw, control_entries) = if sign::is_signature_member(&first_entries) {
+            let sigs = sign::read_signature_member(first_entries, first.len(), origin)?;
             let (raw, control) = read_raw_member(&mut input, origin, "control member", limits.control_bytes)?;
             (sigs, raw, parse_tar(&control, origin, "control member")?)
         } else {

@@ -85,6 +85,46 @@ impl Signature {
     }
 }
 
+/// Largest signature member read (decompressed); a real one is a few hundred bytes.
+pub const MAX_SIGNATURE_MEMBER: u64 = 1 << 20;
+
+/// Whether a first gzip member's tar entries are a signature member (else the file is
+/// unsigned and the member is the control or index member itself).
+pub fn is_signature_member(entries: &[(String, u8, Vec<u8>)]) -> bool {
+    entries.first().is_some_and(|(n, _, _)| n.starts_with(".SIGN."))
+}
+
+/// The signatures of a signature member (its tar entries, `decompressed` bytes in all), read
+/// the same way for packages and indexes: `.SIGN.RSA*.<key>` entries are signatures, other
+/// `.SIGN.` types (DSA, future ones) are skipped as apk does, anything else is an error.
+pub fn read_signature_member(
+    entries: Vec<(String, u8, Vec<u8>)>,
+    decompressed: usize,
+    origin: &str,
+) -> super::Result<Vec<Signature>> {
+    if decompressed as u64 > MAX_SIGNATURE_MEMBER {
+        return Err(super::Error::TooLarge {
+            origin: origin.to_string(),
+            member: "signature member",
+            limit: MAX_SIGNATURE_MEMBER,
+        });
+    }
+    let mut signatures = Vec::new();
+    for (name, _, bytes) in entries {
+        match Signature::parse_entry_name(&name) {
+            Some((algo, key)) => signatures.push(Signature { algo, key_name: key.to_string(), bytes }),
+            None if name.starts_with(".SIGN.") => {}
+            None => {
+                return Err(super::Error::Format {
+                    origin: origin.to_string(),
+                    detail: format!("unexpected entry {name:?} in the signature member"),
+                })
+            }
+        }
+    }
+    Ok(signatures)
+}
+
 /// How a set of signatures fared against the keyring.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -338,6 +378,24 @@ impl SigningKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_members_read_alike_for_packages_and_indexes() {
+        let entry = |n: &str| (n.to_string(), b'0', vec![1, 2, 3]);
+        let sigs = read_signature_member(
+            vec![entry(".SIGN.RSA256.a.rsa.pub"), entry(".SIGN.DSA.old.pub"), entry(".SIGN.RSA.b.rsa.pub")],
+            3000,
+            "x",
+        )
+        .unwrap();
+        let names: Vec<_> = sigs.iter().map(|s| (s.algo, s.key_name.as_str())).collect();
+        assert_eq!(names, [(SigAlgo::RsaSha256, "a.rsa.pub"), (SigAlgo::RsaSha1, "b.rsa.pub")]);
+        let e = read_signature_member(vec![entry(".SIGN.RSA.a.rsa.pub"), entry(".PKGINFO")], 3000, "p.apk");
+        assert!(e.unwrap_err().to_string().contains("p.apk"), "an entry that is no signature is refused");
+        let e = read_signature_member(vec![entry(".SIGN.RSA.a.rsa.pub")], 2 << 20, "big");
+        assert!(matches!(e, Err(super::super::Error::TooLarge { .. })));
+        assert!(is_signature_member(&[entry(".SIGN.RSA.a")]) && !is_signature_member(&[entry(".PKGINFO")]));
+    }
 
     #[test]
     fn builtin_keys_by_arch() {

@@ -13,9 +13,7 @@ use super::package::NewEntry;
 /// Walks `root` (not included itself) and returns its entries sorted by path, parents
 /// before children. Files with several links become one file plus hardlinks to it.
 pub fn entries_from_dir(root: &Path, mtime: u64) -> io::Result<Vec<NewEntry>> {
-    let mut paths = Vec::new();
-    collect(root, String::new(), &mut paths)?;
-    paths.sort();
+    let paths = crate::fsutil::relative_paths(root).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     let mut out = Vec::with_capacity(paths.len());
     for rel in paths {
@@ -62,22 +60,6 @@ pub fn entries_from_dir(root: &Path, mtime: u64) -> io::Result<Vec<NewEntry>> {
         out.push(new);
     }
     Ok(out)
-}
-
-fn collect(dir: &Path, prefix: String, out: &mut Vec<String>) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_str().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{}: file name is not UTF-8", entry.path().display()))
-        })?;
-        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
-        if entry.file_type()?.is_dir() {
-            collect(&entry.path(), rel.clone(), out)?;
-        }
-        out.push(rel);
-    }
-    Ok(())
 }
 
 /// Linux `dev_t` encoding (glibc's `major()`/`minor()`).
