@@ -22,35 +22,44 @@ use crate::profile::OutputFormat;
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, NodeKind, Tree};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BuildError {
-    #[error(transparent)]
-    Session(#[from] crate::session::Error),
-    #[error(transparent)]
-    Install(#[from] crate::install::InstallError),
-    #[error(transparent)]
-    Fetch(#[from] crate::fetch::FetchError),
-    #[error(transparent)]
-    Kernel(#[from] crate::kernel::KernelError),
-    #[error(transparent)]
-    Overlay(#[from] crate::overlay::OverlayError),
-    #[error("{0}{hint}", hint = space_hint(&.0.source))]
-    Io(#[from] crate::fsutil::IoError),
     #[error("the lock for {arch} has no {package}, the profile's kernel package")]
     NoKernelPackage { arch: Arch, package: String },
     /// The disk image needs systemd's EFI stub and the package set has none.
     #[error("output.formats has \"disk\" but no package installs /{path} ({arch}); the profile's world gets {package} for it — is it in the repositories?")]
     NoEfiStub { arch: Arch, path: String, package: &'static str },
-    #[error(transparent)]
-    Uki(#[from] crate::output::uki::UkiError),
-    #[error(transparent)]
-    Disk(#[from] crate::output::disk::DiskError),
     /// `--out` names something that is not an earlier build: replacing it would delete it.
     #[error("{path} {what}, not a hyve output directory (none of manifest.json and SHA256SUMS); building there would replace it — pick an empty or new directory")]
     NotAnOutput { path: String, what: &'static str },
     /// SIGINT or SIGTERM.
     #[error("interrupted; the previous output (if any) is untouched and no temporary files were left")]
     Interrupted,
+    #[error(transparent)]
+    #[serde(untagged)]
+    Session(#[from] crate::session::Error),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Install(#[from] crate::install::InstallError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    #[error("{0}{hint}", hint = space_hint(&.0.source))]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Uki(#[from] crate::output::uki::UkiError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Disk(#[from] crate::output::disk::DiskError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;

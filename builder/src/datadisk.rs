@@ -20,7 +20,8 @@ pub const USER_DATA_MAX: usize = 64 << 10;
 /// Smallest disk accepted: room for a GPT and an ext4 filesystem worth having.
 pub const MIN_SIZE: u64 = 64 << 20;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataDiskError {
     /// `--size` could not be read.
     #[error("--size {given:?}: {reason}; give a size like 20G, 512M or 1T (powers of 1024)")]
@@ -38,6 +39,7 @@ pub enum DataDiskError {
     #[error("{path} already exists; hyve never overwrites a disk (it may hold data): remove it or pick another name")]
     Exists { path: String },
     #[error(transparent)]
+    #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
 }
 

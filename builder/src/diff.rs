@@ -18,19 +18,23 @@ use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
 /// Where the guest keeps its copy of the build manifest.
 pub const GUEST_MANIFEST: &str = "etc/hyve/manifest.json";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiffError {
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
-    #[error(transparent)]
-    Disk(#[from] disk::DiskError),
-    #[error(transparent)]
-    Sums(#[from] BadSums),
     #[error("{path}: not a hyve manifest ({detail})")]
     Manifest { path: String, detail: String },
     /// Neither an output directory nor an image.
     #[error("{path}: expected a hyve output directory, an initrd.img or a disk.img ({detail})")]
     Unknown { path: String, detail: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Disk(#[from] disk::DiskError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Sums(#[from] BadSums),
 }
 
 type Result<T> = std::result::Result<T, DiffError>;

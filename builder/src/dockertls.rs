@@ -37,7 +37,8 @@ const CLIENT_DAYS: i64 = 825;
 /// The root's subject: the issuer every certificate it signs names.
 const ROOT_NAME: &str = "hyve Docker CA";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TlsError {
     /// DIR holds part of a bundle: using it could pair a client with the wrong CA.
     #[error("{dir} has {present} but not {missing}; point --docker-certs at an empty or new directory, or restore the missing files")]
@@ -45,11 +46,17 @@ pub enum TlsError {
     /// A file of the bundle is not what hyve wrote there.
     #[error("{path}: expected a PEM {expected}; point --docker-certs at an empty or new directory")]
     NotPem { path: String, expected: &'static str },
-    #[error("making the Docker TLS certificates: {0}")]
-    Generate(#[from] rcgen::Error),
+    #[error("making the Docker TLS certificates: {source}")]
+    Generate {
+        #[from]
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: rcgen::Error,
+    },
     #[error(transparent)]
+    #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
     #[error(transparent)]
+    #[serde(untagged)]
     UserData(#[from] crate::datadisk::DataDiskError),
 }
 

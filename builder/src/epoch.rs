@@ -1,8 +1,9 @@
 //! The one time source for everything hyve writes: `SOURCE_DATE_EPOCH`, never the clock.
 
 /// `SOURCE_DATE_EPOCH` is set but is not a number of seconds.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
 #[error("SOURCE_DATE_EPOCH={value:?} is not a whole number of seconds since 1970; unset it or set e.g. SOURCE_DATE_EPOCH=1700000000")]
+#[serde(tag = "kind", rename = "bad_epoch")]
 pub struct BadEpoch {
     pub value: String,
 }

@@ -34,7 +34,8 @@ pub trait Reporter: Send + Sync {
 }
 
 /// Why a fetch failed. Each names the URL or file and says what to do next.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FetchError {
     /// 404: Alpine deletes superseded packages from its mirrors within days.
     #[error("{url}: not found on the mirror (HTTP 404); Alpine deletes superseded packages — run `hyve lock --update` to re-resolve against the mirror, or build from a `hyve vendor` copy of the lock")]
@@ -56,15 +57,17 @@ pub enum FetchError {
     /// Trust link 2: the file is not the one the lock pinned.
     #[error("{name}: {url}: SHA-256 {actual} does not match the lock's {expected}; the mirror serves different bytes than were locked — if that is expected, run `hyve lock --update {name}`")]
     LockMismatch { name: String, url: String, expected: String, actual: String },
+    /// The mirror URL is not usable.
+    #[error("mirror {url:?} is not an http(s):// or file:// URL or a directory")]
+    BadMirror { url: String },
     /// Trust links 3 to 5 (and the format itself).
     #[error(transparent)]
+    #[serde(untagged)]
     Verify(#[from] crate::apk::Error),
     /// Local filesystem trouble (cache or file:// mirror).
     #[error(transparent)]
+    #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
-    /// The mirror URL is not usable.
-    #[error("mirror {0:?} is not an http(s):// or file:// URL or a directory")]
-    BadMirror(String),
 }
 
 type Result<T, E = FetchError> = std::result::Result<T, E>;
@@ -86,7 +89,7 @@ impl Mirror {
         } else if Path::new(s).is_dir() {
             Ok(Mirror::Dir(PathBuf::from(s)))
         } else {
-            Err(FetchError::BadMirror(s.to_string()))
+            Err(FetchError::BadMirror { url: s.to_string() })
         }
     }
 

@@ -8,10 +8,12 @@ use sha2::{Digest, Sha256};
 
 /// An I/O error and the file it happened on: the one shape every module's error enum
 /// carries for I/O (`#[error(transparent)] Io(#[from] IoError)`).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
 #[error("{path}: {source}")]
+#[serde(tag = "kind", rename = "io_error")]
 pub struct IoError {
     pub path: String,
+    #[serde(serialize_with = "crate::serialize_display")]
     pub source: std::io::Error,
 }
 

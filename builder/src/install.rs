@@ -34,14 +34,17 @@ pub struct InstalledPackage {
     pub files: Vec<(String, EntryKind, Option<[u8; 20]>)>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InstallError {
-    #[error(transparent)]
-    Apk(#[from] crate::apk::Error),
     #[error("installing {package}: {source}")]
     Tree { package: String, source: Box<TreeError> },
-    #[error("content store: {0}")]
-    Store(#[from] std::io::Error),
+    #[error("content store: {source}")]
+    Store {
+        #[from]
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
     #[error("installing {package}: {detail}")]
     Script { package: String, detail: String },
     /// A package built for another architecture (its .PKGINFO says so).
@@ -50,6 +53,9 @@ pub enum InstallError {
     /// Trust link 2 on a cached file, checked while unpacking it.
     #[error("{path}: SHA-256 {actual} does not match the lock's {expected}; the corrupt cache entry was removed — run the build again to fetch it")]
     CacheCorrupt { path: String, expected: String, actual: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Apk(#[from] crate::apk::Error),
 }
 
 type Result<T> = std::result::Result<T, InstallError>;

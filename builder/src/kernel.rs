@@ -13,7 +13,8 @@ use std::io::Read;
 use crate::apk::Arch;
 use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KernelError {
     #[error("the kernel package {package} has no /boot/vmlinuz-*; is it a kernel package?")]
     NoImage { package: String },
@@ -24,6 +25,7 @@ pub enum KernelError {
     #[error("kernel module {module:?} is neither in {package} nor built into it; check the name (modules like {examples} exist)")]
     NoModule { module: String, package: String, examples: String },
     #[error(transparent)]
+    #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
 }
 

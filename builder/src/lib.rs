@@ -21,3 +21,9 @@ pub mod session;
 pub mod tree;
 pub mod verify;
 pub mod vmm;
+
+/// Serializes an error's cause (an `io::Error`, `rsa::Error`…) by its message, for the
+/// `--json` error object.
+pub(crate) fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}

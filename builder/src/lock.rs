@@ -46,11 +46,16 @@ pub struct LockedPackage {
 }
 
 /// Problems reading a lock.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LockError {
     /// The lock file could not be read.
     #[error("cannot read lock {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
     /// The lock file is not valid.
     #[error("{path}:{line}:{column}: {message}; regenerate it with `hyve lock`")]
     Parse { path: String, line: usize, column: usize, message: String },

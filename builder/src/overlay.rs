@@ -20,19 +20,22 @@ pub const OWNERS_FILE: &str = ".hyve-owners";
 /// The manifest of modes stated on purpose inside an overlay directory.
 pub const MODES_FILE: &str = ".hyve-modes";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OverlayError {
     #[error("overlay directory {dir} does not exist (named by the profile); create it or remove it from `overlays`")]
     Missing { dir: String },
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
     #[error("{path}:{line}: expected `{expected}`, found {text:?}")]
     Listing { path: String, line: usize, expected: &'static str, text: String },
     #[error("{path}: names {entry}, which is not in the overlay")]
     ListedMissing { path: String, entry: String },
     #[error("{path}: {detail}")]
     Unsupported { path: String, detail: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
     #[error("overlay: {0}")]
+    #[serde(untagged)]
     Tree(#[from] crate::tree::TreeError),
 }
 

@@ -105,14 +105,19 @@ pub struct Profile {
 }
 
 /// Problems with a profile, each naming the file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProfileError {
     /// The profile could not be found.
     #[error("profile {name:?} not found (looked for {tried}); pass --profile PATH or one of: {available}")]
     NotFound { name: String, tried: String, available: String },
     /// The profile file could not be read.
     #[error("cannot read profile {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
     /// Syntax, type or unknown-field error.
     #[error("{path}:{line}:{column}: {message}")]
     Parse { path: String, line: usize, column: usize, message: String },

@@ -39,7 +39,8 @@ pub struct Resolution {
 }
 
 /// Why a world cannot be installed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ResolveError {
     /// Nothing in any repository provides the name.
     #[error("no package provides {dep} (required by {chain}); check the name, or add the repository that has it")]
@@ -56,8 +57,8 @@ pub enum ResolveError {
     )]
     Ambiguous { dep: String, chain: String, providers: String },
     /// Conflicting requirements that learning could not untangle.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    #[error("conflict: {detail}")]
+    Conflict { detail: String },
 }
 
 #[derive(Debug, Clone)]
@@ -453,14 +454,14 @@ pub fn resolve(
                     Learned::Forbid(d) => format!("{d} must not be installed"),
                 };
                 if !k.add(l) {
-                    return Err(ResolveError::Conflict(format!(
-                        "{what}, but the requirements keep demanding otherwise"
-                    )));
+                    return Err(ResolveError::Conflict {
+                        detail: format!("{what}, but the requirements keep demanding otherwise"),
+                    });
                 }
             }
         }
     }
-    Err(ResolveError::Conflict("no solution found after 10000 refinements".into()))
+    Err(ResolveError::Conflict { detail: "no solution found after 10000 refinements".into() })
 }
 
 /// Install order: dependencies (and install_if triggers) first, depth-first over sorted

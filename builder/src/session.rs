@@ -13,16 +13,9 @@ use crate::profile::Profile;
 use crate::resolve::{resolve, Repo, Resolution, ResolveError};
 
 /// Everything that can stop a session, each naming what failed and what to do.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Error {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error(transparent)]
-    Apk(#[from] crate::apk::Error),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
     /// The profile's packages cannot be resolved.
     #[error("resolving profile {profile} for {arch}: {source}")]
     Resolve { profile: String, arch: Arch, source: ResolveError },
@@ -40,8 +33,21 @@ pub enum Error {
     /// A lock entry is unusable.
     #[error("{path}: {detail}; regenerate it with `hyve lock --update`")]
     BadLockEntry { path: String, detail: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Apk(#[from] crate::apk::Error),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Lock(#[from] LockError),
     /// Local filesystem trouble.
     #[error(transparent)]
+    #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
 }
 

@@ -112,14 +112,20 @@ pub struct Node {
 }
 
 /// Two owners disagree about a path.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TreeError {
     #[error("{path}: both {first} and {second} install it with different contents; add `replaces` to one of them or remove one from the profile")]
     Conflict { path: String, first: String, second: String },
     #[error("{path}: {owner} installs a {new} where {existing_owner} installed a {existing}")]
     TypeClash { path: String, owner: String, new: &'static str, existing_owner: String, existing: &'static str },
     #[error("{path}: parent {parent} is a {kind}, not a directory")]
-    NotADirectory { path: String, parent: String, kind: &'static str },
+    NotADirectory {
+        path: String,
+        parent: String,
+        #[serde(rename = "parent_kind")]
+        kind: &'static str,
+    },
     #[error("{path}: hardlink target {target} is not a regular file in the tree")]
     BadHardlink { path: String, target: String },
 }

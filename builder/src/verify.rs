@@ -14,12 +14,9 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::fsutil;
 use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VerifyError {
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
-    #[error(transparent)]
-    Sums(#[from] BadSums),
     /// The published manifest cannot be read.
     #[error("{origin}: not a hyve manifest.json ({detail}); was it written by another tool or a much older hyve?")]
     Manifest { origin: String, detail: String },
@@ -27,8 +24,14 @@ pub enum VerifyError {
     #[error("the published {name} could not be fetched: {source}")]
     Fetch { name: String, source: Box<FetchError> },
     /// `--against` names nothing usable.
-    #[error("--against {0:?}: expected an output directory, a SHA256SUMS file or an http(s)/file URL (of SHA256SUMS or of the directory holding it)")]
-    Against(String),
+    #[error("--against {against:?}: expected an output directory, a SHA256SUMS file or an http(s)/file URL (of SHA256SUMS or of the directory holding it)")]
+    Against { against: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Sums(#[from] BadSums),
 }
 
 type Result<T> = std::result::Result<T, VerifyError>;
@@ -55,7 +58,7 @@ impl Published {
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(Published::Dir(path)),
             Ok(_) => Ok(Published::Sums(path)),
-            Err(_) => Err(VerifyError::Against(against.to_string())),
+            Err(_) => Err(VerifyError::Against { against: against.to_string() }),
         }
     }
 

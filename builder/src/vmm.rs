@@ -60,14 +60,15 @@ impl fmt::Display for Accel {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VmmError {
     #[error("{dir}: not a hyve output directory ({detail}); run `hyve build` first")]
     NotAnOutput { dir: String, detail: String },
     #[error("{vmm} cannot boot {arch} guests; use {hint}")]
     WrongArch { vmm: &'static str, arch: Arch, hint: &'static str },
-    #[error("--port {0:?}: expected HOST:GUEST, e.g. 2376:2376")]
-    BadPort(String),
+    #[error("--port {given:?}: expected HOST:GUEST, e.g. 2376:2376")]
+    BadPort { given: String },
     #[error("{vmm} cannot boot the EFI disk image here; use qemu or vfkit")]
     NoEfi { vmm: &'static str },
     #[error("no UEFI firmware for {arch} guests in QEMU; install it (Debian: apt-get install ovmf qemu-efi-aarch64; macOS: brew install qemu) or pass --firmware")]
@@ -150,10 +151,10 @@ pub struct PortForward {
 impl std::str::FromStr for PortForward {
     type Err = VmmError;
     fn from_str(s: &str) -> Result<Self, VmmError> {
-        let (h, g) = s.split_once(':').ok_or_else(|| VmmError::BadPort(s.into()))?;
+        let (h, g) = s.split_once(':').ok_or_else(|| VmmError::BadPort { given: s.into() })?;
         Ok(PortForward {
-            host: h.parse().map_err(|_| VmmError::BadPort(s.into()))?,
-            guest: g.parse().map_err(|_| VmmError::BadPort(s.into()))?,
+            host: h.parse().map_err(|_| VmmError::BadPort { given: s.into() })?,
+            guest: g.parse().map_err(|_| VmmError::BadPort { given: s.into() })?,
         })
     }
 }

@@ -187,6 +187,16 @@ fn truncated_package() {
     std::fs::write(&apk, &bytes[..bytes.len() / 2]).unwrap();
     // Locked: the pin catches it first, naming the package and the way out.
     h.refused(&["tool-2.0-r0.apk", "does not match the lock's"]);
+    // With --json the failure is one JSON object on stdout: the error's kind and fields.
+    let o = h.env.build(&h.out, &h.env.root.join("cache-json"), &["--json"], &[], "022");
+    assert!(!o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json: stdout is one JSON document");
+    let error = &doc["error"];
+    assert_eq!(error["kind"], "lock_mismatch", "{doc}");
+    assert!(error["url"].as_str().unwrap().ends_with("tool-2.0-r0.apk"), "{doc}");
+    assert_eq!(error["expected"].as_str().unwrap().len(), 64, "{doc}");
+    assert_ne!(error["expected"], error["actual"], "{doc}");
+    assert!(error["message"].as_str().unwrap().contains("does not match the lock's"), "{doc}");
 }
 
 #[test]

@@ -88,8 +88,9 @@ pub struct Dep {
 }
 
 /// The dependency `{atom}` is malformed: {reason}.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("invalid dependency {atom:?}: {reason}")]
+#[serde(tag = "kind", rename = "invalid_dep")]
 pub struct InvalidDep {
     pub atom: String,
     pub reason: String,

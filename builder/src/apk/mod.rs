@@ -93,11 +93,16 @@ impl serde::Serialize for Q1 {
 }
 
 /// Everything that can go wrong reading Alpine files. `origin` names the file or URL.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Error {
     /// The input could not be read.
     #[error("{origin}: read failed: {source}")]
-    Io { origin: String, source: std::io::Error },
+    Io {
+        origin: String,
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
     /// A gzip member is corrupt or cut short.
     #[error(
         "{origin}: the {member} is not valid gzip ({detail}); the file is truncated or corrupt — download it again"

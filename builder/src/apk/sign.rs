@@ -163,25 +163,43 @@ impl fmt::Display for Verdict {
 }
 
 /// Key file errors.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KeyError {
     /// The key file could not be read.
     #[error("cannot read key file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
     /// The file is not a PEM RSA key of the expected kind.
     #[error(
         "{path} is not a PEM RSA {kind} key ({detail}); expected a file made by `hyve repo keygen` or `abuild-keygen`"
     )]
-    Parse { path: String, kind: &'static str, detail: String },
+    Parse {
+        path: String,
+        #[serde(rename = "key_kind")]
+        kind: &'static str,
+        detail: String,
+    },
     /// The key name cannot appear in a `.SIGN.*` tar entry.
     #[error("key name {name:?} is not usable as a signature name: it must be a plain file name ending in .pub")]
     BadName { name: String },
     /// Key generation or signing failed inside the RSA implementation.
-    #[error("RSA operation failed: {0}")]
-    Rsa(#[from] rsa::Error),
+    #[error("RSA operation failed: {source}")]
+    Rsa {
+        #[from]
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: rsa::Error,
+    },
     /// Writing a key file failed.
     #[error("cannot write key file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        #[serde(serialize_with = "crate::serialize_display")]
+        source: std::io::Error,
+    },
 }
 
 /// Alpine's signing keys, built in: (file name, PEM, arches it signs).
@@ -361,7 +379,7 @@ impl SigningKey {
             }
         }
         let key = Self::generate(&key_name, bits)?;
-        let private_pem = key.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Rsa(rsa::Error::from(e)))?;
+        let private_pem = key.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::from(rsa::Error::from(e)))?;
         let public_pem = key.public_key().to_public_key_pem(LineEnding::LF).map_err(|e| KeyError::Parse {
             path: public_path.display().to_string(),
             kind: "public",

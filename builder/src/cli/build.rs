@@ -11,7 +11,7 @@ use super::Outcome;
 #[derive(clap::Args)]
 pub struct BuildArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
     /// Output directory (default out/<profile>-<arch>)
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,

@@ -16,7 +16,7 @@ pub struct Args {
     b: PathBuf,
     /// Print one JSON document instead of text
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 fn file_line(sign: char, f: &FileInfo) -> String {

@@ -20,7 +20,7 @@ pub struct Args {
     keys: KeyArgs,
     /// Print one JSON document instead of text
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 enum Kind {

@@ -88,15 +88,34 @@ type Outcome = anyhow::Result<bool>;
 
 /// An error that ends hyve with its own exit status instead of 1 (a timeout's 124, as
 /// timeout(1) has it). Returned, never `process::exit`, so every drop cleans up first.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
 #[error("{message}")]
+#[serde(tag = "kind", rename = "exit_with")]
 pub struct ExitWith {
     pub code: u8,
     pub message: String,
 }
 
+impl Command {
+    /// Whether the command was asked for `--json`: its errors are a JSON object then too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Build(a) => a.common.json,
+            Command::Verify(a) => a.common.json,
+            Command::Plan(a) => a.common.json,
+            Command::Lock(a) => a.common.json,
+            Command::Fetch(a) => a.common.json,
+            Command::Vendor(a) => a.common.json,
+            Command::Diff(a) => a.json,
+            Command::Inspect(a) => a.json,
+            _ => false,
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.command.json();
     let outcome: Outcome = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Run(args) => run::run(args),
@@ -123,10 +142,66 @@ pub fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            let message = error_chain(&e);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json_error(&e, &message)).expect("json"));
+            } else {
+                eprintln!("error: {message}");
+            }
             e.downcast_ref::<ExitWith>().map_or(ExitCode::FAILURE, |x| ExitCode::from(x.code))
         }
     }
+}
+
+/// `{"error": {"kind": …, "message": …, and the fields of the first of hyve's own errors in
+/// the chain: file, package, URL, expected and actual, as the error has them}}`. `kind` is
+/// that error's name ("not_found", "q1_mismatch", …), or "error" when none of hyve's errors
+/// is in the chain (a bad command line caught by hand, say).
+fn json_error(e: &anyhow::Error, message: &str) -> serde_json::Value {
+    use hyve::*;
+    /// The first cause that is one of `$ty`, serialized.
+    macro_rules! first_of {
+        ($($ty:ty),* $(,)?) => {
+            e.chain().find_map(|cause| {
+                $(if let Some(x) = cause.downcast_ref::<$ty>() {
+                    return serde_json::to_value(x).ok();
+                })*
+                None
+            })
+        };
+    }
+    let fields = first_of!(
+        build::BuildError,
+        session::Error,
+        fetch::FetchError,
+        apk::Error,
+        install::InstallError,
+        verify::VerifyError,
+        diff::DiffError,
+        profile::ProfileError,
+        lock::LockError,
+        resolve::ResolveError,
+        kernel::KernelError,
+        overlay::OverlayError,
+        tree::TreeError,
+        output::disk::DiskError,
+        output::uki::UkiError,
+        output::fat::FatError,
+        output::manifest::BadSums,
+        datadisk::DataDiskError,
+        dockertls::TlsError,
+        apk::sign::KeyError,
+        vmm::VmmError,
+        epoch::BadEpoch,
+        fsutil::IoError,
+        ExitWith,
+    );
+    let mut object = match fields {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::from_iter([("kind".to_string(), "error".into())]),
+    };
+    object.insert("message".into(), message.into());
+    serde_json::json!({ "error": object })
 }
 
 /// The error and its causes, each once: library errors already name their cause in their

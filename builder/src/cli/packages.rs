@@ -138,13 +138,13 @@ impl ProfileArgs {
 #[derive(clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
 }
 
 #[derive(clap::Args)]
 pub struct LockArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
     /// Re-resolve: every package (no names), or just the named ones, keeping the rest
     #[arg(long, num_args = 0.., value_name = "PKG")]
     update: Option<Vec<String>>,
@@ -153,13 +153,13 @@ pub struct LockArgs {
 #[derive(clap::Args)]
 pub struct FetchArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
 }
 
 #[derive(clap::Args)]
 pub struct VendorArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
     /// Directory to write the repository into (Alpine layout)
     dir: PathBuf,
     /// Private key to sign the vendored indexes with

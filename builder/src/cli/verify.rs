@@ -13,7 +13,7 @@ use super::Outcome;
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    common: ProfileArgs,
+    pub(super) common: ProfileArgs,
     /// The published build: an output directory, a SHA256SUMS file, or an http(s)/file URL of
     /// SHA256SUMS (or of the directory holding it)
     #[arg(long, value_name = "DIR|SHA256SUMS|URL")]

@@ -28,21 +28,24 @@ pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 pub const ESP_LABEL: &str = "HYVE-EFI";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiskError {
     /// The files do not fit the ESP the profile sized.
     #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile")]
     TooSmall { esp_mib: u64, need_mib: u64, suggest_mib: u64 },
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
     #[error("{path}: the ESP: {source}")]
     Fat { path: String, source: fat::FatError },
-    /// The data partition's format-me header.
-    #[error("the data partition's header: {0}")]
-    FormatMe(#[from] datadisk::DataDiskError),
     /// A disk image that is not what `hyve` writes (for `inspect`).
     #[error("{path}: {detail}")]
     NotGpt { path: String, detail: String },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
+    /// The data partition's format-me header.
+    #[error("the data partition's header: {0}")]
+    #[serde(untagged)]
+    FormatMe(#[from] datadisk::DataDiskError),
 }
 
 /// A GUID's on-disk bytes from its text form (first three fields little-endian).

@@ -26,7 +26,8 @@ const ATTR_DIR: u8 = 0x10;
 const ATTR_ARCHIVE: u8 = 0x20;
 const ATTR_VOLUME: u8 = 0x08;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FatError {
     #[error("ESP file name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
@@ -34,11 +35,12 @@ pub enum FatError {
     TooFewClusters { size: u64, clusters: u64, cluster: u64 },
     #[error("the files need {need} clusters of {cluster} bytes, the partition has {have}")]
     Full { need: u64, have: u64, cluster: u64 },
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
     /// A file's writer wrote another length than its entry announced.
     #[error("ESP file {path}: wrote {wrote} bytes, announced {announced}")]
     WrongSize { path: String, wrote: u64, announced: u64 },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 /// The 11-byte short name and NT case flags of a file name that fits 8.3.

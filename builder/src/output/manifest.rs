@@ -120,8 +120,9 @@ pub fn sha256sums<'a>(outputs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
 }
 
 /// A malformed `SHA256SUMS`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
 #[error("{origin}:{line}: expected `SHA256  NAME` (64 hex digits, two spaces or \" *\", a file name), found {text:?}")]
+#[serde(tag = "kind", rename = "bad_sums")]
 pub struct BadSums {
     pub origin: String,
     pub line: usize,

@@ -12,16 +12,18 @@
 
 use std::io::{Read, Write};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum UkiError {
     /// The stub is not a PE32+ image this module understands.
     #[error("EFI stub {path}: {detail}")]
     BadStub { path: String, detail: String },
-    #[error(transparent)]
-    Io(#[from] crate::fsutil::IoError),
     /// A section's body ended before its planned length.
     #[error("UKI section {section}: expected {expected} bytes, read {read}")]
     ShortSection { section: String, expected: u64, read: u64 },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 /// One section of a PE image, as its header says.
