@@ -372,7 +372,8 @@ fn make_reproducible_script_fails_on_a_difference() {
 fn an_sbom_of_every_real_alpine_package_is_valid_spdx() {
     use hyve::apk::index::read_verified_index;
     use hyve::apk::{Arch, Keyring};
-    use hyve::output::manifest::{spdx, KernelSummary, LockSummary, Manifest, PackageSummary};
+    use hyve::output::manifest::{KernelSummary, LockSummary, Manifest, PackageSummary};
+    use hyve::output::spdx::spdx;
     let name = "v3.22-main-x86_64_v3.22.2-204.APKINDEX.tar.gz";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/alpine/apkindex").join(name);
     let index = read_verified_index(&std::fs::read(path).unwrap(), name, &Keyring::alpine(Some(Arch::X86_64))).unwrap();

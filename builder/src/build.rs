@@ -15,7 +15,7 @@ use crate::kernel;
 use crate::output::compress::Compressor;
 use crate::output::cpio;
 use crate::output::disk::{self, DiskSpec, EspFile};
-use crate::output::manifest::{self, KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
+use crate::output::manifest::{KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
 use crate::output::uki::UkiLayout;
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
@@ -355,13 +355,13 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         outputs.iter().map(|a| (a.name.clone(), OutputEntry { sha256: a.sha256.clone(), size: a.size })).collect();
     outputs.push(write_artifact(tmp.path(), "manifest.json", manifest.to_json().as_bytes())?);
     let kernel_sha = outputs.iter().find(|a| a.name == "kernel").map(|a| a.sha256.clone());
-    let sbom = manifest::spdx(&manifest, kernel_sha.as_deref());
+    let sbom = crate::output::spdx::spdx(&manifest, kernel_sha.as_deref());
     outputs.push(write_artifact(
         tmp.path(),
         "sbom.spdx.json",
         (serde_json::to_string_pretty(&sbom).expect("json") + "\n").as_bytes(),
     )?);
-    let sums = manifest::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
+    let sums = crate::output::sums::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
     let sums_path = tmp.path().join(SHA256SUMS);
     std::fs::write(&sums_path, sums).map_err(fsutil::at(&sums_path))?;
     for entry in std::fs::read_dir(tmp.path()).map_err(fsutil::at(tmp.path()))? {

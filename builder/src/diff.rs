@@ -13,7 +13,8 @@ use crate::build::SHA256SUMS;
 use crate::fsutil;
 use crate::output::cpio::{read_archive, CpioEntry};
 use crate::output::disk;
-use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
+use crate::output::manifest::Manifest;
+use crate::output::sums::{parse_sha256sums, BadSums};
 
 /// Where the guest keeps its copy of the build manifest.
 pub const GUEST_MANIFEST: &str = "etc/hyve/manifest.json";

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::build::SHA256SUMS;
 use crate::fetch::{FetchError, Fetcher};
 use crate::fsutil;
-use crate::output::manifest::{parse_sha256sums, BadSums, Manifest};
+use crate::output::manifest::Manifest;
+use crate::output::sums::{parse_sha256sums, BadSums};
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -187,7 +187,7 @@ fn json_error(e: &anyhow::Error, message: &str) -> serde_json::Value {
         output::disk::DiskError,
         output::uki::UkiError,
         output::fat::FatError,
-        output::manifest::BadSums,
+        output::sums::BadSums,
         datadisk::DataDiskError,
         dockertls::TlsError,
         apk::sign::KeyError,

@@ -6,4 +6,6 @@ pub mod disk;
 pub mod fat;
 pub mod manifest;
 pub mod pargzip;
+pub mod spdx;
+pub mod sums;
 pub mod uki;
