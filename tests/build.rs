@@ -615,3 +615,44 @@ fn printed_vmm_lines_are_right_for_every_vmm_and_arch() {
         assert!(argv.contains(&store), "{argv:?}");
     }
 }
+
+/// On a terminal each build phase gets a progress bar and a line when it ends; in a log
+/// (stderr not a terminal) plain lines; both end with the time each phase took.
+#[test]
+fn a_terminal_gets_a_bar_per_phase_and_a_log_plain_lines() {
+    let env = setup(&["x86_64"]);
+    let text = std::fs::read_to_string(&env.profile)
+        .unwrap()
+        .replace("[output]\n", "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\ndisk_size_mib = 100\n");
+    std::fs::write(&env.profile, text).unwrap();
+    let phases = ["packages", "modules", "initramfs", "disk image"];
+    // Under a pseudo-terminal (Python's pty), as a person at a shell sees it.
+    let cache = env.root.join("cache-tty");
+    let mut args = env.args("build", &cache, &["--out", env.root.join("tty").to_str().unwrap()]);
+    args.retain(|a| !a.is_empty());
+    let o = Command::new("python3")
+        .args(["-c", "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))"])
+        .arg(env!("CARGO_BIN_EXE_hyve"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{screen}");
+    assert!(screen.contains('\u{1b}'), "no terminal drawing: {screen}");
+    for phase in phases {
+        assert!(screen.contains(&format!("{phase:>10} done in ")), "{phase}: no end line: {screen}");
+    }
+    for phase in ["packages", "initramfs", "disk image"] {
+        assert!(screen.contains(&format!("{phase:>10} [")), "{phase}: no bar drawn: {screen}");
+    }
+    assert!(screen.contains("took packages "), "{screen}");
+    // In a log: lines, no terminal codes.
+    let o = env.build(&env.root.join("log"), &env.root.join("cache-log"), &[], &[], "022");
+    ok(&o);
+    let log = stderr(&o);
+    assert!(!log.contains('\u{1b}'), "{log}");
+    for phase in phases {
+        assert!(log.contains(&format!("{phase}...\n")) && log.contains(&format!("{phase} done in ")), "{log}");
+    }
+}

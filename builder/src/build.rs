@@ -3,7 +3,6 @@
 //! (`fsutil::StagingDir`), so a failed or killed build leaves the previous output untouched
 //! and nothing half-written.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -12,13 +11,13 @@ use crate::apk::Arch;
 use crate::fsutil;
 use crate::install::{installed_db, Installer, PackageFile};
 use crate::kernel;
-use crate::output::compress::Compressor;
-use crate::output::cpio;
-use crate::output::disk::{self, DiskSpec, EspFile};
+use crate::output::esp::{self, GuestFiles};
+use crate::output::guestdisk::{self, ImageSpec};
 use crate::output::manifest::{KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
-use crate::output::uki::UkiLayout;
+use crate::output::{initrd, osrelease};
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
+use crate::report::{Phase, PhaseTimes, Reporter};
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, NodeKind, Tree};
 
@@ -94,6 +93,8 @@ pub struct BuildResult {
     pub entries: u64,
     pub outputs: Vec<Artifact>,
     pub warnings: Vec<String>,
+    /// How long each phase took (not part of any output).
+    pub phases: PhaseTimes,
 }
 
 /// The kernel command line: the consoles for the arch first, then the profile's. The last
@@ -198,33 +199,23 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
 fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
     check_replaceable(out)?;
     let profile = &session.profile;
-    let workers = opts.workers;
+    let reporter = session.fetcher.reporter();
+    let mut phases = PhaseTimes::default();
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
     let Installed { mut tree, mut store, packages: installed, mut warnings } =
-        match fetch_and_install(session, arch, &section, &opts.cancel) {
-            // A cache entry that went bad since it was verified: it has been removed; fetch it
-            // again and start over with a fresh tree (once — a second failure is reported).
-            Err(BuildError::Install(crate::install::InstallError::CacheCorrupt { path, .. })) => {
-                let mut again = fetch_and_install(session, arch, &section, &opts.cancel)?;
-                again.warnings.insert(0, format!("discarded corrupt cache entry {path} and fetched it again"));
-                again
-            }
-            other => other?,
-        };
+        phases.run(reporter, Phase::Packages, 0, || install_locked(session, arch, &section, &opts.cancel))?;
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
-    let kernel_pkg = installed
-        .iter()
-        .find(|p| p.info.name == profile.kernel_package)
-        .ok_or_else(|| BuildError::NoKernelPackage { arch, package: profile.kernel_package.clone() })?;
-    let kernel = kernel::prepare(
-        &mut tree,
-        &mut store,
-        arch,
-        &profile.kernel_package,
-        &profile.kernel_modules,
-        &profile.kernel_optional_modules,
-    )?;
+    let kernel = phases.run(reporter, Phase::Modules, 0, || {
+        kernel::prepare(
+            &mut tree,
+            &mut store,
+            arch,
+            &profile.kernel_package,
+            &profile.kernel_modules,
+            &profile.kernel_optional_modules,
+        )
+    })?;
     for m in &kernel.builtin {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
     }
@@ -233,21 +224,77 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         .iter()
         .map(|dir| overlay::apply_dir(&mut tree, &mut store, dir, epoch))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let cmdline = cmdline(arch, &profile.cmdline);
-    // What init modprobes: the profile's modules that are not built in (modprobe follows
-    // modules.dep for the rest).
-    let modules_to_load: String = profile
-        .kernel_modules
+    let guest = Guest {
+        manifest: describe(session, arch, &section, &installed, &kernel, overlays, epoch)?,
+        os_release: osrelease::os_release(&profile.name, &section.branch, epoch),
+        kernel,
+        epoch,
+    };
+    lay_generated_files(&mut tree, &mut store, profile, &guest, &installed)?;
+    // Write everything beside the target, then swap it in.
+    let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
+    let mut writer = OutputWriter { session, arch, opts, reporter, phases: &mut phases };
+    let written = writer.write_all(staging.path(), &section, &guest, &tree, &store)?;
+    staging.commit().map_err(fsutil::at(out))?;
+    Ok(BuildResult {
+        dir: out.to_path_buf(),
+        arch,
+        source_date_epoch: epoch,
+        packages: installed.len(),
+        entries: written.entries,
+        outputs: written.outputs,
+        warnings,
+        phases,
+    })
+}
+
+/// Fetches and installs the locked packages; a cache entry that went bad since it was
+/// verified has been removed by then, so it is fetched again and the tree started over
+/// (once — a second failure is reported).
+fn install_locked(
+    session: &Session,
+    arch: Arch,
+    section: &crate::lock::ArchLock,
+    cancel: &crate::cancel::Cancel,
+) -> Result<Installed> {
+    match fetch_and_install(session, arch, section, cancel) {
+        Err(BuildError::Install(crate::install::InstallError::CacheCorrupt { path, .. })) => {
+            let mut again = fetch_and_install(session, arch, section, cancel)?;
+            again.warnings.insert(0, format!("discarded corrupt cache entry {path} and fetched it again"));
+            Ok(again)
+        }
+        other => other,
+    }
+}
+
+/// The guest as it is described inside and beside itself.
+struct Guest {
+    manifest: Manifest,
+    os_release: String,
+    kernel: kernel::Kernel,
+    epoch: u64,
+}
+
+/// The guest's manifest: profile, lock, kernel, packages and overlays (its outputs are
+/// added once they are written).
+fn describe(
+    session: &Session,
+    arch: Arch,
+    section: &crate::lock::ArchLock,
+    installed: &[crate::install::InstalledPackage],
+    kernel: &kernel::Kernel,
+    overlays: Vec<overlay::OverlaySummary>,
+    epoch: u64,
+) -> Result<Manifest> {
+    let profile = &session.profile;
+    let kernel_pkg = installed
         .iter()
-        .chain(&profile.kernel_optional_modules)
-        .map(|m| m.replace('-', "_"))
-        .filter(|m| kernel.modules.contains(m))
-        .map(|m| m + "\n")
-        .collect();
+        .find(|p| p.info.name == profile.kernel_package)
+        .ok_or_else(|| BuildError::NoKernelPackage { arch, package: profile.kernel_package.clone() })?;
     let packages = section
         .packages
         .iter()
-        .zip(&installed)
+        .zip(installed)
         .map(|(l, i)| PackageSummary {
             name: l.name.clone(),
             version: l.version.clone(),
@@ -263,8 +310,8 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
             build_date: i.info.build_date,
         })
         .collect();
-    let lock_json = serde_json::to_vec(&section).expect("a lock serializes");
-    let mut manifest = Manifest {
+    let lock_json = serde_json::to_vec(section).expect("a lock serializes");
+    Ok(Manifest {
         hyve_version: env!("CARGO_PKG_VERSION").into(),
         profile: profile.name.clone(),
         arch: arch.to_string(),
@@ -278,16 +325,32 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
             modules: kernel.modules.clone(),
             optional_modules_missing: kernel.skipped.clone(),
         },
-        cmdline: cmdline.clone(),
+        cmdline: cmdline(arch, &profile.cmdline),
         packages,
         overlays,
         outputs: Default::default(),
-    };
-    let os_release = format!(
-        "NAME=\"hyve\"\nID=hyve\nID_LIKE=alpine\nVERSION_ID={branch}\nVARIANT_ID={name}\nPRETTY_NAME=\"hyve {name} (Alpine {branch})\"\nHOME_URL=\"https://github.com/hyve\"\nBUILD_ID={epoch}\n",
-        branch = section.branch.trim_start_matches('v'),
-        name = profile.name,
-    );
+    })
+}
+
+/// The files hyve itself puts in the guest: mount points, hostname, os-release, the
+/// manifest, apk's database and world, and the modules init loads.
+fn lay_generated_files(
+    tree: &mut Tree,
+    store: &mut ContentStore,
+    profile: &crate::profile::Profile,
+    guest: &Guest,
+    installed: &[crate::install::InstalledPackage],
+) -> Result<()> {
+    // What init modprobes: the profile's modules that are not built in (modprobe follows
+    // modules.dep for the rest).
+    let modules_to_load: String = profile
+        .kernel_modules
+        .iter()
+        .chain(&profile.kernel_optional_modules)
+        .map(|m| m.replace('-', "_"))
+        .filter(|m| guest.kernel.modules.contains(m))
+        .map(|m| m + "\n")
+        .collect();
     let generated = [
         ("dev", Generated::Dir, 0o755),
         ("dev/console", Generated::CharDevice(5, 1), 0o600),
@@ -297,229 +360,148 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         ("tmp", Generated::Dir, 0o1777),
         ("root", Generated::Dir, 0o700),
         ("etc/hostname", Generated::Text(format!("{}\n", profile.hostname)), 0o644),
-        ("etc/os-release", Generated::Text(os_release.clone()), 0o644),
-        ("etc/hyve/manifest.json", Generated::Text(manifest.to_json()), 0o644),
-        ("lib/apk/db/installed", Generated::Text(installed_db(&installed)), 0o644),
+        ("etc/os-release", Generated::Text(guest.os_release.clone()), 0o644),
+        ("etc/hyve/manifest.json", Generated::Text(guest.manifest.to_json()), 0o644),
+        ("lib/apk/db/installed", Generated::Text(installed_db(installed)), 0o644),
         ("etc/apk/world", Generated::Text(profile.world().join("\n") + "\n"), 0o644),
         ("etc/hyve/modules", Generated::Text(modules_to_load), 0o644),
     ];
     for (path, g, mode) in generated {
-        overlay::put(&mut tree, &mut store, path, g, mode, epoch)?;
+        overlay::put(tree, store, path, g, mode, guest.epoch)?;
     }
-
-    // Write everything beside the target, then swap it in.
-    let tmp = crate::fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
-    let mut outputs = Vec::new();
-    let kernel_sha256 = hex::encode(Sha256::digest(&kernel.image));
-    if profile.formats.contains(&OutputFormat::Kernel) {
-        outputs.push(write_hashed_artifact(tmp.path(), "kernel", &kernel.image, kernel_sha256.clone())?);
-    }
-    let mut entries = 0;
-    let wants_disk = profile.formats.contains(&OutputFormat::Disk);
-    if profile.formats.contains(&OutputFormat::Initrd) || wants_disk {
-        let (artifact, n) = write_initrd(tmp.path(), &tree, &store, profile, epoch, workers, &opts.cancel)?;
-        entries = n;
-        if wants_disk {
-            let guest = GuestFiles {
-                kernel: &kernel.image,
-                kernel_version: &kernel_pkg.info.version.to_string(),
-                initrd: &tmp.path().join("initrd.img"),
-                kernel_sha256: &kernel_sha256,
-                initrd_sha256: &artifact.sha256,
-                cmdline: &cmdline,
-                os_release: &os_release,
-                cancel: &opts.cancel,
-            };
-            outputs.push(write_disk_image(
-                tmp.path(),
-                &tree,
-                &store,
-                arch,
-                profile,
-                &section.inputs_hash,
-                &guest,
-                epoch,
-            )?);
-        }
-        if profile.formats.contains(&OutputFormat::Initrd) {
-            outputs.push(artifact);
-        } else {
-            let path = tmp.path().join("initrd.img");
-            std::fs::remove_file(&path).map_err(fsutil::at(&path))?;
-        }
-    }
-    outputs.push(write_artifact(tmp.path(), "cmdline", format!("{cmdline}\n").as_bytes())?);
-    // The output manifest is the guest's plus the outputs' hashes; the SBOM and SHA256SUMS
-    // are derived from it.
-    manifest.outputs =
-        outputs.iter().map(|a| (a.name.clone(), OutputEntry { sha256: a.sha256.clone(), size: a.size })).collect();
-    outputs.push(write_artifact(tmp.path(), "manifest.json", manifest.to_json().as_bytes())?);
-    let kernel_sha = outputs.iter().find(|a| a.name == "kernel").map(|a| a.sha256.clone());
-    let sbom = crate::output::spdx::spdx(&manifest, kernel_sha.as_deref());
-    outputs.push(write_artifact(
-        tmp.path(),
-        "sbom.spdx.json",
-        (serde_json::to_string_pretty(&sbom).expect("json") + "\n").as_bytes(),
-    )?);
-    let sums = crate::output::sums::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
-    let sums_path = tmp.path().join(SHA256SUMS);
-    std::fs::write(&sums_path, sums).map_err(fsutil::at(&sums_path))?;
-    for entry in std::fs::read_dir(tmp.path()).map_err(fsutil::at(tmp.path()))? {
-        let p = entry.map_err(fsutil::at(tmp.path()))?.path();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(fsutil::at(&p))?;
-    }
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(fsutil::at(tmp.path()))?;
-    tmp.commit().map_err(fsutil::at(out))?;
-    Ok(BuildResult {
-        dir: out.to_path_buf(),
-        arch,
-        source_date_epoch: epoch,
-        packages: installed.len(),
-        entries,
-        outputs,
-        warnings,
-    })
+    Ok(())
 }
 
-/// The compressed newc initramfs of `tree`, streamed to `dir/initrd.img` while hashing.
-fn write_initrd(
-    dir: &Path,
-    tree: &Tree,
-    store: &ContentStore,
-    profile: &crate::profile::Profile,
-    epoch: u64,
-    workers: u32,
-    cancel: &crate::cancel::Cancel,
-) -> Result<(Artifact, u64)> {
-    let initrd_path = dir.join("initrd.img");
-    let file = std::fs::File::create(&initrd_path).map_err(fsutil::at(&initrd_path))?;
-    let hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
-    let mut compressor = Compressor::new(
-        profile.compression,
-        profile.level,
-        std::io::BufWriter::with_capacity(1 << 20, hashing),
-        workers,
-    )
-    .map_err(fsutil::at(&initrd_path))?;
-    let entries =
-        cpio::write_tree(tree, store, epoch, &mut cancel.wrap(&mut compressor)).map_err(fsutil::at(&initrd_path))?;
-    let hashing = compressor
-        .finish()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .map_err(fsutil::at(&initrd_path))?;
-    let (file, sha256, size) = hashing.finish();
-    file.sync_all().map_err(fsutil::at(&initrd_path))?;
-    Ok((Artifact { name: "initrd.img".into(), sha256: hex::encode(sha256), size }, entries))
+/// What `write_outputs` wrote.
+struct Written {
+    outputs: Vec<Artifact>,
+    /// Initramfs entries (0 without one).
+    entries: u64,
 }
 
-/// What the disk image carries of the guest.
-struct GuestFiles<'a> {
-    kernel: &'a [u8],
-    kernel_version: &'a str,
-    initrd: &'a Path,
-    kernel_sha256: &'a str,
-    initrd_sha256: &'a str,
-    cmdline: &'a str,
-    os_release: &'a str,
-    /// Copying the initrd (twice: UKI and file) is most of the disk's time.
-    cancel: &'a crate::cancel::Cancel,
-}
-
-/// `disk.img`: a GPT disk whose ESP holds the Unified Kernel Image as the removable-media
-/// boot path (`\EFI\BOOT\BOOT{X64,AA64}.EFI`), plus the kernel, the initrd and a Boot Loader
-/// Specification entry for systemd-boot. GUIDs and the FAT serial come from a hash of the
-/// inputs, FAT times from SOURCE_DATE_EPOCH.
-#[allow(clippy::too_many_arguments)]
-fn write_disk_image(
-    dir: &Path,
-    tree: &Tree,
-    store: &ContentStore,
+/// Writes the outputs of one build, timing its phases.
+struct OutputWriter<'a> {
+    session: &'a Session<'a>,
     arch: Arch,
-    profile: &crate::profile::Profile,
-    inputs_hash: &str,
-    guest: &GuestFiles,
-    epoch: u64,
-) -> Result<Artifact> {
-    let (stub_name, boot_name) = match arch {
-        Arch::X86_64 => ("linuxx64.efi.stub", "BOOTX64.EFI"),
-        Arch::Aarch64 => ("linuxaa64.efi.stub", "BOOTAA64.EFI"),
-    };
-    let stub_path = format!("usr/lib/systemd/boot/efi/{stub_name}");
-    let stub = match tree.get(&stub_path).map(|n| &n.kind) {
-        Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?,
-        _ => return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
-    };
-    let initrd_len = std::fs::metadata(guest.initrd).map_err(fsutil::at(guest.initrd))?.len();
-    let uki = UkiLayout::new(
-        &stub,
-        &stub_path,
-        &[
-            (".osrel", guest.os_release.len() as u64),
-            (".cmdline", guest.cmdline.len() as u64),
-            (".initrd", initrd_len),
-            (".linux", guest.kernel.len() as u64),
-        ],
-    )?;
-    let open_initrd = || std::fs::File::open(guest.initrd).map(|f| guest.cancel.wrap(std::io::BufReader::new(f)));
-    let entry = format!(
-        "title hyve {name} ({arch})\nversion {version}\nlinux /hyve/kernel\ninitrd /hyve/initrd.img\noptions {cmdline}\n",
-        name = profile.name,
-        version = guest.kernel_version,
-        cmdline = guest.cmdline,
-    );
-    let uki_size = uki.size();
-    let files = vec![
-        EspFile {
-            path: format!("EFI/BOOT/{boot_name}"),
-            size: uki_size,
-            write: Box::new(|w: &mut dyn Write| {
-                let mut initrd = open_initrd()?;
-                let (mut osrel, mut cmd, mut linux) =
-                    (guest.os_release.as_bytes(), guest.cmdline.as_bytes(), guest.kernel);
-                let mut w = w;
-                uki.write(
-                    &mut w,
-                    vec![
-                        (".osrel", &mut osrel),
-                        (".cmdline", &mut cmd),
-                        (".initrd", &mut initrd),
-                        (".linux", &mut linux),
-                    ],
-                )
-                .map_err(std::io::Error::other)
-            }),
-        },
-        EspFile {
-            path: "hyve/kernel".into(),
-            size: guest.kernel.len() as u64,
-            write: Box::new(|w: &mut dyn Write| w.write_all(guest.kernel)),
-        },
-        EspFile {
-            path: "hyve/initrd.img".into(),
-            size: initrd_len,
-            write: Box::new(|w: &mut dyn Write| std::io::copy(&mut open_initrd()?, w).map(|_| ())),
-        },
-        EspFile {
-            path: "loader/entries/hyve.conf".into(),
-            size: entry.len() as u64,
-            write: Box::new(|w: &mut dyn Write| w.write_all(entry.as_bytes())),
-        },
-    ];
-    let seed = Sha256::new()
-        .chain_update(inputs_hash.as_bytes())
-        .chain_update(arch.to_string().as_bytes())
-        .chain_update(profile.name.as_bytes())
-        .chain_update(guest.kernel_sha256.as_bytes())
-        .chain_update(guest.initrd_sha256.as_bytes())
-        .chain_update(guest.cmdline.as_bytes())
-        .finalize();
-    let spec =
-        DiskSpec { size: profile.disk_size_mib * disk::MIB, data_mib: profile.data_partition_mib, seed: &seed, epoch };
-    let path = dir.join("disk.img");
-    disk::write_disk(&path, &spec, files)?;
-    let (sha256, size) = std::fs::File::open(&path).and_then(crate::fsutil::sha256_of).map_err(fsutil::at(&path))?;
-    Ok(Artifact { name: "disk.img".into(), sha256, size })
+    opts: &'a BuildOptions,
+    reporter: &'a dyn Reporter,
+    phases: &'a mut PhaseTimes,
+}
+
+impl OutputWriter<'_> {
+    /// Every output the profile asks for, into `dir`: kernel, initrd.img, disk.img, cmdline,
+    /// then manifest.json with their hashes, the SBOM and SHA256SUMS derived from it.
+    fn write_all(
+        &mut self,
+        dir: &Path,
+        section: &crate::lock::ArchLock,
+        guest: &Guest,
+        tree: &Tree,
+        store: &ContentStore,
+    ) -> Result<Written> {
+        let (profile, arch, opts, reporter) = (&self.session.profile, self.arch, self.opts, self.reporter);
+        let cmdline = &guest.manifest.cmdline;
+        let mut outputs = Vec::new();
+        let kernel_sha256 = hex::encode(Sha256::digest(&guest.kernel.image));
+        if profile.formats.contains(&OutputFormat::Kernel) {
+            outputs.push(write_hashed_artifact(dir, "kernel", &guest.kernel.image, kernel_sha256.clone())?);
+        }
+        let mut entries = 0;
+        let wants_disk = profile.formats.contains(&OutputFormat::Disk);
+        if profile.formats.contains(&OutputFormat::Initrd) || wants_disk {
+            let initrd_path = dir.join("initrd.img");
+            let settings = initrd::Settings {
+                compression: profile.compression,
+                level: profile.level,
+                workers: opts.workers,
+                epoch: guest.epoch,
+            };
+            let written = self.phases.run(reporter, Phase::Initramfs, initrd::archive_bytes(tree), || {
+                initrd::write(&initrd_path, tree, store, &settings, &opts.cancel, reporter)
+            })?;
+            entries = written.entries;
+            let initrd = Artifact { name: "initrd.img".into(), sha256: written.sha256, size: written.size };
+            if wants_disk {
+                let arch_name = arch.to_string();
+                let seed: [&str; 6] =
+                    [&section.inputs_hash, &arch_name, &profile.name, &kernel_sha256, &initrd.sha256, cmdline];
+                outputs.push(self.write_disk_image(dir, guest, tree, store, &initrd, &seed)?);
+            }
+            if profile.formats.contains(&OutputFormat::Initrd) {
+                outputs.push(initrd);
+            } else {
+                std::fs::remove_file(&initrd_path).map_err(fsutil::at(&initrd_path))?;
+            }
+        }
+        outputs.push(write_artifact(dir, "cmdline", format!("{cmdline}\n").as_bytes())?);
+        // The output manifest is the guest's plus the outputs' hashes; the SBOM and SHA256SUMS
+        // are derived from it.
+        let mut manifest = guest.manifest.clone();
+        manifest.outputs =
+            outputs.iter().map(|a| (a.name.clone(), OutputEntry { sha256: a.sha256.clone(), size: a.size })).collect();
+        outputs.push(write_artifact(dir, "manifest.json", manifest.to_json().as_bytes())?);
+        let kernel_sha = outputs.iter().find(|a| a.name == "kernel").map(|a| a.sha256.clone());
+        let sbom = crate::output::spdx::spdx(&manifest, kernel_sha.as_deref());
+        let sbom_text = serde_json::to_string_pretty(&sbom).expect("json") + "\n";
+        outputs.push(write_artifact(dir, "sbom.spdx.json", sbom_text.as_bytes())?);
+        let sums = crate::output::sums::sha256sums(outputs.iter().map(|a| (a.name.as_str(), a.sha256.as_str())));
+        let sums_path = dir.join(SHA256SUMS);
+        std::fs::write(&sums_path, sums).map_err(fsutil::at(&sums_path))?;
+        for entry in std::fs::read_dir(dir).map_err(fsutil::at(dir))? {
+            let p = entry.map_err(fsutil::at(dir))?.path();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(fsutil::at(&p))?;
+        }
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fsutil::at(dir))?;
+        Ok(Written { outputs, entries })
+    }
+
+    /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`).
+    fn write_disk_image(
+        &mut self,
+        dir: &Path,
+        guest: &Guest,
+        tree: &Tree,
+        store: &ContentStore,
+        initrd: &Artifact,
+        seed: &[&str],
+    ) -> Result<Artifact> {
+        let (profile, arch, reporter) = (&self.session.profile, self.arch, self.reporter);
+        let stub_path = esp::stub_path(arch);
+        let stub = match tree.get(&stub_path).map(|n| &n.kind) {
+            Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?,
+            _ => {
+                return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE })
+            }
+        };
+        let initrd_path = dir.join("initrd.img");
+        let open_initrd = || -> std::io::Result<Box<dyn std::io::Read>> {
+            let file = std::fs::File::open(&initrd_path)?;
+            Ok(Box::new(self.opts.cancel.wrap(std::io::BufReader::new(file))))
+        };
+        let files = GuestFiles {
+            profile: &profile.name,
+            arch,
+            kernel: &guest.kernel.image,
+            kernel_version: &guest.manifest.kernel.version,
+            cmdline: &guest.manifest.cmdline,
+            os_release: &guest.os_release,
+            open_initrd: &open_initrd,
+            initrd_len: initrd.size,
+        };
+        let spec = ImageSpec {
+            size_mib: profile.disk_size_mib,
+            data_mib: profile.data_partition_mib,
+            stub: &stub,
+            seed_parts: seed,
+            epoch: guest.epoch,
+        };
+        let image = guestdisk::Plan::new(&files, &spec)?;
+        let path = dir.join("disk.img");
+        self.phases.run(reporter, Phase::Disk, image.esp_bytes(), || image.write(&path, reporter))?;
+        let (sha256, size) = std::fs::File::open(&path).and_then(fsutil::sha256_of).map_err(fsutil::at(&path))?;
+        Ok(Artifact { name: "disk.img".into(), sha256, size })
+    }
 }
 
 #[cfg(test)]

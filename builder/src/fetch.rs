@@ -20,18 +20,9 @@ use crate::apk::package::{DataSummary, Limits, PackageReader};
 use crate::apk::Q1;
 use crate::fsutil;
 use crate::fsutil::Hashing;
+use crate::report::Reporting;
 
-/// What the fetcher tells the user about; the CLI turns it into progress bars or lines.
-pub trait Reporter: Send + Sync {
-    /// A batch of `items` downloads totalling about `bytes` starts.
-    fn batch(&self, _items: usize, _bytes: u64) {}
-    /// `n` more bytes arrived (from the network or the cache).
-    fn bytes(&self, _n: u64) {}
-    /// One item finished; `cached` when no download was needed.
-    fn done(&self, _what: &str, _cached: bool) {}
-    /// A retry or other notable event.
-    fn note(&self, _message: &str) {}
-}
+pub use crate::report::Reporter;
 
 /// Why a fetch failed. Each names the URL or file and says what to do next.
 #[derive(Debug, thiserror::Error, serde::Serialize)]
@@ -222,6 +213,11 @@ impl<'r> Fetcher<'r> {
         Ok(Fetcher { opts, client, reporter })
     }
 
+    /// Where this fetcher's work, and a build's using it, is reported.
+    pub fn reporter(&self) -> &'r dyn Reporter {
+        self.reporter
+    }
+
     pub fn cache_dir(&self) -> &Path {
         &self.opts.cache_dir
     }
@@ -359,7 +355,10 @@ impl<'r> Fetcher<'r> {
     /// `rehash` false, only its size is checked (`expected`, when known).
     fn check_blob(&self, path: &Path, sha256: &str, rehash: bool, expected: Option<u64>) -> Result<Option<u64>> {
         if !rehash {
-            return Ok(std::fs::metadata(path).ok().map(|m| m.len()).filter(|n| expected.is_none_or(|e| e == *n)));
+            let size = std::fs::metadata(path).ok().map(|m| m.len()).filter(|n| expected.is_none_or(|e| e == *n));
+            // Read later by the installer, which checks the pin: counted as done here.
+            self.reporter.bytes(size.unwrap_or(0));
+            return Ok(size);
         }
         let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
         let (actual, n) = crate::fsutil::sha256_of(f).map_err(fsutil::at(path))?;
@@ -592,27 +591,9 @@ impl Attempt<()> {
     }
 }
 
-/// Tells the reporter of every byte written through it (download progress).
-struct Reporting<'a, W> {
-    inner: W,
-    reporter: &'a dyn Reporter,
-}
-
-impl<W: Write> Write for Reporting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.reporter.bytes(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// A download's sink: written to `file`, hashed and reported.
 fn download_sink<'a, W: Write>(file: W, reporter: &'a dyn Reporter) -> Hashing<Reporting<'a, W>, Sha256> {
-    Hashing::new(Reporting { inner: file, reporter })
+    Hashing::new(Reporting::download(file, reporter))
 }
 
 #[cfg(test)]

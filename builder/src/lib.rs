@@ -16,6 +16,7 @@ pub mod lock;
 pub mod output;
 pub mod overlay;
 pub mod profile;
+pub mod report;
 pub mod resolve;
 pub mod session;
 pub mod tree;

@@ -41,6 +41,7 @@ pub fn run(args: BuildArgs) -> Outcome {
         for a in &result.outputs {
             println!("  {:<14} {:>12} {}", a.name, a.size, a.sha256);
         }
+        println!("  took {}", result.phases.summary());
     }
     Ok(true)
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::esp::EspFile;
 use super::fat;
 use crate::datadisk;
 use crate::fsutil;
@@ -324,16 +325,6 @@ impl<R: Seek> Seek for ReadOnly<R> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
         self.0.seek(to)
     }
-}
-
-/// Writes one file's bytes (exactly its announced size).
-pub type WriteContent<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>;
-
-/// A file for the ESP: its path (`/`-separated), size, and how to write its bytes.
-pub struct EspFile<'a> {
-    pub path: String,
-    pub size: u64,
-    pub write: WriteContent<'a>,
 }
 
 /// What the disk is made of besides its files.

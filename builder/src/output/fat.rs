@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 
-use super::disk::EspFile;
+use super::esp::EspFile;
 
 const SECTOR: u64 = 512;
 const RESERVED: u64 = 32;

@@ -3,8 +3,12 @@
 pub mod compress;
 pub mod cpio;
 pub mod disk;
+pub mod esp;
 pub mod fat;
+pub mod guestdisk;
+pub mod initrd;
 pub mod manifest;
+pub mod osrelease;
 pub mod pargzip;
 pub mod spdx;
 pub mod sums;
