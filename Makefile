@@ -7,7 +7,7 @@ HYVE_DEV := target/debug/hyve
 MIRROR   := target/test-mirror
 MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(wildcard tests/keys/*) $(wildcard builder/src/apk/*.rs)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := index_parser package_reader version_parser
+FUZZ_TARGETS := index_parser package_reader version_parser manifest_reader disk_reader
 
 .PHONY: all build test lint unit installed image mirror demo bench fuzz reproducible clean
 
@@ -72,8 +72,8 @@ bench: mirror build
 	python3 tests/bench/bench.py
 
 # Each fuzz target for FUZZ_SECONDS seconds (needs cargo-fuzz; stable Rust via
-# RUSTC_BOOTSTRAP), seeded with the real Alpine files. Findings land in
-# builder/fuzz/artifacts/ and fail the target.
+# RUSTC_BOOTSTRAP), seeded with the real Alpine files and a small FAT image (dosfstools,
+# mtools). Findings land in builder/fuzz/artifacts/ and fail the target.
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd builder && for t in $(FUZZ_TARGETS); do \
@@ -81,6 +81,10 @@ fuzz:
 		case $$t in \
 			index_parser) seeds=../tests/fixtures/alpine/apkindex ;; \
 			package_reader) seeds=../tests/fixtures/alpine/packages ;; \
+			disk_reader) seeds=../target/fuzz-seeds/disk_reader && mkdir -p $$seeds && rm -f $$seeds/esp.img && \
+				mkfs.fat -C $$seeds/esp.img 256 >/dev/null && echo 'options console=ttyS0' >$$seeds/hyve.conf && \
+				MTOOLS_SKIP_CHECK=1 mmd -i $$seeds/esp.img ::/loader && \
+				MTOOLS_SKIP_CHECK=1 mcopy -i $$seeds/esp.img $$seeds/hyve.conf ::/loader/hyve.conf ;; \
 			*) seeds= ;; \
 		esac && \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) -max_len=1048576 || exit 1; \

@@ -407,10 +407,28 @@ fn open_esp<'a, R: Read + Seek>(
 
 /// Every file and directory on the ESP of a hyve disk, depth first, sorted by name.
 pub fn list_esp(disk: &mut (impl Read + Seek), esp: &ReadPartition, path: &str) -> Result<Vec<EspEntry>, DiskError> {
-    let fs = open_esp(disk, esp, path)?;
-    let mut out = Vec::new();
-    fn walk<T: fatfs::ReadWriteSeek>(dir: fatfs::Dir<T>, prefix: &str, out: &mut Vec<EspEntry>) -> std::io::Result<()> {
-        let mut entries: Vec<_> = dir.iter().collect::<Result<_, _>>()?;
+    /// A damaged or hostile FAT can chain a directory back to its parent: the walk stops
+    /// this deep, and after this many entries, instead of recursing or reading forever.
+    const MAX_DEPTH: usize = 16;
+    const MAX_ENTRIES: usize = 100_000;
+    fn walk<T: fatfs::ReadWriteSeek>(
+        dir: fatfs::Dir<T>,
+        prefix: &str,
+        depth: usize,
+        out: &mut Vec<EspEntry>,
+    ) -> std::io::Result<()> {
+        let too_much =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}; the FAT is damaged"));
+        if depth > MAX_DEPTH {
+            return Err(too_much(&format!("directories nested more than {MAX_DEPTH} deep at {prefix}")));
+        }
+        let mut entries = Vec::new();
+        for e in dir.iter() {
+            if out.len() + entries.len() >= MAX_ENTRIES {
+                return Err(too_much(&format!("more than {MAX_ENTRIES} entries")));
+            }
+            entries.push(e?);
+        }
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name();
@@ -420,14 +438,16 @@ pub fn list_esp(disk: &mut (impl Read + Seek), esp: &ReadPartition, path: &str) 
             let full = format!("{prefix}{name}");
             if e.is_dir() {
                 out.push((format!("{full}/"), None));
-                walk(e.to_dir(), &format!("{full}/"), out)?;
+                walk(e.to_dir(), &format!("{full}/"), depth + 1, out)?;
             } else {
                 out.push((full, Some(e.len())));
             }
         }
         Ok(())
     }
-    walk(fs.root_dir(), "", &mut out).map_err(fsutil::at_named(format!("{path}: the ESP")))?;
+    let fs = open_esp(disk, esp, path)?;
+    let mut out = Vec::new();
+    walk(fs.root_dir(), "", 0, &mut out).map_err(fsutil::at_named(format!("{path}: the ESP")))?;
     Ok(out)
 }
 
@@ -465,6 +485,22 @@ pub fn looks_like_gpt(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `make fuzz` (disk_reader): a FAT whose directory chains back to its parent.
+    /// Listing it is an error, not a stack overflow.
+    #[test]
+    fn a_directory_loop_in_the_fat_is_an_error() {
+        let bytes = include_bytes!("fixtures/fat-directory-loop.bin");
+        let whole = ReadPartition {
+            type_guid: ESP_TYPE.into(),
+            guid: String::new(),
+            first_lba: 0,
+            last_lba: bytes.len() as u64 / SECTOR - 1,
+            name: String::new(),
+        };
+        let e = list_esp(&mut std::io::Cursor::new(&bytes[..]), &whole, "loop.img").unwrap_err().to_string();
+        assert!(e.contains("loop.img") && e.contains("damaged"), "{e}");
+    }
 
     #[test]
     fn guids_round_trip_and_are_derived() {
