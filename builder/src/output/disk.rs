@@ -40,6 +40,9 @@ pub enum DiskError {
     /// A disk image that is not what `hyve` writes (for `inspect`).
     #[error("{path}: {detail}")]
     NotGpt { path: String, detail: String },
+    /// The FAT reader gave up on the ESP.
+    #[error("{path}: the ESP's FAT is damaged (its reader gave up on it); this is not a disk image hyve wrote, or it was changed since")]
+    DamagedFat { path: String },
     #[error(transparent)]
     #[serde(untagged)]
     Io(#[from] crate::fsutil::IoError),
@@ -445,10 +448,12 @@ pub fn list_esp(disk: &mut (impl Read + Seek), esp: &ReadPartition, path: &str) 
         }
         Ok(())
     }
-    let fs = open_esp(disk, esp, path)?;
-    let mut out = Vec::new();
-    walk(fs.root_dir(), "", 0, &mut out).map_err(fsutil::at_named(format!("{path}: the ESP")))?;
-    Ok(out)
+    survive_fatfs(path, || {
+        let fs = open_esp(disk, esp, path)?;
+        let mut out = Vec::new();
+        walk(fs.root_dir(), "", 0, &mut out).map_err(fsutil::at_named(format!("{path}: the ESP")))?;
+        Ok(out)
+    })
 }
 
 /// The first `limit` bytes of a file on the ESP (UKI headers, the loader entry).
@@ -472,9 +477,23 @@ pub fn with_esp_file<T>(
     file: &str,
     read: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
 ) -> Result<T, DiskError> {
-    let fs = open_esp(disk, esp, file)?;
-    let mut f = fs.root_dir().open_file(file).map_err(fsutil::at_named(file))?;
-    Ok(read(&mut f).map_err(fsutil::at_named(file))?)
+    survive_fatfs(file, || {
+        let fs = open_esp(disk, esp, file)?;
+        let mut f = fs.root_dir().open_file(file).map_err(fsutil::at_named(file))?;
+        Ok(read(&mut f).map_err(fsutil::at_named(file))?)
+    })
+}
+
+/// Runs `read` on a FAT through `fatfs`, turning a panic inside it into an error. fatfs
+/// 0.3.6, its last release, panics on some damaged file systems (a cluster number below 2
+/// underflows in `sector_from_cluster`, found by `make fuzz`), and no input may crash hyve.
+/// The panic message is kept off stderr: the error says what happened.
+fn survive_fatfs<T>(what: &str, read: impl FnOnce() -> Result<T, DiskError>) -> Result<T, DiskError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|_| Err(DiskError::DamagedFat { path: what.to_string() }))
 }
 
 /// Whether the first 520 bytes of a file are a protective MBR followed by a GPT header.
@@ -486,20 +505,39 @@ pub fn looks_like_gpt(head: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// Found by `make fuzz` (disk_reader): a FAT whose directory chains back to its parent.
-    /// Listing it is an error, not a stack overflow.
-    #[test]
-    fn a_directory_loop_in_the_fat_is_an_error() {
-        let bytes = include_bytes!("fixtures/fat-directory-loop.bin");
-        let whole = ReadPartition {
+    fn whole(bytes: &[u8]) -> ReadPartition {
+        ReadPartition {
             type_guid: ESP_TYPE.into(),
             guid: String::new(),
             first_lba: 0,
             last_lba: bytes.len() as u64 / SECTOR - 1,
             name: String::new(),
-        };
-        let e = list_esp(&mut std::io::Cursor::new(&bytes[..]), &whole, "loop.img").unwrap_err().to_string();
+        }
+    }
+
+    /// Found by `make fuzz` (disk_reader): a FAT whose directory chains back to its parent.
+    /// Listing it is an error, not a stack overflow.
+    #[test]
+    fn a_directory_loop_in_the_fat_is_an_error() {
+        let bytes = include_bytes!("fixtures/fat-directory-loop.bin");
+        let e = list_esp(&mut std::io::Cursor::new(&bytes[..]), &whole(bytes), "loop.img").unwrap_err().to_string();
         assert!(e.contains("loop.img") && e.contains("damaged"), "{e}");
+    }
+
+    /// Found by `make fuzz` (disk_reader): a file whose first cluster is 0 makes fatfs
+    /// underflow (a panic in debug builds); reading it is an error.
+    #[test]
+    fn a_fat_that_panics_fatfs_is_an_error() {
+        let bytes = include_bytes!("fixtures/fat-cluster-zero.bin");
+        let mut image = std::io::Cursor::new(&bytes[..]);
+        let part = whole(bytes);
+        let files = list_esp(&mut image, &part, "zero.img").unwrap_or_default();
+        let results: Vec<_> = files
+            .iter()
+            .filter(|(_, size)| size.is_some())
+            .map(|(p, _)| read_esp_file(&mut image, &part, p, 64))
+            .collect();
+        assert!(results.iter().any(|r| matches!(r, Err(DiskError::DamagedFat { .. }))), "{results:?}");
     }
 
     #[test]
