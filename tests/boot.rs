@@ -444,8 +444,9 @@ impl Docker {
 
 /// The docker host (`minimal`) under QEMU with a data disk, driven from the host:
 ///
-/// boot 1 — a foreign disk (ext4, with the format-me text written over its unused boot
-/// sector) as vda must be left alone; a fresh `hyve disk create` disk as vdb (on aarch64:
+/// boot 1 — a foreign disk carrying the format-me text at its start (F2FS on x86_64, LUKS2
+/// on aarch64, found by blkid -p through a signature elsewhere on the disk) as vda must be
+/// left alone; a fresh `hyve disk create` disk as vdb (on aarch64:
 /// the same user data in the first partition of a GPT disk) is formatted and gets the user
 /// data and the host's Docker CA; the API answers the client certificates `hyve disk create
 /// --docker-certs` made (or plain TCP where the test profile asks for it), a connection
@@ -519,10 +520,30 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
         use std::os::unix::fs::FileExt;
         std::fs::OpenOptions::new().write(true).open(&data).unwrap().write_all_at(&header, 1 << 20).unwrap();
     }
+    // A disk someone made something else of after `hyve disk create` (or whose first bytes
+    // were overwritten): the format-me text is there, and so is a signature blkid knows
+    // further in — F2FS's superblock at 1 KiB, LUKS2's secondary header at 16 KiB. (XFS has
+    // its only superblock at byte 0, so an XFS disk cannot start with the text.)
     let foreign = t.join("foreign.img");
     std::fs::File::create(&foreign).unwrap().set_len(64 << 20).unwrap();
-    let o = Command::new("mkfs.ext4").args(["-q", "-F", "-L", "not-hyve"]).arg(&foreign).output().unwrap();
-    assert!(o.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&o.stderr));
+    let (foreign_type, mut make) = if arch == "x86_64" {
+        let mut mkfs = Command::new("mkfs.f2fs");
+        mkfs.args(["-q", "-f", "-l", "not-hyve"]).arg(&foreign);
+        ("f2fs", mkfs)
+    } else {
+        let mut luks = Command::new("cryptsetup");
+        luks.args(["luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+            .args(["--key-file", "-"])
+            .arg(&foreign)
+            .stdin(std::fs::File::open(root.join("Cargo.toml")).unwrap());
+        ("crypto_LUKS", luks)
+    };
+    let o = make.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{make:?} (apt-get install f2fs-tools cryptsetup-bin): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&foreign).unwrap();
@@ -597,7 +618,10 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
         vm.wait_for("hyve: clock set by a time server: ", 300);
     }
     vm.wait_for("hyve: dockerd ", 600);
-    vm.assert_console("foreign disk left alone", "/dev/vda starts with \"hyve, please format-me\" but it has");
+    vm.assert_console(
+        "foreign disk left alone",
+        &format!("/dev/vda starts with \"hyve, please format-me\" but blkid -p finds TYPE={foreign_type}"),
+    );
     let formatted = if partitioned {
         "hyve: /dev/vdb1: formatting for data in place"
     } else {
@@ -660,6 +684,17 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let reply = api.busybox(Docker::ok, &["--privileged", "--pid", "host"], &["sh", "-c", &request]);
     assert_eq!(reply, "{\"return\": {}}\n", "{arch}: guest-set-time");
     vm.wait_for("hyve: clock set by the host (guest-set-time)", 30);
+    // A DHCP renewal keeps the address in place (flushing it would take it away, for a
+    // moment, from every connection): an extra address on eth0 outlives udhcpc's renewal.
+    let in_guest = |command: &str| {
+        let nsenter = format!("nsenter -t 1 -m -n -- sh -c '{command}'");
+        api.busybox(Docker::ok, &["--privileged", "--pid", "host"], &["sh", "-c", &nsenter])
+    };
+    in_guest("ip addr add 10.0.2.99/24 dev eth0 && kill -USR1 $(cat /run/udhcpc.eth0.pid)");
+    vm.wait_for("hyve: eth0 10.0.2.15/24 renewed (DHCP; address kept)", 120);
+    let addresses = in_guest("ip -4 addr show dev eth0");
+    assert!(addresses.contains(" 10.0.2.99/24 ") && addresses.contains(" 10.0.2.15/24 "), "{arch}: {addresses}");
+    in_guest("ip addr del 10.0.2.99/24 dev eth0");
     container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
     api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);

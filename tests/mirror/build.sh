@@ -49,6 +49,7 @@ declare -A host_pkgs=(
 	[iptables]="iptables"
 	[e2fsprogs]="e2fsprogs logsave"
 	[sfdisk]="fdisk"
+	[blkid]="util-linux"
 	[openssh]="openssh-server openssh-client openssh-sftp-server"
 	[docker-cli]="docker.io"
 	[curl]="curl"
@@ -221,6 +222,10 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			done
 			;;
 		containerd) extra=(--depends "runc") ;;
+		blkid)
+			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.
+			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/blkid" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			;;
 		chrony)
 			# chronyd drops to the user it was built with (Debian: _chrony; Alpine's package
 			# adds chrony for its build the same way, in its pre-install).

@@ -1,31 +1,38 @@
 # The persistent data disk, boot2docker's protocol renamed:
 #  1. a filesystem labelled hyve-data is checked (e2fsck -p) and mounted at $HYVE_DATA;
 #  2. else a whole disk that starts with "hyve, please format-me" (what `hyve disk create`
-#     writes) and holds no partition table or filesystem gets its first 64 KiB (the user-data
-#     tar) saved, a GPT with one partition, ext4 labelled hyve-data, and the user data
-#     unpacked onto it; a partition that starts with the header (the hyve-data partition of
+#     writes) and holds no signature blkid -p knows (file system, LUKS, RAID or LVM member,
+#     partition table) gets its first 64 KiB (the user-data tar) saved, a GPT with one
+#     partition, ext4 labelled hyve-data, and the user data unpacked onto it; a partition that starts with the header (the hyve-data partition of
 #     a disk image) is formatted in place the same way;
 #  3. else everything stays in RAM, and the console says so.
 # Docker's and containerd's state live on it (bind mounts), and so does the TLS material.
 HYVE_FORMAT_MAGIC="hyve, please format-me"
 
-disk_hex() { # DEV OFFSET COUNT
-	dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null | od -An -tx1 | tr -d ' \n'
-}
 disk_text() { # DEV OFFSET COUNT
 	dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null
 }
 
-# Why DEV must not be formatted; nothing when it is only the format-me header.
+# Why DEV must not be formatted; nothing when it is only the format-me header. util-linux's
+# blkid probes for every signature libblkid knows (file systems, LUKS, RAID and LVM members,
+# partition tables) without its cache: a TYPE or PTTYPE is data; exit 2 means it found
+# nothing, 8 several signatures (a partition alone gives only its PART_ENTRY_ values, exit
+# 0). Without it (a busybox blkid has no -p) nothing is formatted.
 disk_holds_data() {
 	name=${1#/dev/}
-	if ls -d "/sys/block/$name/$name"* >/dev/null 2>&1; then echo "the kernel sees partitions on it"
-	elif [ "$(disk_hex "$1" 510 2)" = 55aa ]; then echo "it has an MBR boot signature"
-	elif [ "$(disk_text "$1" 512 8)" = "EFI PART" ]; then echo "it has a GPT header"
-	elif [ "$(disk_hex "$1" 1080 2)" = 53ef ]; then echo "it has an ext2/3/4 superblock"
-	elif [ "$(disk_text "$1" 65600 8)" = "_BHRfS_M" ]; then echo "it has a btrfs superblock"
-	elif [ "$(disk_text "$1" 4086 10)" = SWAPSPACE2 ]; then echo "it has a swap signature"
+	if ls -d "/sys/block/$name/$name"* >/dev/null 2>&1; then
+		echo "the kernel sees partitions on it"
+		return
 	fi
+	found=$(blkid -p -o export "$1" 2>&1)
+	status=$?
+	signatures=$(echo "$found" | grep -E '^(TYPE|PTTYPE)=' | tr '\n' ' ')
+	case $status in
+		0) [ -z "$signatures" ] || echo "blkid -p finds ${signatures}on it" ;;
+		2) ;;
+		8) echo "blkid -p finds several signatures on it" ;;
+		*) echo "blkid -p cannot probe it (${found:-no output}; util-linux's blkid is needed)" ;;
+	esac
 }
 
 # Saves the user-data tar at the start of DEV (readable by root alone: it may hold a CA
