@@ -452,7 +452,8 @@ impl Docker {
 /// --docker-certs` made (or plain TCP where the test profile asks for it), a connection
 /// without a client certificate is refused, no private key is ever on the console, `docker
 /// import` + `docker run` work; a container and a file are created; clean power-off.
-/// boot 2 — the data disk alone: not reformatted, the container and the file are there.
+/// boot 2 — the data disk alone, enlarged: not reformatted, its partition and file system
+/// grown to the new end, the container and the file are there.
 fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, time_server_late: bool) {
     if !can_run(arch, qemu) {
         return;
@@ -705,10 +706,14 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     vm.wait_powered_off(180);
     assert!(std::fs::read(&foreign).unwrap() == foreign_before, "the foreign disk was written to");
 
-    // Boot 2: the same data disk alone.
+    // Boot 2: the same data disk alone, enlarged by 1 GiB as a user would (truncate, qemu-img
+    // resize): its partition and file system grow to the new end.
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(3 << 30).unwrap();
     args.extend(["--disk".to_string(), s(&data)]);
     let mut vm = Vm::start(&out, &format!("docker-{arch}-boot2"), &args);
     vm.wait_for("hyve: dockerd ", 600);
+    vm.assert_console("partition grown", "hyve: /dev/vda1: partition grown to the end of /dev/vda (3070 MiB)");
+    vm.assert_console("file system grown", "hyve: data file system grown from ");
     vm.assert_console("data disk mounted again", "hyve: data disk /dev/vda1 mounted at /var/lib/hyve");
     assert!(!vm.console().contains("formatting for data"), "{}: the data disk was formatted again", vm.name);
     let api = if plain_tcp { docker(true) } else { docker(false) };

@@ -48,6 +48,7 @@ declare -A host_pkgs=(
 	[runc]="runc"
 	[iptables]="iptables"
 	[e2fsprogs]="e2fsprogs logsave"
+	[e2fsprogs-extra]="e2fsprogs"
 	[sfdisk]="fdisk"
 	[blkid]="util-linux"
 	[openssh]="openssh-server openssh-client openssh-sftp-server"
@@ -222,6 +223,14 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			done
 			;;
 		containerd) extra=(--depends "runc") ;;
+		e2fsprogs)
+			# Alpine keeps resize2fs (and tune2fs, e2label...) in e2fsprogs-extra.
+			rm -f "$dir/sbin/resize2fs" "$dir/sbin/tune2fs" "$dir/sbin/e2label" "$dir/sbin/dumpe2fs" "$dir/sbin/debugfs"
+			;;
+		e2fsprogs-extra)
+			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/resize2fs" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			extra=(--depends "e2fsprogs")
+			;;
 		blkid)
 			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.
 			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/blkid" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete

@@ -1,10 +1,12 @@
 # The persistent data disk, boot2docker's protocol renamed:
-#  1. a filesystem labelled hyve-data is checked (e2fsck -p) and mounted at $HYVE_DATA;
+#  1. a filesystem labelled hyve-data is grown to the end of its disk when the disk grew,
+#     checked (e2fsck -p), mounted at $HYVE_DATA and grown online to its partition;
 #  2. else a whole disk that starts with "hyve, please format-me" (what `hyve disk create`
 #     writes) and holds no signature blkid -p knows (file system, LUKS, RAID or LVM member,
 #     partition table) gets its first 64 KiB (the user-data tar) saved, a GPT with one
-#     partition, ext4 labelled hyve-data, and the user data unpacked onto it; a partition that starts with the header (the hyve-data partition of
-#     a disk image) is formatted in place the same way;
+#     partition, ext4 labelled hyve-data, and the user data unpacked onto it; a partition
+#     that starts with the header (the hyve-data partition of a disk image) is formatted in
+#     place the same way;
 #  3. else everything stays in RAM, and the console says so.
 # Docker's and containerd's state live on it (bind mounts), and so does the TLS material.
 HYVE_FORMAT_MAGIC="hyve, please format-me"
@@ -65,6 +67,28 @@ format_data_disk() { # DEV
 	make_data_fs "$part"
 }
 
+# A hyve-data partition that ends before its disk does (the disk file was enlarged with
+# truncate, qemu-img resize or a VMM's disk setting) is grown to the end of the disk, with
+# GPT's backup moved to the new end first. Only the last partition grows; nothing is ever
+# shrunk or moved, and a disk the partition table of which sfdisk cannot read is left alone.
+grow_data_partition() { # DEV
+	part=${1#/dev/}
+	[ -e "/sys/class/block/$part/partition" ] || return 0
+	disk=$(basename "$(readlink -f "/sys/class/block/$part/..")")
+	start=$(cat "/sys/class/block/$part/start")
+	end=$((start + $(cat "/sys/class/block/$part/size")))
+	# 33 sectors at the end hold GPT's backup table and header; under 1 MiB is not worth it.
+	[ $(($(cat "/sys/class/block/$disk/size") - 33 - end)) -ge 2048 ] || return 0
+	for p in "/sys/class/block/$disk/$disk"*; do
+		[ "$(cat "$p/start")" -gt "$start" ] && return 0
+	done
+	{ sfdisk --relocate gpt-bak-std "/dev/$disk" &&
+		echo ", +" | sfdisk --no-reread -N "$(cat "/sys/class/block/$part/partition")" "/dev/$disk" &&
+		blockdev --rereadpt "/dev/$disk"; } >/var/log/grow.log 2>&1 ||
+		{ log "$1: could not grow it to the end of /dev/$disk (see /var/log/grow.log)"; return 0; }
+	log "$1: partition grown to the end of /dev/$disk ($(($(cat "/sys/class/block/$part/size") / 2048)) MiB)"
+}
+
 format_data_partition() { # DEV
 	save_user_data "$1" || return 1
 	log "$1: formatting for data in place (ext4 labelled hyve-data); user data saved"
@@ -92,6 +116,7 @@ if [ -z "$data_dev" ]; then
 	done
 fi
 if [ -n "$data_dev" ]; then
+	[ -z "$data_new" ] && grow_data_partition "$data_dev"
 	e2fsck -p "$data_dev" >/var/log/e2fsck.log 2>&1
 	fsck=$?
 	if [ $fsck -ge 4 ]; then
@@ -108,6 +133,12 @@ if [ -n "$data_dev" ]; then
 		rm -f "$HYVE_DATA/$HYVE_FORMAT_MAGIC"
 		[ -d "$HYVE_DATA/.ssh" ] && chmod -R go-rwx "$HYVE_DATA/.ssh"
 		log "user data unpacked: $(cd "$HYVE_DATA" && find . -type f | sed 's|^\./||' | tr '\n' ' ')"
+	else
+		# The file system grows online to fill its partition (or whole disk) when that grew.
+		before=$(df -m "$HYVE_DATA" | awk 'NR == 2 {print $2}')
+		resize2fs "$data_dev" >/var/log/resize2fs.log 2>&1 || log "resize2fs $data_dev failed (see /var/log/resize2fs.log)"
+		after=$(df -m "$HYVE_DATA" | awk 'NR == 2 {print $2}')
+		[ "$after" -gt "$before" ] && log "data file system grown from $before to $after MiB"
 	fi
 	log "data disk $data_dev mounted at $HYVE_DATA ($(df -m "$HYVE_DATA" | awk 'NR == 2 {print $4}') MiB free)"
 else
