@@ -17,7 +17,7 @@ use crate::output::manifest::{KernelSummary, LockSummary, Manifest, OutputEntry,
 use crate::output::{initrd, osrelease};
 use crate::overlay::{self, Generated};
 use crate::profile::OutputFormat;
-use crate::report::{Phase, PhaseTimes, Reporter};
+use crate::report::{Phase, PhaseTimes, Phases};
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, NodeKind, Tree};
 
@@ -199,14 +199,13 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
 fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -> Result<BuildResult> {
     check_replaceable(out)?;
     let profile = &session.profile;
-    let reporter = session.fetcher.reporter();
-    let mut phases = PhaseTimes::default();
+    let mut phases = Phases::new(session.fetcher.reporter());
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
     let Installed { mut tree, mut store, packages: installed, mut warnings } =
-        phases.run(reporter, Phase::Packages, 0, || install_locked(session, arch, &section, &opts.cancel))?;
+        phases.run(Phase::Packages, 0, || install_locked(session, arch, &section, &opts.cancel))?;
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
-    let kernel = phases.run(reporter, Phase::Modules, 0, || {
+    let kernel = phases.run(Phase::Modules, 0, || {
         kernel::prepare(
             &mut tree,
             &mut store,
@@ -233,7 +232,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     lay_generated_files(&mut tree, &mut store, profile, &guest, &installed)?;
     // Write everything beside the target, then swap it in.
     let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
-    let mut writer = OutputWriter { session, arch, opts, reporter, phases: &mut phases };
+    let mut writer = OutputWriter { session, arch, opts, phases: &mut phases };
     let written = writer.write_all(staging.path(), &section, &guest, &tree, &store)?;
     staging.commit().map_err(fsutil::at(out))?;
     Ok(BuildResult {
@@ -244,7 +243,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         entries: written.entries,
         outputs: written.outputs,
         warnings,
-        phases,
+        phases: phases.into_times(),
     })
 }
 
@@ -372,7 +371,7 @@ fn lay_generated_files(
     Ok(())
 }
 
-/// What `write_outputs` wrote.
+/// What `OutputWriter::write_all` wrote.
 struct Written {
     outputs: Vec<Artifact>,
     /// Initramfs entries (0 without one).
@@ -380,15 +379,14 @@ struct Written {
 }
 
 /// Writes the outputs of one build, timing its phases.
-struct OutputWriter<'a> {
+struct OutputWriter<'a, 'r> {
     session: &'a Session<'a>,
     arch: Arch,
     opts: &'a BuildOptions,
-    reporter: &'a dyn Reporter,
-    phases: &'a mut PhaseTimes,
+    phases: &'a mut Phases<'r>,
 }
 
-impl OutputWriter<'_> {
+impl OutputWriter<'_, '_> {
     /// Every output the profile asks for, into `dir`: kernel, initrd.img, disk.img, cmdline,
     /// then manifest.json with their hashes, the SBOM and SHA256SUMS derived from it.
     fn write_all(
@@ -399,7 +397,7 @@ impl OutputWriter<'_> {
         tree: &Tree,
         store: &ContentStore,
     ) -> Result<Written> {
-        let (profile, arch, opts, reporter) = (&self.session.profile, self.arch, self.opts, self.reporter);
+        let (profile, arch, opts, reporter) = (&self.session.profile, self.arch, self.opts, self.phases.reporter());
         let cmdline = &guest.manifest.cmdline;
         let mut outputs = Vec::new();
         let kernel_sha256 = hex::encode(Sha256::digest(&guest.kernel.image));
@@ -416,7 +414,7 @@ impl OutputWriter<'_> {
                 workers: opts.workers,
                 epoch: guest.epoch,
             };
-            let written = self.phases.run(reporter, Phase::Initramfs, initrd::archive_bytes(tree), || {
+            let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(tree), || {
                 initrd::write(&initrd_path, tree, store, &settings, &opts.cancel, reporter)
             })?;
             entries = written.entries;
@@ -456,7 +454,8 @@ impl OutputWriter<'_> {
         Ok(Written { outputs, entries })
     }
 
-    /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`).
+    /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`),
+    /// with `initrd` already written in `dir`.
     fn write_disk_image(
         &mut self,
         dir: &Path,
@@ -466,7 +465,7 @@ impl OutputWriter<'_> {
         initrd: &Artifact,
         seed: &[&str],
     ) -> Result<Artifact> {
-        let (profile, arch, reporter) = (&self.session.profile, self.arch, self.reporter);
+        let (profile, arch, reporter) = (&self.session.profile, self.arch, self.phases.reporter());
         let stub_path = esp::stub_path(arch);
         let stub = match tree.get(&stub_path).map(|n| &n.kind) {
             Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?,
@@ -474,7 +473,7 @@ impl OutputWriter<'_> {
                 return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE })
             }
         };
-        let initrd_path = dir.join("initrd.img");
+        let initrd_path = dir.join(&initrd.name);
         let open_initrd = || -> std::io::Result<Box<dyn std::io::Read>> {
             let file = std::fs::File::open(&initrd_path)?;
             Ok(Box::new(self.opts.cancel.wrap(std::io::BufReader::new(file))))
@@ -498,7 +497,7 @@ impl OutputWriter<'_> {
         };
         let image = guestdisk::Plan::new(&files, &spec)?;
         let path = dir.join("disk.img");
-        self.phases.run(reporter, Phase::Disk, image.esp_bytes(), || image.write(&path, reporter))?;
+        self.phases.run(Phase::Disk, image.esp_bytes(), || image.write(&path, reporter))?;
         let (sha256, size) = std::fs::File::open(&path).and_then(fsutil::sha256_of).map_err(fsutil::at(&path))?;
         Ok(Artifact { name: "disk.img".into(), sha256, size })
     }

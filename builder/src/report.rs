@@ -48,28 +48,43 @@ pub trait Reporter: Send + Sync {
     fn phase_end(&self, _phase: Phase, _took: Duration) {}
 }
 
-/// A reporter that reports nothing (library callers and tests).
-pub struct Silent;
-
-impl Reporter for Silent {}
-
 /// How long each phase of a build took, in order.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PhaseTimes(pub Vec<(Phase, f64)>);
 
-impl PhaseTimes {
-    /// Runs `work` as `phase` (`total` bytes, 0 when unknown), telling `reporter` and noting
-    /// the time it took.
-    pub fn run<T>(&mut self, reporter: &dyn Reporter, phase: Phase, total: u64, work: impl FnOnce() -> T) -> T {
+/// A build's phases as they run: told to the reporter, timed.
+pub struct Phases<'r> {
+    reporter: &'r dyn Reporter,
+    times: PhaseTimes,
+}
+
+impl<'r> Phases<'r> {
+    pub fn new(reporter: &'r dyn Reporter) -> Self {
+        Phases { reporter, times: PhaseTimes::default() }
+    }
+
+    /// Where the phases are told; work inside a phase reports its progress there too.
+    pub fn reporter(&self) -> &'r dyn Reporter {
+        self.reporter
+    }
+
+    /// Runs `work` as `phase` (`total` bytes, 0 when unknown), noting the time it took.
+    pub fn run<T>(&mut self, phase: Phase, total: u64, work: impl FnOnce() -> T) -> T {
         let started = Instant::now();
-        reporter.phase_start(phase, total);
+        self.reporter.phase_start(phase, total);
         let out = work();
         let took = started.elapsed();
-        reporter.phase_end(phase, took);
-        self.0.push((phase, took.as_secs_f64()));
+        self.reporter.phase_end(phase, took);
+        self.times.0.push((phase, took.as_secs_f64()));
         out
     }
 
+    pub fn into_times(self) -> PhaseTimes {
+        self.times
+    }
+}
+
+impl PhaseTimes {
     /// `packages 1.2 s, modules 0.1 s, …`
     pub fn summary(&self) -> String {
         self.0.iter().map(|(p, s)| format!("{} {s:.1} s", p.name())).collect::<Vec<_>>().join(", ")
