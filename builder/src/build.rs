@@ -14,9 +14,9 @@ use crate::kernel;
 use crate::output::esp::{self, GuestFiles};
 use crate::output::guestdisk::{self, ImageSpec};
 use crate::output::manifest::{KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
-use crate::output::{initrd, osrelease};
+use crate::output::{bootinitrd, initrd, osrelease, squashfs};
 use crate::overlay::{self, Generated};
-use crate::profile::OutputFormat;
+use crate::profile::{OutputFormat, RootFormat};
 use crate::report::{Phase, PhaseTimes, Phases};
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, NodeKind, Tree};
@@ -59,6 +59,12 @@ pub enum BuildError {
     #[error(transparent)]
     #[serde(untagged)]
     Disk(#[from] crate::output::disk::DiskError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Squashfs(#[from] crate::output::squashfs::SquashfsError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    BootInitrd(#[from] crate::output::bootinitrd::BootInitrdError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -75,6 +81,8 @@ fn space_hint(e: &std::io::Error) -> &'static str {
 
 /// The checksum file every build writes; it lists every other output.
 pub const SHA256SUMS: &str = "SHA256SUMS";
+/// The read-only root image of a profile with `output.root = "squashfs"`.
+pub const ROOT_IMAGE: &str = "root.squashfs";
 
 /// One written artifact.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -205,17 +213,23 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         phases.run(Phase::Packages, 0, || install_locked(session, arch, &section, &opts.cancel))?;
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
+    // A squashfs root needs the modules its boot initramfs loads.
+    let mut modules = profile.kernel_modules.clone();
+    if profile.root == RootFormat::Squashfs {
+        let missing = bootinitrd::ROOT_MODULES.iter().filter(|m| !modules.iter().any(|n| n == *m)).collect::<Vec<_>>();
+        modules.extend(missing.into_iter().map(|m| m.to_string()));
+    }
     let kernel = phases.run(Phase::Modules, 0, || {
         kernel::prepare(
             &mut tree,
             &mut store,
             arch,
             &profile.kernel_package,
-            &profile.kernel_modules,
+            &modules,
             &profile.kernel_optional_modules,
         )
     })?;
-    for m in &kernel.builtin {
+    for m in kernel.builtin.iter().filter(|m| profile.kernel_modules.contains(m)) {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
     }
     let overlays = profile
@@ -233,7 +247,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     // Write everything beside the target, then swap it in.
     let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
     let mut writer = OutputWriter { session, arch, opts, phases: &mut phases };
-    let written = writer.write_all(staging.path(), &section, &guest, &tree, &store)?;
+    let written = writer.write_all(staging.path(), &section, &guest, &tree, &mut store)?;
     staging.commit().map_err(fsutil::at(out))?;
     Ok(BuildResult {
         dir: out.to_path_buf(),
@@ -395,7 +409,7 @@ impl OutputWriter<'_, '_> {
         section: &crate::lock::ArchLock,
         guest: &Guest,
         tree: &Tree,
-        store: &ContentStore,
+        store: &mut ContentStore,
     ) -> Result<Written> {
         let (profile, arch, opts, reporter) = (&self.session.profile, self.arch, self.opts, self.phases.reporter());
         let cmdline = &guest.manifest.cmdline;
@@ -406,7 +420,28 @@ impl OutputWriter<'_, '_> {
         }
         let mut entries = 0;
         let wants_disk = profile.formats.contains(&OutputFormat::Disk);
-        if profile.formats.contains(&OutputFormat::Initrd) || wants_disk {
+        let wants_initrd = profile.formats.contains(&OutputFormat::Initrd);
+        if wants_initrd || wants_disk {
+            // A squashfs root: the tree goes into the image, the initramfs only finds it.
+            let root_path = dir.join(ROOT_IMAGE);
+            let boot_tree;
+            let (initrd_tree, root) = if profile.root == RootFormat::Squashfs {
+                let written = self.phases.run(Phase::Root, squashfs::input_bytes(tree), || {
+                    squashfs::write(
+                        &root_path,
+                        tree,
+                        store,
+                        squashfs::DEFAULT_LEVEL,
+                        guest.epoch,
+                        &opts.cancel,
+                        reporter,
+                    )
+                })?;
+                boot_tree = bootinitrd::tree(tree, store, &guest.kernel, &written.superblock, guest.epoch)?;
+                (&boot_tree, Some(Artifact { name: ROOT_IMAGE.into(), sha256: written.sha256, size: written.size }))
+            } else {
+                (tree, None)
+            };
             let initrd_path = dir.join("initrd.img");
             let settings = initrd::Settings {
                 compression: profile.compression,
@@ -414,21 +449,28 @@ impl OutputWriter<'_, '_> {
                 workers: opts.workers,
                 epoch: guest.epoch,
             };
-            let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(tree), || {
-                initrd::write(&initrd_path, tree, store, &settings, &opts.cancel, reporter)
+            let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(initrd_tree), || {
+                initrd::write(&initrd_path, initrd_tree, store, &settings, &opts.cancel, reporter)
             })?;
             entries = written.entries;
             let initrd = Artifact { name: "initrd.img".into(), sha256: written.sha256, size: written.size };
             if wants_disk {
                 let arch_name = arch.to_string();
-                let seed: [&str; 6] =
-                    [&section.inputs_hash, &arch_name, &profile.name, &kernel_sha256, &initrd.sha256, cmdline];
-                outputs.push(self.write_disk_image(dir, guest, tree, store, &initrd, &seed)?);
+                let mut seed: Vec<&str> =
+                    vec![&section.inputs_hash, &arch_name, &profile.name, &kernel_sha256, &initrd.sha256, cmdline];
+                seed.extend(root.as_ref().map(|r| r.sha256.as_str()));
+                let root_file = root.as_ref().map(|r| (root_path.as_path(), r.size));
+                let stub = efi_stub(tree, store, arch)?;
+                outputs.push(self.write_disk_image(dir, guest, &stub, &initrd, root_file, &seed)?);
             }
-            if profile.formats.contains(&OutputFormat::Initrd) {
+            if wants_initrd {
+                outputs.extend(root);
                 outputs.push(initrd);
             } else {
-                std::fs::remove_file(&initrd_path).map_err(fsutil::at(&initrd_path))?;
+                for artifact in root.iter().chain([&initrd]) {
+                    let path = dir.join(&artifact.name);
+                    std::fs::remove_file(&path).map_err(fsutil::at(&path))?;
+                }
             }
         }
         outputs.push(write_artifact(dir, "cmdline", format!("{cmdline}\n").as_bytes())?);
@@ -460,19 +502,12 @@ impl OutputWriter<'_, '_> {
         &mut self,
         dir: &Path,
         guest: &Guest,
-        tree: &Tree,
-        store: &ContentStore,
+        stub: &[u8],
         initrd: &Artifact,
+        root: Option<(&Path, u64)>,
         seed: &[&str],
     ) -> Result<Artifact> {
         let (profile, arch, reporter) = (&self.session.profile, self.arch, self.phases.reporter());
-        let stub_path = esp::stub_path(arch);
-        let stub = match tree.get(&stub_path).map(|n| &n.kind) {
-            Some(NodeKind::File(blob)) => store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?,
-            _ => {
-                return Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE })
-            }
-        };
         let initrd_path = dir.join(&initrd.name);
         let open_initrd = || -> std::io::Result<Box<dyn std::io::Read>> {
             let file = std::fs::File::open(&initrd_path)?;
@@ -490,8 +525,9 @@ impl OutputWriter<'_, '_> {
         };
         let spec = ImageSpec {
             size_mib: profile.disk_size_mib,
+            root,
             data_mib: profile.data_partition_mib,
-            stub: &stub,
+            stub,
             seed_parts: seed,
             epoch: guest.epoch,
         };
@@ -500,6 +536,15 @@ impl OutputWriter<'_, '_> {
         self.phases.run(Phase::Disk, image.esp_bytes(), || image.write(&path, reporter))?;
         let (sha256, size) = std::fs::File::open(&path).and_then(fsutil::sha256_of).map_err(fsutil::at(&path))?;
         Ok(Artifact { name: "disk.img".into(), sha256, size })
+    }
+}
+
+/// The systemd EFI stub the packages installed, which the disk image's UKI is built on.
+fn efi_stub(tree: &Tree, store: &ContentStore, arch: Arch) -> Result<Vec<u8>> {
+    let stub_path = esp::stub_path(arch);
+    match tree.get(&stub_path).map(|n| &n.kind) {
+        Some(NodeKind::File(blob)) => Ok(store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?),
+        _ => Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
     }
 }
 

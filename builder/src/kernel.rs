@@ -42,6 +42,39 @@ pub struct Kernel {
     pub builtin: Vec<String>,
     /// Optional modules this kernel has neither as a module nor built in.
     pub skipped: Vec<String>,
+    /// Each included module: its file in the tree and the modules it needs.
+    pub graph: BTreeMap<String, IncludedModule>,
+}
+
+/// A module the guest gets.
+#[derive(Debug, Clone)]
+pub struct IncludedModule {
+    /// Under `lib/modules/<release>/`.
+    pub path: String,
+    /// Names of the modules it needs loaded first.
+    pub deps: Vec<String>,
+}
+
+impl Kernel {
+    /// `names` that are modules here (built-in ones need no loading) with what they need,
+    /// each after its dependencies: the order `insmod` must load them in.
+    pub fn load_order(&self, names: &[&str]) -> Vec<String> {
+        fn visit(name: &str, graph: &BTreeMap<String, IncludedModule>, order: &mut Vec<String>) {
+            let Some(module) = graph.get(name) else { return };
+            if order.iter().any(|n| n == name) {
+                return;
+            }
+            for d in &module.deps {
+                visit(d, graph, order);
+            }
+            order.push(name.to_string());
+        }
+        let mut order = Vec::new();
+        for name in names {
+            visit(&module_name(name), &self.graph, &mut order);
+        }
+        order
+    }
 }
 
 fn read_node(tree: &Tree, store: &ContentStore, path: &str) -> Result<Vec<u8>> {
@@ -106,8 +139,8 @@ fn is_module_file(path: &str) -> bool {
     [".ko", ".ko.gz", ".ko.xz", ".ko.zst"].iter().any(|s| path.ends_with(s))
 }
 
-/// `depends=` from a module's `.modinfo` (after decompressing by extension).
-fn modinfo_depends(bytes: &[u8], path: &str) -> Result<Vec<String>> {
+/// A module file's ELF bytes, decompressed by its extension (`.ko.gz`, `.ko.xz`, `.ko.zst`).
+pub fn decompress_module(bytes: &[u8], path: &str) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
     let err = |source| crate::fsutil::at_named(path)(source);
     if path.ends_with(".gz") {
@@ -119,6 +152,12 @@ fn modinfo_depends(bytes: &[u8], path: &str) -> Result<Vec<String>> {
     } else {
         raw = bytes.to_vec();
     }
+    Ok(raw)
+}
+
+/// `depends=` from a module's `.modinfo` (after decompressing by extension).
+fn modinfo_depends(bytes: &[u8], path: &str) -> Result<Vec<String>> {
+    let raw = decompress_module(bytes, path)?;
     // .modinfo is a run of NUL-terminated key=value strings.
     let needle = b"\0depends=";
     let Some(at) = raw.windows(needle.len()).position(|w| w == needle) else { return Ok(vec![]) };
@@ -177,11 +216,22 @@ pub fn prepare(
                 examples: "(none: the package ships no modules)".into(),
             });
         }
-        return Ok(Kernel { image, release: None, modules: vec![], builtin: vec![], skipped: optional.to_vec() });
+        return Ok(Kernel {
+            image,
+            release: None,
+            modules: vec![],
+            builtin: vec![],
+            skipped: optional.to_vec(),
+            graph: BTreeMap::new(),
+        });
     };
-    let (modules, builtin, skipped) = select_modules(tree, store, package, &release, wanted, optional)?;
-    Ok(Kernel { image, release: Some(release), modules, builtin, skipped })
+    let (graph, builtin, skipped) = select_modules(tree, store, package, &release, wanted, optional)?;
+    let modules = graph.keys().cloned().collect();
+    Ok(Kernel { image, release: Some(release), modules, builtin, skipped, graph })
 }
+
+/// The modules included, those requested that are built in, and the optional ones skipped.
+type Selected = (BTreeMap<String, IncludedModule>, Vec<String>, Vec<String>);
 
 fn select_modules(
     tree: &mut Tree,
@@ -190,7 +240,7 @@ fn select_modules(
     release: &str,
     wanted: &[String],
     optional: &[String],
-) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+) -> Result<Selected> {
     let base = format!("lib/modules/{release}");
     let files: BTreeMap<String, String> = tree
         .children_of(&base)
@@ -308,7 +358,14 @@ fn select_modules(
     };
     tree.insert(&format!("{base}/modules.dep"), node, Overwrite::Allowed)
         .expect("lib/modules/<release> is a directory");
-    Ok((included.into_keys().collect(), builtin_requested, skipped))
+    let graph = included
+        .into_iter()
+        .map(|(name, deps)| {
+            let path = files[&name].strip_prefix(&format!("{base}/")).unwrap_or(&files[&name]).to_string();
+            (name, IncludedModule { path, deps })
+        })
+        .collect();
+    Ok((graph, builtin_requested, skipped))
 }
 
 /// Removes directories under `root` that hold nothing any more (deepest first).

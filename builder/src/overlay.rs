@@ -184,6 +184,8 @@ pub fn put(
 ) -> Result<()> {
     let kind = match kind {
         Generated::Text(t) => NodeKind::File(store.add_bytes(t.as_bytes()).map_err(fsutil::at(Path::new(path)))?),
+        Generated::Bytes(b) => NodeKind::File(store.add_bytes(&b).map_err(fsutil::at(Path::new(path)))?),
+        Generated::Blob(blob) => NodeKind::File(blob),
         Generated::Dir => {
             if tree.get(path).is_some_and(|n| n.kind == NodeKind::Dir) {
                 return Ok(());
@@ -202,6 +204,9 @@ pub fn put(
 
 pub enum Generated {
     Text(String),
+    Bytes(Vec<u8>),
+    /// Bytes already in the store.
+    Blob(crate::tree::Blob),
     Dir,
     CharDevice(u32, u32),
 }

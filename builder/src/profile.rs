@@ -49,6 +49,7 @@ struct RawKernel {
 #[serde(deny_unknown_fields)]
 struct RawOutput {
     formats: Option<Vec<OutputFormat>>,
+    root: Option<RootFormat>,
     compression: Option<Compression>,
     level: Option<u32>,
     disk_size_mib: Option<u64>,
@@ -62,6 +63,18 @@ pub enum OutputFormat {
     Kernel,
     Initrd,
     Disk,
+}
+
+/// Where the guest's root file system lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RootFormat {
+    /// The whole tree in the initramfs, moved onto a tmpfs at boot: one file, all in RAM.
+    #[default]
+    Initramfs,
+    /// The tree in a read-only SquashFS image (`root.squashfs`, and a partition of
+    /// `disk.img`) under a tmpfs overlay, mounted by a small boot initramfs.
+    Squashfs,
 }
 
 /// initramfs compression.
@@ -96,6 +109,7 @@ pub struct Profile {
     pub overlays: Vec<PathBuf>,
     pub hostname: String,
     pub formats: Vec<OutputFormat>,
+    pub root: RootFormat,
     pub compression: Compression,
     /// Compression level (gzip 1-9, zstd 1-22, xz 0-9); `None` = the codec's default here.
     pub level: Option<u32>,
@@ -157,6 +171,7 @@ impl RawProfile {
         let output = match (self.output, child.output) {
             (Some(p), Some(c)) => Some(RawOutput {
                 formats: c.formats.or(p.formats),
+                root: c.root.or(p.root),
                 compression: c.compression.or(p.compression),
                 level: if c.compression.is_some() { c.level } else { c.level.or(p.level) },
                 disk_size_mib: c.disk_size_mib.or(p.disk_size_mib),
@@ -405,6 +420,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         overlays: raw.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
         hostname,
         formats: output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd]),
+        root: output.root.unwrap_or_default(),
         compression: output.compression.unwrap_or_default(),
         level: output.level,
         disk_size_mib,

@@ -2,7 +2,7 @@
 //! command line turns it into progress bars on a terminal, plain lines in a log, or
 //! nothing with `--json`. Nothing here changes what is built.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// A slow step of a build, in the order they run.
@@ -13,6 +13,8 @@ pub enum Phase {
     Packages,
     /// The kernel and the module set the profile asks for, with what they depend on.
     Modules,
+    /// The compressed read-only root image (profiles with `output.root = "squashfs"`).
+    Root,
     /// The compressed initramfs.
     Initramfs,
     /// The EFI disk image (UKI, kernel, initrd and loader entry on its ESP).
@@ -24,6 +26,7 @@ impl Phase {
         match self {
             Phase::Packages => "packages",
             Phase::Modules => "modules",
+            Phase::Root => "root image",
             Phase::Initramfs => "initramfs",
             Phase::Disk => "disk image",
         }
@@ -91,7 +94,7 @@ impl PhaseTimes {
     }
 }
 
-/// Tells the reporter of every byte written through it (download and phase progress).
+/// Tells the reporter of every byte written or read through it (download and phase progress).
 pub struct Reporting<'a, W> {
     inner: W,
     reporter: &'a dyn Reporter,
@@ -109,20 +112,32 @@ impl<'a, W> Reporting<'a, W> {
     pub fn phase(inner: W, reporter: &'a dyn Reporter) -> Self {
         Reporting { inner, reporter, phase: true }
     }
-}
 
-impl<W: Write> Write for Reporting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
+    fn count(&self, n: usize) {
         if self.phase {
             self.reporter.phase_advance(n as u64);
         } else {
             self.reporter.bytes(n as u64);
         }
+    }
+}
+
+impl<W: Write> Write for Reporting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count(n);
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Reporting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count(n);
+        Ok(n)
     }
 }

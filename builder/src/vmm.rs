@@ -81,6 +81,9 @@ pub struct Guest {
     pub dir: PathBuf,
     pub arch: Arch,
     pub cmdline: String,
+    /// `root.squashfs`, when the guest's root is that image: direct kernel boot attaches it as
+    /// a read-only disk (disk.img carries it as a partition).
+    pub root: Option<PathBuf>,
 }
 
 impl Guest {
@@ -99,7 +102,9 @@ impl Guest {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| bad("manifest.json has no arch".into()))?;
         let cmdline = std::fs::read_to_string(dir.join("cmdline")).map_err(|e| bad(e.to_string()))?.trim().to_string();
-        Ok(Guest { dir: dir.to_path_buf(), arch, cmdline })
+        let root = dir.join(crate::build::ROOT_IMAGE);
+        let root = root.is_file().then_some(root);
+        Ok(Guest { dir: dir.to_path_buf(), arch, cmdline, root })
     }
 
     fn file(&self, name: &str) -> String {
@@ -375,6 +380,10 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
     for d in &opts.disks {
         a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]));
     }
+    // The root image after the user's disks, which keep their names (vda, ...).
+    if let (Some(root), false) = (&guest.root, opts.efi) {
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", root.display())]));
+    }
     if let Some(m) = &opts.monitor {
         a.extend(strings(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]));
     }
@@ -432,6 +441,11 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
     inv.argv.extend(strings(&["--device", &vsock]));
     for d in &opts.disks {
         inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={}", d.display())]));
+    }
+    // The root image after the user's disks; `readonly` is a bare flag (v0.6.4
+    // pkg/config/virtio.go `DiskStorageConfig.FromOptions` rejects a value; since v0.6.0).
+    if let (Some(root), false) = (&guest.root, opts.efi) {
+        inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={},readonly", root.display())]));
     }
     // The clock stands still while the Mac sleeps; vfkit sets it again on wake.
     inv.argv.extend(strings(&["--timesync", &format!("vsockPort={TIMESYNC_VSOCK_PORT}")]));
@@ -499,8 +513,13 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
                 .into(),
         );
     }
-    for (slot, d) in (5..).zip(&opts.disks) {
-        inv.argv.extend(strings(&["-s", &format!("{slot}:0,virtio-blk,{}", d.display())]));
+    // The root image read-only, after the user's disks: `ro` after the path (hyperkit
+    // src/lib/block_if.c and xhyve src/block_if.c `blockif_open`: the host opens it
+    // O_RDONLY; the guest is not told, and mounts it read-only anyway).
+    let root = guest.root.iter().map(|r| format!("{},ro", r.display()));
+    let disks = opts.disks.iter().map(|d| d.display().to_string()).chain(root);
+    for (slot, d) in (5..).zip(disks) {
+        inv.argv.extend(strings(&["-s", &format!("{slot}:0,virtio-blk,{d}")]));
     }
     if !opts.ports.is_empty() {
         inv.notes
@@ -544,7 +563,7 @@ mod tests {
     use super::*;
 
     fn guest(arch: Arch) -> Guest {
-        Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=ttyS0 console=hvc0 quiet".into() }
+        Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=ttyS0 console=hvc0 quiet".into(), root: None }
     }
 
     fn opts() -> RunOptions {
@@ -651,6 +670,13 @@ mod tests {
                             );
                             assert!(keys.iter().any(|(k, _)| *k == "path"), "{config}");
                         }
+                        if emulation == "virtio-blk" {
+                            // blockif_open: the path, then options; `ro` opens it read-only.
+                            let config = parts.next().unwrap_or("");
+                            let mut options = config.split(',');
+                            assert!(options.next().is_some_and(|p| p.starts_with('/')), "{config}");
+                            assert!(options.all(|o| ["ro", "sync", "direct"].contains(&o)), "{config}");
+                        }
                     }
                     // firmware_parse: kexec, then kernel and initrd up to the next commas; the
                     // command line is the rest, copied byte for byte by kexec.c.
@@ -684,7 +710,7 @@ mod tests {
         ("virtio-net", &["nat", "mac", "fd", "unixSocketPath", "type", "path"]),
         ("virtio-rng", &[]),
         ("virtio-vsock", &["port", "socketURL", "listen", "connect"]),
-        ("virtio-blk", &["path", "type", "deviceId"]),
+        ("virtio-blk", &["path", "type", "deviceId", "readonly"]),
         ("virtio-fs", &["sharedDir", "mountTag"]),
         ("rosetta", &["mountTag", "install", "ignore-if-missing"]),
         ("virtio-balloon", &[]),
@@ -876,6 +902,36 @@ mod tests {
         let serial_last =
             strings(&["vfkit", "--bootloader", "linux,kernel=/k,initrd=/i,cmdline=\"console=hvc0 console=ttyS0\""]);
         assert!(std::panic::catch_unwind(|| check_vfkit(&serial_last)).is_err());
+    }
+
+    /// A squashfs root's image goes to every VMM read-only after the user's disks, and not
+    /// when disk.img (which carries it) boots.
+    #[test]
+    fn root_image_is_attached_read_only() {
+        let with_root = Guest { root: Some("/o/root.squashfs".into()), ..guest(Arch::X86_64) };
+        let a = invocation(Vmm::Qemu, &with_root, &opts()).unwrap().argv;
+        assert_eq!(
+            values(&a, "-drive"),
+            ["file=/d/data.img,format=raw,if=virtio", "file=/o/root.squashfs,format=raw,if=virtio,readonly=on"]
+        );
+        let inv = invocation(Vmm::Vfkit, &with_root, &opts()).unwrap();
+        check_vfkit(&inv.argv);
+        let devices = values(&inv.argv, "--device");
+        let disks: Vec<&&str> = devices.iter().filter(|d| d.starts_with("virtio-blk")).collect();
+        assert_eq!(disks, [&"virtio-blk,path=/d/data.img", &"virtio-blk,path=/o/root.squashfs,readonly"]);
+        for (vmm, emulations) in [(Vmm::Hyperkit, HYPERKIT_EMULATIONS), (Vmm::Xhyve, XHYVE_EMULATIONS)] {
+            let inv = invocation(vmm, &with_root, &opts()).unwrap();
+            check_hyperkit_like(&inv.argv, emulations);
+            let slots = values(&inv.argv, "-s");
+            assert!(
+                slots.ends_with(&["5:0,virtio-blk,/d/data.img", "6:0,virtio-blk,/o/root.squashfs,ro"]),
+                "{slots:?}"
+            );
+        }
+        let fw = Firmware { code: "/fw/CODE.fd".into(), vars: "/run/VARS.fd".into() };
+        let efi = RunOptions { efi: true, firmware: Some(fw), ..opts() };
+        let a = invocation(Vmm::Qemu, &with_root, &efi).unwrap().argv;
+        assert!(!a.iter().any(|w| w.contains("root.squashfs")), "{a:?}");
     }
 
     #[test]

@@ -27,6 +27,14 @@ const ENTRY_SIZE: u64 = 128;
 const TABLE_LBAS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// The Discoverable Partitions Specification's root partition types (uapi-group.org
+/// specifications/specs/discoverable_partitions_specification), so tools know the image for
+/// what it is; the guest itself finds it by its superblock.
+pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub const ROOT_ARM64_TYPE: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
+/// The same specification's "read-only" attribute (bit 60).
+const READ_ONLY_ATTRIBUTE: u64 = 1 << 60;
+pub const ROOT_LABEL: &str = "hyve-root";
 pub const ESP_LABEL: &str = "HYVE-EFI";
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
@@ -99,25 +107,35 @@ pub struct Partition {
     pub guid: [u8; 16],
     pub first_lba: u64,
     pub last_lba: u64,
+    pub attributes: u64,
     pub name: String,
 }
 
-/// Byte offset and length of the partitions of a disk of `size` bytes: the ESP, and the data
-/// partition of `data_mib` MiB at the end when asked for.
-pub fn layout(size: u64, data_mib: Option<u64>) -> Vec<(u64, u64)> {
+/// Where the partitions of a disk lie: byte offset and length of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub esp: (u64, u64),
+    /// The read-only root image, right after the ESP.
+    pub root: Option<(u64, u64)>,
+    /// The data partition, at the end (so that it can grow with the disk).
+    pub data: Option<(u64, u64)>,
+}
+
+/// The partitions of a disk of `size` bytes: a root partition of `root_len` bytes (rounded up
+/// to whole MiB) and a data partition of `data_mib` MiB at the end when asked for, and the
+/// ESP in the rest.
+pub fn layout(size: u64, root_len: Option<u64>, data_mib: Option<u64>) -> Layout {
     let total = size / SECTOR;
     // The last usable LBA before the backup table, rounded down to the alignment.
     let end = (total - 1 - TABLE_LBAS) / ALIGN_LBA * ALIGN_LBA;
     let esp_start = ALIGN_LBA;
-    match data_mib {
-        Some(mib) => {
-            let data_start = end - mib * ALIGN_LBA;
-            vec![
-                (esp_start * SECTOR, (data_start - esp_start) * SECTOR),
-                (data_start * SECTOR, (end - data_start) * SECTOR),
-            ]
-        }
-        None => vec![(esp_start * SECTOR, (end - esp_start) * SECTOR)],
+    let data_start = end - data_mib.unwrap_or(0) * ALIGN_LBA;
+    let root_start = data_start - root_len.map_or(0, |len| len.div_ceil(MIB) * ALIGN_LBA);
+    let bytes = |from: u64, to: u64| (from * SECTOR, (to - from) * SECTOR);
+    Layout {
+        esp: bytes(esp_start, root_start),
+        root: root_len.map(|_| bytes(root_start, data_start)),
+        data: data_mib.map(|_| bytes(data_start, end)),
     }
 }
 
@@ -165,6 +183,7 @@ pub fn write_gpt(
         e[16..32].copy_from_slice(&p.guid);
         e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
         e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
+        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
         for (j, unit) in p.name.encode_utf16().take(36).enumerate() {
             e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
         }
@@ -333,24 +352,43 @@ impl<R: Seek> Seek for ReadOnly<R> {
 /// What the disk is made of besides its files.
 pub struct DiskSpec<'a> {
     pub size: u64,
+    /// The read-only root image to copy into its own partition.
+    pub root: Option<RootImage<'a>>,
     pub data_mib: Option<u64>,
     /// Hashed into the disk and partition GUIDs and the FAT serial.
     pub seed: &'a [u8],
     pub epoch: u64,
 }
 
-/// Writes `path`: GPT, the ESP with `files`, and the data partition's format-me header.
+/// A root image file and its partition type.
+pub struct RootImage<'a> {
+    pub path: &'a Path,
+    pub len: u64,
+    pub type_guid: &'static str,
+}
+
+/// Writes `path`: GPT, the ESP with `files`, the root image, and the data partition's
+/// format-me header.
 pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(), DiskError> {
     let shown = path.display().to_string();
-    let parts = layout(spec.size, spec.data_mib);
-    let (esp_start, esp_len) = parts[0];
+    // The ESP gets what the root and data partitions leave; at least 33 MiB, FAT32's least
+    // (65525 clusters of 512 bytes).
+    let root_mib = spec.root.as_ref().map_or(0, |r| r.len.div_ceil(MIB));
+    let others_mib = root_mib + spec.data_mib.unwrap_or(0) + 2;
+    if others_mib + 33 > spec.size / MIB {
+        let need_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(33);
+        let esp_mib = (spec.size / MIB).saturating_sub(others_mib);
+        return Err(DiskError::TooSmall { esp_mib, need_mib, suggest_mib: others_mib + need_mib + 8 });
+    }
+    let parts = layout(spec.size, spec.root.as_ref().map(|r| r.len), spec.data_mib);
+    let (esp_start, esp_len) = parts.esp;
     let fat_error = |source| DiskError::Fat { path: shown.clone(), source };
     match fat::check_fits(esp_len, &files) {
         Ok(()) => {}
         Err(fat::FatError::Full { need, cluster, .. }) => {
             // The files' clusters plus the two FATs, and the rest of the disk as it is.
             let need_mib = (need * cluster).div_ceil(MIB) + (esp_len / cluster * 4 * 2).div_ceil(MIB);
-            let other = spec.size / MIB - esp_len / MIB;
+            let other = (spec.size - esp_len).div_ceil(MIB);
             return Err(DiskError::TooSmall { esp_mib: esp_len / MIB, need_mib, suggest_mib: need_mib + other + 8 });
         }
         Err(e) => return Err(fat_error(e)),
@@ -368,14 +406,33 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
         guid: derived_guid(spec.seed, "esp"),
         first_lba: esp_start / SECTOR,
         last_lba: (esp_start + esp_len) / SECTOR - 1,
+        attributes: 0,
         name: "EFI System Partition".into(),
     }];
-    if let Some(&(start, len)) = parts.get(1) {
+    if let (Some(root), Some((start, len))) = (&spec.root, parts.root) {
+        gpt_parts.push(Partition {
+            type_guid: guid_bytes(root.type_guid),
+            guid: derived_guid(spec.seed, "root"),
+            first_lba: start / SECTOR,
+            last_lba: (start + len) / SECTOR - 1,
+            attributes: READ_ONLY_ATTRIBUTE,
+            name: ROOT_LABEL.into(),
+        });
+        let mut image = std::fs::File::open(root.path).map_err(fsutil::at(root.path))?;
+        disk.seek(SeekFrom::Start(start)).map_err(fsutil::at_named(&shown))?;
+        let copied = std::io::copy(&mut image, &mut disk).map_err(fsutil::at_named(&shown))?;
+        if copied != root.len {
+            let changed = std::io::Error::other(format!("{copied} bytes, expected {}: changed while read", root.len));
+            return Err(fsutil::at(root.path)(changed).into());
+        }
+    }
+    if let Some((start, len)) = parts.data {
         gpt_parts.push(Partition {
             type_guid: guid_bytes(LINUX_DATA_TYPE),
             guid: derived_guid(spec.seed, "data"),
             first_lba: start / SECTOR,
             last_lba: (start + len) / SECTOR - 1,
+            attributes: 0,
             name: "hyve-data".into(),
         });
         // The guest formats this partition on first boot (datadisk's protocol).
@@ -553,7 +610,7 @@ mod tests {
     #[test]
     fn disk_round_trips_and_is_deterministic() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = DiskSpec { size: 80 * MIB, data_mib: Some(8), seed: b"inputs", epoch: 1_700_000_000 };
+        let spec = DiskSpec { size: 80 * MIB, root: None, data_mib: Some(8), seed: b"inputs", epoch: 1_700_000_000 };
         let files = || {
             vec![
                 EspFile {
@@ -592,7 +649,7 @@ mod tests {
         std::fs::write(&b, &broken).unwrap();
         let e = read_gpt(&mut std::fs::File::open(&b).unwrap(), "b.img").unwrap_err().to_string();
         assert!(e.contains("CRC32"), "{e}");
-        let small = DiskSpec { size: 64 * MIB, data_mib: None, seed: b"x", epoch: 0 };
+        let small = DiskSpec { size: 64 * MIB, root: None, data_mib: None, seed: b"x", epoch: 0 };
         let big = vec![EspFile { path: "big".into(), size: 100 * MIB, write: Box::new(|_: &mut dyn Write| Ok(())) }];
         let e = write_disk(&dir.path().join("c.img"), &small, big).unwrap_err().to_string();
         assert!(e.contains("disk_size_mib"), "{e}");

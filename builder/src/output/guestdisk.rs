@@ -16,6 +16,8 @@ use crate::report::{Reporter, Reporting};
 /// What the image is made of besides the guest's files.
 pub struct ImageSpec<'a> {
     pub size_mib: u64,
+    /// The read-only root image file, for its own partition.
+    pub root: Option<(&'a Path, u64)>,
     pub data_mib: Option<u64>,
     /// The systemd EFI stub's bytes (`esp::stub_path`).
     pub stub: &'a [u8],
@@ -56,8 +58,13 @@ impl<'a> Plan<'a> {
             })
             .collect();
         let seed = self.spec.seed_parts.iter().fold(Sha256::new(), |h, p| h.chain_update(p.as_bytes())).finalize();
+        let root_type = match self.guest.arch {
+            crate::apk::Arch::X86_64 => disk::ROOT_X86_64_TYPE,
+            crate::apk::Arch::Aarch64 => disk::ROOT_ARM64_TYPE,
+        };
         let spec = DiskSpec {
             size: self.spec.size_mib * disk::MIB,
+            root: self.spec.root.map(|(path, len)| disk::RootImage { path, len, type_guid: root_type }),
             data_mib: self.spec.data_mib,
             seed: &seed,
             epoch: self.spec.epoch,

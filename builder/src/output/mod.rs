@@ -1,5 +1,6 @@
 //! Writers for the build's artifacts.
 
+pub mod bootinitrd;
 pub mod compress;
 pub mod cpio;
 pub mod disk;
@@ -11,5 +12,6 @@ pub mod manifest;
 pub mod osrelease;
 pub mod pargzip;
 pub mod spdx;
+pub mod squashfs;
 pub mod sums;
 pub mod uki;

@@ -13,8 +13,13 @@ rm -rf /.hyve-stage1
 mkdir -p /run/hyve/services /var/log /var/lib "$HYVE_DATA"
 [ -e /var/run ] || ln -s /run /var/run
 log "init reached userspace (HYVE-BOOT-OK)"
-if [ "$(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1)" = tmpfs ]; then
-	log "root on tmpfs ($(df -m / | awk 'NR == 2 {print $2}') MiB)"
-else
-	log "WARNING: root is not a tmpfs (stage 1 did not switch_root); runc's pivot_root will fail"
-fi
+case $(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1) in
+	tmpfs) log "root on tmpfs ($(df -m / | awk 'NR == 2 {print $2}') MiB)" ;;
+	overlay)
+		log "root: squashfs image ($(df -m /media/root-ro | awk 'NR == 2 {print $2}') MiB, read-only) under a tmpfs overlay"
+		# Docker's overlay2 cannot stack on an overlay: its data (and containerd's) gets a
+		# tmpfs of its own until a data disk is mounted over it (25-data-disk.sh).
+		mount -t tmpfs -o mode=0755,size=90% hyve-data "$HYVE_DATA"
+		;;
+	*) log "WARNING: root is neither a tmpfs nor an overlay (stage 1 did not switch_root); runc's pivot_root will fail" ;;
+esac

@@ -1,0 +1,87 @@
+//! The boot initramfs of a guest whose root is a SquashFS image (`output.root =
+//! "squashfs"`): the static busybox, the modules that reach the image (decompressed, so
+//! busybox's `insmod` needs no codec), the image's superblock, and `/init` — overlay/base's
+//! `usr/libexec/hyve/init-squashfs` — which finds the block device that starts with that
+//! superblock, mounts it read-only under a tmpfs overlay and switches to it. Everything else
+//! stays in the image, read from disk on demand instead of held in RAM.
+
+use crate::kernel::{self, Kernel};
+use crate::overlay::{self, Generated};
+use crate::tree::{ContentStore, NodeKind, Tree};
+
+/// What `/init` loads, in this order with their dependencies first, where the kernel has them
+/// as modules: the PCI transport (built into Alpine's linux-virt), the disk, the image's file
+/// system and the overlay.
+pub const ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "squashfs", "overlay"];
+/// The stage-1 script in the full tree that becomes `/init`.
+pub const INIT_SCRIPT: &str = "usr/libexec/hyve/init-squashfs";
+/// Alpine's busybox-static: the boot initramfs has no libc.
+pub const BUSYBOX_STATIC: &str = "bin/busybox.static";
+/// Where `/init` reads the root image's superblock and its module list.
+const SUPERBLOCK_FILE: &str = "etc/hyve/root.superblock";
+const MODULES_FILE: &str = "etc/hyve/root-modules";
+
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BootInitrdError {
+    /// The full tree lacks a file the boot initramfs is made of.
+    #[error("output.root = \"squashfs\" needs /{path} in the guest ({why}); {fix}")]
+    Missing { path: &'static str, why: &'static str, fix: &'static str },
+    #[error(transparent)]
+    #[serde(untagged)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Overlay(#[from] overlay::OverlayError),
+    #[error(transparent)]
+    #[serde(untagged)]
+    Io(#[from] crate::fsutil::IoError),
+}
+
+/// The boot initramfs for the root image whose first bytes are `superblock`, made from
+/// `full` (the guest's tree) and its kernel's modules.
+pub fn tree(
+    full: &Tree,
+    store: &mut ContentStore,
+    kernel: &Kernel,
+    superblock: &[u8],
+    epoch: u64,
+) -> Result<Tree, BootInitrdError> {
+    let blob_of = |path: &'static str, why: &'static str, fix: &'static str| match full.get(path).map(|n| &n.kind) {
+        Some(NodeKind::File(blob)) => Ok(*blob),
+        _ => Err(BootInitrdError::Missing { path, why, fix }),
+    };
+    let init = blob_of(INIT_SCRIPT, "the boot initramfs's /init", "add overlay/base to the profile's overlays")?;
+    let busybox =
+        blob_of(BUSYBOX_STATIC, "the boot initramfs has no libc", "add the busybox-static package to the profile")?;
+    let order = kernel.load_order(&ROOT_MODULES);
+    let mut boot = Tree::new();
+    let dirs = ["bin", "dev", "etc", "etc/hyve", "lib", "lib/modules", "proc", "sys"];
+    for dir in dirs {
+        let mode = if matches!(dir, "proc" | "sys") { 0o555 } else { 0o755 };
+        overlay::put(&mut boot, store, dir, Generated::Dir, mode, epoch)?;
+    }
+    let release = kernel.release.as_deref().unwrap_or_default();
+    for name in &order {
+        let path = format!("lib/modules/{release}/{}", kernel.graph[name].path);
+        let compressed = store
+            .read_all(match full.get(&path).map(|n| &n.kind) {
+                Some(NodeKind::File(blob)) => *blob,
+                _ => unreachable!("an included module is a file in the tree"),
+            })
+            .map_err(crate::fsutil::at_named(&path))?;
+        let elf = kernel::decompress_module(&compressed, &path)?;
+        overlay::put(&mut boot, store, &format!("lib/modules/{name}.ko"), Generated::Bytes(elf), 0o644, epoch)?;
+    }
+    let files = [
+        ("init", Generated::Blob(init), 0o755),
+        ("bin/busybox", Generated::Blob(busybox), 0o755),
+        ("dev/console", Generated::CharDevice(5, 1), 0o600),
+        (MODULES_FILE, Generated::Text(order.iter().map(|m| format!("{m}\n")).collect()), 0o644),
+        (SUPERBLOCK_FILE, Generated::Bytes(superblock.to_vec()), 0o644),
+    ];
+    for (path, kind, mode) in files {
+        overlay::put(&mut boot, store, path, kind, mode, epoch)?;
+    }
+    Ok(boot)
+}
