@@ -280,6 +280,145 @@ fn tool(name: &str, package: &str) -> String {
     name.to_string()
 }
 
+/// `output.root = "squashfs"`: the tree goes into root.squashfs — read back by squashfs-tools,
+/// the same files as the initramfs of the same profile — and the initrd is only what finds
+/// and mounts it; disk.img carries it in a partition; a rebuild gives the same bytes.
+#[test]
+fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
+    let env = setup(&["x86_64"]);
+    let text = std::fs::read_to_string(&env.profile)
+        .unwrap()
+        .replace("\"tool\"]", "\"tool\", \"busybox-static\"]")
+        .replace("overlays = [\"overlay-test\"]", "overlays = [\"hyve:base\", \"overlay-test\"]")
+        .replace("[output]\n", "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\ndisk_size_mib = 80\n");
+    std::fs::write(&env.profile, &text).unwrap();
+    let ramfs = env.root.join("initramfs");
+    ok(&env.build(&ramfs, &env.root.join("cache"), &["--arch", "x86_64"], &[], "022"));
+    std::fs::write(&env.profile, text.replace("[output]\n", "[output]\nroot = \"squashfs\"\n")).unwrap();
+    let (a, b) = (env.root.join("a"), env.root.join("b"));
+    ok(&env.build(&a, &env.root.join("cache"), &["--arch", "x86_64"], &[], "022"));
+    ok(&env.build(&b, &env.root.join("cache-b"), &["--arch", "x86_64", "--jobs", "1"], &[("TZ", "Asia/Tokyo")], "077"));
+    let sums = std::fs::read_to_string(a.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums, std::fs::read_to_string(b.join("SHA256SUMS")).unwrap(), "byte-identical rebuild");
+    assert!(sums.contains("  root.squashfs\n"), "{sums}");
+    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&a).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+
+    // squashfs-tools reads every entry hyve's own reader does, with the same modes and sizes.
+    let root = a.join("root.squashfs");
+    let o = Command::new("unsquashfs")
+        .args(["-lln", "-d", ""])
+        .arg(&root)
+        .output()
+        .expect("unsquashfs (apt-get install squashfs-tools)");
+    assert!(o.status.success(), "unsquashfs: {}", String::from_utf8_lossy(&o.stderr));
+    let listed: std::collections::BTreeMap<String, (String, String, String)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            // -rwsr-xr-x 0/0                19 2023-11-14 22:13 /usr/bin/tool
+            // crw------- 0/0             5,  1 2023-11-14 22:13 /dev/console
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let at = if l.starts_with('c') || l.starts_with('b') { 6 } else { 5 };
+            let name = f.get(at)?.trim_start_matches('/').to_string();
+            (!name.is_empty()).then(|| (name, (f[0].to_string(), f[1].to_string(), f[2].to_string())))
+        })
+        .collect();
+    let o = hyve(&["inspect", "--json", root.to_str().unwrap()], &[]);
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), listed.len());
+    assert_eq!(listed["usr/bin/tool"].0, "-rwsr-xr-x", "setuid kept");
+    assert_eq!(listed["etc/shadow"].1, "0/42", "owner from the package");
+    assert!(listed["dev/console"].0.starts_with("crw-------"), "{:?}", listed["dev/console"]);
+    assert_eq!(listed["tmp"].0, "drwxrwxrwt");
+    for e in entries {
+        let (mode, owner, size) = &listed[e["name"].as_str().unwrap()];
+        let is_file = mode.starts_with('-');
+        assert_eq!(owner, &format!("{}/{}", e["uid"], e["gid"]), "{e}");
+        if is_file {
+            assert_eq!(size, &e["size"].to_string(), "{e}");
+        }
+    }
+    let cat = |path: &str| {
+        let o = Command::new("unsquashfs").args(["-cat"]).arg(&root).arg(path).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(cat("etc/hostname"), "testbox\n");
+    assert_eq!(cat("usr/bin/tool-alias"), cat("usr/bin/tool"), "a hardlink keeps its bytes");
+
+    // The same files as the initramfs build, but for the modules the boot initramfs needs.
+    let o = hyve(&["diff", "--json", ramfs.to_str().unwrap(), a.to_str().unwrap()], &[]);
+    let diff: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let changed: Vec<String> = ["added", "removed", "changed"]
+        .iter()
+        .flat_map(|k| diff["files"][k].as_array().cloned().unwrap_or_default())
+        .map(|f| f["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!changed.is_empty(), "{diff}");
+    assert!(
+        changed.iter().all(|p| p.starts_with(&format!("/lib/modules/{KREL}/")) || p == "/etc/hyve/manifest.json"),
+        "{changed:?}"
+    );
+
+    // The initrd: busybox.static as /bin/busybox, base's stage 1 as /init, the modules
+    // decompressed in load order, and the root image's superblock.
+    let initrd = a.join("initrd.img");
+    let names: Vec<String> = gnu_cpio_listing(&initrd).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/busybox",
+            "dev",
+            "dev/console",
+            "etc",
+            "etc/hyve",
+            "etc/hyve/root-modules",
+            "etc/hyve/root.superblock",
+            "init",
+            "lib",
+            "lib/modules",
+            "lib/modules/overlay.ko",
+            "lib/modules/squashfs.ko",
+            "lib/modules/virtio_blk.ko",
+            "proc",
+            "sys"
+        ]
+    );
+    assert_eq!(cpio_extract(&initrd, "bin/busybox"), "\x7fELF static busybox");
+    let stage1 = std::fs::read_to_string(
+        env!("CARGO_MANIFEST_DIR").to_string() + "/../overlay/base/usr/libexec/hyve/init-squashfs",
+    )
+    .unwrap();
+    assert_eq!(cpio_extract(&initrd, "init"), stage1);
+    assert_eq!(cpio_extract(&initrd, "etc/hyve/root-modules"), "virtio_blk\nsquashfs\noverlay\n");
+    assert!(cpio_extract(&initrd, "lib/modules/squashfs.ko").starts_with("\x7fELF fake module"), "decompressed");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc '{}' | cpio -i --to-stdout --quiet etc/hyve/root.superblock", initrd.display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, std::fs::read(&root).unwrap()[..96]);
+
+    // disk.img: the same image in the hyve-root partition, which hyve diff reads.
+    let o = hyve(&["inspect", "--json", a.join("disk.img").to_str().unwrap()], &[]);
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let part = doc["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "hyve-root").unwrap().clone();
+    assert_eq!(part["type"], hyve::output::disk::ROOT_X86_64_TYPE);
+    let bytes = std::fs::read(a.join("disk.img")).unwrap();
+    let image = std::fs::read(&root).unwrap();
+    let at = part["first_lba"].as_u64().unwrap() as usize * 512;
+    assert!(bytes[at..at + image.len()] == image[..]);
+    let o = hyve(&["diff", a.join("disk.img").to_str().unwrap(), root.to_str().unwrap()], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("files: 0 added, 0 removed, 0 changed"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 #[test]
 fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     let env = setup(&["x86_64"]);

@@ -1,5 +1,5 @@
-//! `hyve diff`: what differs between two builds — output directories, initrds or disk
-//! images — in terms a person can act on: packages and versions, kernel, command line, and
+//! `hyve diff`: what differs between two builds — output directories, initrds, root images or
+//! disk images — in terms a person can act on: packages and versions, kernel, command line, and
 //! the files of the guest (type, mode, owner, size, SHA-256). Modification times are left
 //! out: they all equal SOURCE_DATE_EPOCH, which is compared once.
 
@@ -9,12 +9,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::build::SHA256SUMS;
+use crate::build::{ROOT_IMAGE, SHA256SUMS};
 use crate::fsutil;
 use crate::output::cpio::{read_archive, CpioEntry};
-use crate::output::disk;
 use crate::output::manifest::Manifest;
 use crate::output::sums::{parse_sha256sums, BadSums};
+use crate::output::{disk, squashfs};
 
 /// Where the guest keeps its copy of the build manifest.
 pub const GUEST_MANIFEST: &str = "etc/hyve/manifest.json";
@@ -25,7 +25,7 @@ pub enum DiffError {
     #[error("{path}: not a hyve manifest ({detail})")]
     Manifest { path: String, detail: String },
     /// Neither an output directory nor an image.
-    #[error("{path}: expected a hyve output directory, an initrd.img or a disk.img ({detail})")]
+    #[error("{path}: expected a hyve output directory, an initrd.img, a root.squashfs or a disk.img ({detail})")]
     Unknown { path: String, detail: String },
     #[error(transparent)]
     #[serde(untagged)]
@@ -44,7 +44,7 @@ type Result<T> = std::result::Result<T, DiffError>;
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub manifest: Option<Manifest>,
-    /// The guest's files by path (from the initrd, or the disk image's copy of it).
+    /// The guest's files by path (from the root image or the initrd, or the disk image's copy).
     pub files: Option<BTreeMap<String, CpioEntry>>,
     /// Output file → SHA-256 (from SHA256SUMS, for an output directory).
     pub outputs: BTreeMap<String, String>,
@@ -68,7 +68,21 @@ fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioE
     Ok((entries.into_iter().map(|e| (e.name.clone(), e)).collect(), manifest))
 }
 
-/// The initrd, kernel and command line inside a hyve disk image's ESP.
+/// The files of a SquashFS root image at `offset` in `path`, and the guest manifest inside.
+fn read_root_image(path: &Path, offset: u64, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
+    let file = std::fs::File::open(path).map_err(fsutil::at(path))?;
+    let at = |e| DiffError::from(crate::fsutil::at_named(origin)(e));
+    let (entries, kept) =
+        squashfs::read_image(BufReader::new(file), offset, origin, |n| n == GUEST_MANIFEST).map_err(at)?;
+    let manifest = match kept.get(GUEST_MANIFEST) {
+        Some(bytes) => Some(parse_manifest(bytes, &format!("{origin}: /{GUEST_MANIFEST}"))?),
+        None => None,
+    };
+    Ok((entries.into_iter().map(|e| (e.name.clone(), e)).collect(), manifest))
+}
+
+/// The guest's files (from its root partition, else the initrd), kernel and command line
+/// inside a hyve disk image.
 fn read_disk(path: &Path) -> Result<Snapshot> {
     let origin = path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(fsutil::at(path))?;
@@ -77,9 +91,12 @@ fn read_disk(path: &Path) -> Result<Snapshot> {
         path: origin.clone(),
         detail: "the GPT has no EFI system partition".into(),
     })?;
-    let (files, manifest) = disk::with_esp_file(&mut f, esp, "hyve/initrd.img", |r| {
-        read_initrd(r, &format!("{origin}: hyve/initrd.img")).map_err(std::io::Error::other)
-    })?;
+    let (files, manifest) = match parts.iter().find(|p| p.name == disk::ROOT_LABEL) {
+        Some(root) => read_root_image(path, root.first_lba * disk::SECTOR, &format!("{origin}: {}", disk::ROOT_LABEL))?,
+        None => disk::with_esp_file(&mut f, esp, "hyve/initrd.img", |r| {
+            read_initrd(r, &format!("{origin}: hyve/initrd.img")).map_err(std::io::Error::other)
+        })?,
+    };
     let (kernel_sha256, _) = disk::with_esp_file(&mut f, esp, "hyve/kernel", |r| crate::fsutil::sha256_of(r))?;
     let entry = disk::read_esp_file(&mut f, esp, "loader/entries/hyve.conf", 64 << 10)?;
     let cmdline =
@@ -102,7 +119,11 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             Ok(text) => parse_sha256sums(&text, &sums_path.display().to_string())?,
             Err(_) => BTreeMap::new(),
         };
-        let mut snap = if path.join("initrd.img").is_file() {
+        let root = path.join(ROOT_IMAGE);
+        let mut snap = if root.is_file() {
+            let (files, _) = read_root_image(&root, 0, &root.display().to_string())?;
+            Snapshot { files: Some(files), ..Default::default() }
+        } else if path.join("initrd.img").is_file() {
             let p = path.join("initrd.img");
             let (files, _) = read_initrd(std::fs::File::open(&p).map_err(fsutil::at(&p))?, &p.display().to_string())?;
             Snapshot { files: Some(files), ..Default::default() }
@@ -121,6 +142,11 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     std::fs::File::open(path).map_err(fsutil::at(path))?.take(520).read_to_end(&mut head).map_err(fsutil::at(path))?;
     if disk::looks_like_gpt(&head) {
         return read_disk(path);
+    }
+    if head.starts_with(squashfs::MAGIC) {
+        let (files, manifest) = read_root_image(path, 0, &origin)?;
+        let cmdline = manifest.as_ref().map(|m| m.cmdline.clone());
+        return Ok(Snapshot { manifest, files: Some(files), outputs: BTreeMap::new(), kernel_sha256: None, cmdline });
     }
     let file = std::fs::File::open(path).map_err(fsutil::at(path))?;
     let (files, manifest) =

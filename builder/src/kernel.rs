@@ -433,4 +433,25 @@ mod tests {
         assert_eq!(modinfo_depends(&gz, "x.ko.gz").unwrap(), ["virtio", "virtio_ring"]);
         assert!(modinfo_depends(b"\0depends=\0", "y.ko").unwrap().is_empty());
     }
+
+    #[test]
+    fn load_order_puts_dependencies_first_once() {
+        let module = |deps: &[&str]| IncludedModule {
+            path: "kernel/x.ko".into(),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+        };
+        let graph = BTreeMap::from([
+            ("virtio_blk".to_string(), module(&["virtio", "virtio_ring"])),
+            ("virtio_ring".to_string(), module(&["virtio"])),
+            ("virtio".to_string(), module(&[])),
+            ("squashfs".to_string(), module(&["zstd_decompress"])),
+            ("zstd_decompress".to_string(), module(&[])),
+        ]);
+        let kernel = Kernel { image: vec![], release: None, modules: vec![], builtin: vec![], skipped: vec![], graph };
+        assert_eq!(
+            kernel.load_order(&["virtio_pci", "virtio-blk", "squashfs", "virtio"]),
+            ["virtio", "virtio_ring", "virtio_blk", "zstd_decompress", "squashfs"],
+            "built-in (absent) modules are skipped, names normalised"
+        );
+    }
 }

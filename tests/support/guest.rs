@@ -61,6 +61,7 @@ pub fn packages(arch: &str) -> Vec<Pkg> {
             .mode("bin/busybox", 0o755)
             .file("etc/busybox-paths.d/busybox", b"/bin/sh\n/bin/ls\n/sbin/modprobe\n/usr/bin/env\n")
             .script(".post-install", b"#!/bin/sh\n/bin/busybox --install -s\n"),
+        Pkg::new("busybox-static", "1.37.0-r19").file("bin/busybox.static", b"\x7fELF static busybox").mode("bin/busybox.static", 0o755),
         Pkg::new("tool", "2.0-r0")
             .depends("busybox")
             .file("usr/bin/tool", b"#!/bin/sh\necho tool\n")
@@ -75,6 +76,8 @@ pub fn packages(arch: &str) -> Vec<Pkg> {
             .file("lib/modules/6.6.1-0-virt/kernel/drivers/net/net_failover.ko", &module("failover"))
             .file("lib/modules/6.6.1-0-virt/kernel/net/core/failover.ko", &module(""))
             .file("lib/modules/6.6.1-0-virt/kernel/drivers/block/virtio_blk.ko", &module(""))
+            .file("lib/modules/6.6.1-0-virt/kernel/fs/squashfs/squashfs.ko.gz", &hyve::apk::archive::gzip_best(&module("")))
+            .file("lib/modules/6.6.1-0-virt/kernel/fs/overlayfs/overlay.ko", &module(""))
             .file("lib/modules/6.6.1-0-virt/kernel/sound/unrelated.ko", &module(""))
             .file("lib/modules/6.6.1-0-virt/modules.builtin", b"kernel/drivers/virtio/virtio_pci.ko\n")
             .file("lib/modules/6.6.1-0-virt/modules.alias", b"alias stale unrelated\n"),

@@ -8,13 +8,14 @@ use anyhow::Context;
 use hyve::apk::archive::{DataEntry, EntryKind};
 use hyve::apk::index::{read_index, IndexRecord};
 use hyve::apk::package::{Limits, PackageReader};
+use hyve::output::cpio::CpioEntry;
 use serde_json::json;
 
 use super::{KeyArgs, Outcome};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .apk package, an APKINDEX.tar.gz, an initrd.img or a disk.img
+    /// An .apk package, an APKINDEX.tar.gz, an initrd.img, a root.squashfs or a disk.img
     file: PathBuf,
     #[command(flatten)]
     keys: KeyArgs,
@@ -27,6 +28,7 @@ enum Kind {
     Package,
     Index,
     Initramfs,
+    RootImage,
     Disk,
 }
 
@@ -37,6 +39,9 @@ fn sniff(file: &PathBuf) -> anyhow::Result<Kind> {
     let n = (&f).take(520).read(&mut head)?;
     if hyve::output::disk::looks_like_gpt(&head[..n]) {
         return Ok(Kind::Disk);
+    }
+    if head[..n].starts_with(hyve::output::squashfs::MAGIC) {
+        return Ok(Kind::RootImage);
     }
     if head[..n].starts_with(b"ADB") {
         // The library gives the precise "apk v3 is not supported" error.
@@ -79,6 +84,7 @@ pub fn run(args: Args) -> Outcome {
         Kind::Package => inspect_package(&args, &keyring),
         Kind::Index => inspect_index(&args, &keyring),
         Kind::Initramfs => inspect_initramfs(&args),
+        Kind::RootImage => inspect_root_image(&args),
         Kind::Disk => inspect_disk(&args),
     }
 }
@@ -242,18 +248,31 @@ fn inspect_initramfs(args: &Args) -> Outcome {
     let reader = hyve::output::compress::decompressor(BufReader::new(file)).with_context(|| origin.clone())?;
     let entries = hyve::output::cpio::read_entries(BufReader::new(reader))
         .with_context(|| format!("{origin}: reading the newc archive"))?;
-    if args.json {
+    print_entries(&origin, ("initramfs", "initramfs (newc cpio)"), &entries, args.json)
+}
+
+/// A SquashFS root image (`output.root = "squashfs"`): every entry, its data read through.
+fn inspect_root_image(args: &Args) -> Outcome {
+    let origin = args.file.display().to_string();
+    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {origin}"))?;
+    let (entries, _) = hyve::output::squashfs::read_image(BufReader::new(file), 0, &origin, |_| false)?;
+    print_entries(&origin, ("root_image", "root image (SquashFS 4.0)"), &entries, args.json)
+}
+
+/// The entries of an initramfs or root image: (JSON type, text type).
+fn print_entries(origin: &str, kind: (&str, &str), entries: &[CpioEntry], json: bool) -> Outcome {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"file": origin, "type": "initramfs", "count": entries.len(), "entries": entries})
+                &json!({"file": origin, "type": kind.0, "count": entries.len(), "entries": entries})
             )?
         );
     } else {
         println!("file:    {origin}");
-        println!("type:    initramfs (newc cpio)");
+        println!("type:    {}", kind.1);
         println!("entries: {}", entries.len());
-        for e in &entries {
+        for e in entries {
             let link = e.link.as_ref().map(|l| format!(" -> {l}")).unwrap_or_default();
             let dev = if e.rdev_major != 0 || e.rdev_minor != 0 {
                 format!(" ({},{})", e.rdev_major, e.rdev_minor)
@@ -313,6 +332,8 @@ fn inspect_disk(args: &Args) -> Outcome {
             let kind = match p.type_guid.as_str() {
                 disk::ESP_TYPE => "EFI System",
                 disk::LINUX_DATA_TYPE => "Linux data",
+                disk::ROOT_X86_64_TYPE => "root x86-64",
+                disk::ROOT_ARM64_TYPE => "root arm64",
                 _ => "other",
             };
             let mib = (p.last_lba + 1 - p.first_lba) * disk::SECTOR / disk::MIB;

@@ -198,6 +198,7 @@ pub fn read_archive(mut input: impl io::Read, keep: impl Fn(&str) -> bool) -> io
         let name = String::from_utf8(name).map_err(|_| bad("name is not UTF-8".into()))?;
         offset += (110 + namesize + name_pad) as u64;
         if name == "TRAILER!!!" {
+            share_hardlink_data(&mut out);
             return Ok((out, kept));
         }
         let mut hasher = Sha256::new();
@@ -222,6 +223,20 @@ pub fn read_archive(mut input: impl io::Read, keep: impl Fn(&str) -> bool) -> io
         offset += size as u64 + pad;
         let sha256 = (mode & 0o170000 == S_IFREG && size > 0).then(|| hex::encode(hasher.finalize()));
         out.push(CpioEntry { name, ino, mode, uid, gid, nlink, mtime, size, rdev_major, rdev_minor, link, sha256 });
+    }
+}
+
+/// newc stores a hardlink group's data with its last member only; every member gets the
+/// group's size and hash, as the guest sees them.
+fn share_hardlink_data(entries: &mut [CpioEntry]) {
+    let mut data = std::collections::BTreeMap::new();
+    for e in entries.iter().filter(|e| e.nlink > 1 && e.sha256.is_some()) {
+        data.insert(e.ino, (e.size, e.sha256.clone()));
+    }
+    for e in entries.iter_mut().filter(|e| e.nlink > 1 && e.mode & 0o170000 == S_IFREG && e.sha256.is_none()) {
+        if let Some((size, sha256)) = data.get(&e.ino) {
+            (e.size, e.sha256) = (*size, sha256.clone());
+        }
     }
 }
 
@@ -250,7 +265,8 @@ mod tests {
         let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["bin", "bin/a", "bin/b", "bin/sh", "dev", "dev/console"]);
         assert_eq!((e[1].ino, e[2].ino, e[1].nlink, e[2].nlink), (2, 2, 2, 2));
-        assert_eq!((e[1].size, e[2].size), (0, 5), "data rides on the last link");
+        assert_eq!(out.windows(5).filter(|w| w == b"hello").count(), 1, "data rides on the last link only");
+        assert_eq!((e[1].size, e[2].size, &e[1].sha256), (5, 5, &e[2].sha256), "each link reads as the file");
         assert_eq!(e[3].link.as_deref(), Some("a"));
         assert_eq!(e[3].mode, S_IFLNK | 0o777);
         assert_eq!((e[5].rdev_major, e[5].rdev_minor, e[5].mode), (5, 1, S_IFCHR | 0o600));

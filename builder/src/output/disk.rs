@@ -655,4 +655,38 @@ mod tests {
         assert!(e.contains("disk_size_mib"), "{e}");
         assert!(!dir.path().join("c.img").exists());
     }
+
+    #[test]
+    fn the_root_image_gets_a_read_only_partition_between_esp_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_path = dir.path().join("root.squashfs");
+        let root: Vec<u8> = (0..(3 * MIB + 5)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&root_path, &root).unwrap();
+        let image = RootImage { path: &root_path, len: root.len() as u64, type_guid: ROOT_ARM64_TYPE };
+        let spec = DiskSpec { size: 80 * MIB, root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
+        let esp_file =
+            || vec![EspFile { path: "a".into(), size: 1, write: Box::new(|w: &mut dyn Write| w.write_all(b"a")) }];
+        let path = dir.path().join("d.img");
+        write_disk(&path, &spec, esp_file()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, parts) = read_gpt(&mut std::io::Cursor::new(&bytes), "d.img").unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["EFI System Partition", ROOT_LABEL, "hyve-data"], "data stays last, so it can grow");
+        let r = &parts[1];
+        assert_eq!(r.type_guid, ROOT_ARM64_TYPE);
+        assert_eq!((r.last_lba + 1 - r.first_lba) * SECTOR, 4 * MIB, "whole MiB");
+        assert_eq!(parts[0].last_lba + 1, r.first_lba);
+        assert_eq!(r.last_lba + 1, parts[2].first_lba);
+        let at = (r.first_lba * SECTOR) as usize;
+        assert_eq!(&bytes[at..at + root.len()], &root[..]);
+        // The read-only attribute (bit 60) of the second entry of the table at LBA 2.
+        let entry = &bytes[(2 * SECTOR + ENTRY_SIZE) as usize..][..ENTRY_SIZE as usize];
+        assert_eq!(u64::from_le_bytes(entry[48..56].try_into().unwrap()), 1 << 60);
+        // Root and data leave the ESP too little: refused before anything is written.
+        let image = RootImage { path: &root_path, len: 40 * MIB, type_guid: ROOT_ARM64_TYPE };
+        let tight = DiskSpec { size: 80 * MIB, root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
+        let e = write_disk(&dir.path().join("e.img"), &tight, esp_file()).unwrap_err().to_string();
+        assert!(e.contains("disk_size_mib to at least"), "{e}");
+        assert!(!dir.path().join("e.img").exists());
+    }
 }

@@ -14,7 +14,9 @@ use std::io::{Read, Seek};
 use std::path::Path;
 
 use backhand::compression::{CompressionOptions, Compressor};
-use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
+use backhand::{FilesystemCompressor, FilesystemWriter, InnerNode, NodeHeader};
+
+use super::cpio::{CpioEntry, ReadArchive};
 
 use crate::cancel::Cancel;
 use crate::fsutil;
@@ -89,18 +91,20 @@ pub fn write(
     fs.set_root_uid(0);
     fs.set_root_gid(0);
     for (name, node) in tree.iter() {
+        // A hardlink is its target's file under another name: its bytes and its metadata.
+        let node = match &node.kind {
+            NodeKind::Hardlink(target) => {
+                tree.get(target).expect("hardlinks are checked when the packages are installed")
+            }
+            _ => node,
+        };
         let header = NodeHeader::new((node.mode & 0o7777) as u16, node.uid, node.gid, clamp(node.mtime));
         let pushed = match &node.kind {
             NodeKind::Dir => fs.push_dir(name, header),
             NodeKind::File(blob) => {
                 fs.push_file(Reporting::phase(cancel.wrap(store.open(*blob)), reporter), name, header)
             }
-            NodeKind::Hardlink(target) => match tree.get(target).map(|n| &n.kind) {
-                Some(NodeKind::File(blob)) => {
-                    fs.push_file(Reporting::phase(cancel.wrap(store.open(*blob)), reporter), name, header)
-                }
-                _ => unreachable!("hardlinks are checked when the packages are installed"),
-            },
+            NodeKind::Hardlink(_) => unreachable!("a hardlink's target is a file"),
             NodeKind::Symlink(target) => fs.push_symlink(target, name, header),
             NodeKind::CharDevice(major, minor) => fs.push_char_device(dev_number(*major, *minor), name, header),
             NodeKind::BlockDevice(major, minor) => fs.push_block_device(dev_number(*major, *minor), name, header),
@@ -128,4 +132,187 @@ pub fn write(
 /// The kernel's `new_encode_dev`, which SquashFS stores for device inodes.
 fn dev_number(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// `new_decode_dev`: (major, minor).
+fn dev_parts(number: u32) -> (u32, u32) {
+    ((number & 0xfff00) >> 8, (number & 0xff) | ((number >> 12) & 0xfff00))
+}
+
+/// SquashFS 4.0's magic, little-endian, at the start of an image.
+pub const MAGIC: &[u8; 4] = b"hsqs";
+
+/// The entries of the SquashFS image at `offset` in `input` (`hyve diff`, `hyve inspect`), in
+/// the shape the initramfs reader gives them, with the contents of the files `keep` picks.
+/// The image may be anything a user points at: a panic inside backhand on a damaged image
+/// becomes an error naming it.
+pub fn read_image(
+    input: impl backhand::BufReadSeek,
+    offset: u64,
+    origin: &str,
+    keep: impl Fn(&str) -> bool,
+) -> std::io::Result<ReadArchive> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Error, ErrorKind};
+    let damaged = |detail: String| Error::new(ErrorKind::InvalidData, format!("{origin}: SquashFS image: {detail}"));
+    let read = std::panic::AssertUnwindSafe(|| -> std::io::Result<ReadArchive> {
+        let fs =
+            backhand::FilesystemReader::from_reader_with_offset(input, offset).map_err(|e| damaged(e.to_string()))?;
+        let (mut entries, mut kept) = (Vec::new(), std::collections::BTreeMap::new());
+        for (ino, node) in (1..).zip(fs.files()) {
+            let name = node.fullpath.to_string_lossy().trim_start_matches('/').to_string();
+            if name.is_empty() {
+                continue;
+            }
+            let h = &node.header;
+            let mut entry = CpioEntry {
+                name,
+                ino,
+                mode: u32::from(h.permissions),
+                uid: h.uid,
+                gid: h.gid,
+                nlink: 1,
+                mtime: h.mtime,
+                size: 0,
+                rdev_major: 0,
+                rdev_minor: 0,
+                link: None,
+                sha256: None,
+            };
+            match &node.inner {
+                InnerNode::File(file) => {
+                    entry.mode |= 0o100000;
+                    let mut hasher = Sha256::new();
+                    let mut reader = fs.file(file).reader();
+                    let size = if keep(&entry.name) {
+                        let mut content = Vec::new();
+                        reader.read_to_end(&mut content)?;
+                        hasher.update(&content);
+                        kept.insert(entry.name.clone(), content);
+                        kept[&entry.name].len() as u64
+                    } else {
+                        std::io::copy(&mut reader, &mut hasher)?
+                    };
+                    entry.size = u32::try_from(size).unwrap_or(u32::MAX);
+                    entry.sha256 = (size > 0).then(|| hex::encode(hasher.finalize()));
+                }
+                InnerNode::Dir(_) => entry.mode |= 0o040000,
+                InnerNode::Symlink(link) => {
+                    entry.mode |= 0o120000;
+                    let target = link.link.to_string_lossy().into_owned();
+                    entry.size = target.len() as u32;
+                    entry.link = Some(target);
+                }
+                InnerNode::CharacterDevice(d) => {
+                    entry.mode |= 0o020000;
+                    (entry.rdev_major, entry.rdev_minor) = dev_parts(d.device_number);
+                }
+                InnerNode::BlockDevice(d) => {
+                    entry.mode |= 0o060000;
+                    (entry.rdev_major, entry.rdev_minor) = dev_parts(d.device_number);
+                }
+                InnerNode::NamedPipe => entry.mode |= 0o010000,
+                InnerNode::Socket => entry.mode |= 0o140000,
+            }
+            entries.push(entry);
+        }
+        Ok((entries, kept))
+    });
+    std::panic::catch_unwind(read).unwrap_or_else(|_| Err(damaged("its reader gave up on it (damaged)".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Node, Overwrite};
+
+    struct Quiet;
+    impl Reporter for Quiet {}
+
+    fn node(kind: NodeKind, mode: u32, uid: u32, mtime: u64) -> Node {
+        Node { kind, mode, uid, gid: uid, mtime, xattrs: vec![], owner: "t".into() }
+    }
+
+    /// Every kind of entry the installer makes, some owned by others, one newer than the epoch.
+    fn sample() -> (Tree, ContentStore) {
+        let mut store = ContentStore::new().unwrap();
+        let mut tree = Tree::new();
+        let hello = store.add_bytes(b"hello").unwrap();
+        let big = store.add_bytes(&(0..300_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        let empty = store.add_bytes(b"").unwrap();
+        let entries = [
+            ("bin", NodeKind::Dir, 0o755, 0),
+            ("bin/a", NodeKind::File(hello), 0o4755, 0),
+            ("bin/b", NodeKind::Hardlink("bin/a".into()), 0o4755, 0),
+            ("bin/sh", NodeKind::Symlink("a".into()), 0o777, 0),
+            ("dev", NodeKind::Dir, 0o755, 0),
+            ("dev/console", NodeKind::CharDevice(5, 1), 0o600, 0),
+            ("dev/vdz", NodeKind::BlockDevice(254, 300), 0o660, 6),
+            ("run", NodeKind::Dir, 0o755, 0),
+            ("run/fifo", NodeKind::Fifo, 0o600, 0),
+            ("srv", NodeKind::Dir, 0o750, 100),
+            ("srv/big", NodeKind::File(big), 0o640, 100),
+            ("srv/empty", NodeKind::File(empty), 0o644, 100),
+        ];
+        for (path, kind, mode, uid) in entries {
+            let mtime = if path == "srv/big" { 2_000_000_000 } else { 1_600_000_000 };
+            tree.insert(path, node(kind, mode, uid, mtime), Overwrite::Never).unwrap();
+        }
+        (tree, store)
+    }
+
+    fn write_sample(dir: &Path, name: &str) -> (Written, Vec<u8>) {
+        let (tree, store) = sample();
+        let path = dir.join(name);
+        let written = write(&path, &tree, &store, 3, 1_700_000_000, &Cancel::new(), &Quiet).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (written, bytes)
+    }
+
+    #[test]
+    fn the_image_holds_the_tree_and_is_the_same_every_time() {
+        let d = tempfile::tempdir().unwrap();
+        let (written, bytes) = write_sample(d.path(), "a.squashfs");
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(written.superblock[..], bytes[..SUPERBLOCK_LEN]);
+        assert_eq!(&bytes[..4], MAGIC);
+        assert_eq!(bytes.len() % 4096, 0, "padded to 4 KiB for block devices");
+        let (again, bytes_again) = write_sample(d.path(), "b.squashfs");
+        assert_eq!((again.sha256, bytes_again), (written.sha256, bytes.clone()));
+
+        let (entries, kept) = read_image(std::io::Cursor::new(&bytes), 0, "a", |n| n == "bin/a").unwrap();
+        let by_name: std::collections::BTreeMap<&str, &CpioEntry> =
+            entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(by_name.len(), 12);
+        assert_eq!(kept["bin/a"], b"hello");
+        let a = by_name["bin/a"];
+        assert_eq!((a.mode, a.size, a.mtime), (0o104755, 5, 1_600_000_000));
+        assert_eq!((by_name["bin/b"].mode, &by_name["bin/b"].sha256), (0o104755, &a.sha256), "a hardlink's bytes");
+        assert_eq!(by_name["bin/sh"].link.as_deref(), Some("a"));
+        let console = by_name["dev/console"];
+        assert_eq!((console.mode, console.rdev_major, console.rdev_minor), (0o020600, 5, 1));
+        let vdz = by_name["dev/vdz"];
+        assert_eq!((vdz.mode, vdz.uid, vdz.rdev_major, vdz.rdev_minor), (0o060660, 6, 254, 300));
+        assert_eq!(by_name["run/fifo"].mode, 0o010600);
+        let big = by_name["srv/big"];
+        assert_eq!((big.size, big.uid, big.gid, big.mtime), (300_000, 100, 100, 1_700_000_000), "clamped");
+        assert_eq!(by_name["srv"].mode, 0o040750);
+        assert_eq!((by_name["srv/empty"].size, &by_name["srv/empty"].sha256), (0, &None));
+    }
+
+    #[test]
+    fn damaged_images_are_errors_not_panics() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, bytes) = write_sample(d.path(), "a.squashfs");
+        // The superblock's bytes_used: what follows is padding.
+        let used = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+        for cut in [4, 96, 200, used / 2, used - 1] {
+            let e = read_image(std::io::Cursor::new(&bytes[..cut]), 0, "cut.img", |_| false).unwrap_err();
+            assert!(e.to_string().starts_with("cut.img: SquashFS image: "), "{e}");
+        }
+        let mut flipped = bytes.clone();
+        // The superblock's inode table start, pointing past the end.
+        flipped[64..72].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read_image(std::io::Cursor::new(&flipped), 0, "x", |_| false).is_err());
+    }
 }
