@@ -7,7 +7,7 @@ HYVE_DEV := target/debug/hyve
 MIRROR   := target/test-mirror
 MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(wildcard tests/keys/*) $(wildcard builder/src/apk/*.rs)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := index_parser package_reader version_parser manifest_reader disk_reader
+FUZZ_TARGETS := index_parser package_reader version_parser manifest_reader disk_reader root_image_reader
 
 .PHONY: all build test lint unit installed image mirror demo bench fuzz reproducible clean
 
@@ -72,8 +72,9 @@ bench: mirror build
 	python3 tests/bench/bench.py
 
 # Each fuzz target for FUZZ_SECONDS seconds (needs cargo-fuzz; stable Rust via
-# RUSTC_BOOTSTRAP), seeded with the real Alpine files and a small FAT image (dosfstools,
-# mtools). Findings land in builder/fuzz/artifacts/ and fail the target.
+# RUSTC_BOOTSTRAP), seeded with the real Alpine files, a small FAT image (dosfstools,
+# mtools) and a small SquashFS image (squashfs-tools). Findings land in
+# builder/fuzz/artifacts/ and fail the target.
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd builder && for t in $(FUZZ_TARGETS); do \
@@ -85,6 +86,9 @@ fuzz:
 				mkfs.fat -C $$seeds/esp.img 256 >/dev/null && echo 'options console=ttyS0' >$$seeds/hyve.conf && \
 				MTOOLS_SKIP_CHECK=1 mmd -i $$seeds/esp.img ::/loader && \
 				MTOOLS_SKIP_CHECK=1 mcopy -i $$seeds/esp.img $$seeds/hyve.conf ::/loader/hyve.conf ;; \
+			root_image_reader) seeds=../target/fuzz-seeds/root_image_reader && rm -rf $$seeds && mkdir -p $$seeds/tree/etc/hyve && \
+				echo '{}' >$$seeds/tree/etc/hyve/manifest.json && ln -s manifest.json $$seeds/tree/etc/hyve/link && \
+				mksquashfs $$seeds/tree $$seeds/root.squashfs -comp zstd -quiet -no-progress >/dev/null && rm -rf $$seeds/tree ;; \
 			*) seeds= ;; \
 		esac && \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) -max_len=1048576 || exit 1; \

@@ -142,11 +142,20 @@ fn boot_base(arch: &str, qemu: &str) {
     let left: Vec<_> = std::fs::read_dir(run_tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{arch}: hyve run left {left:?} in TMPDIR");
 
-    // The same guest from disk.img alone, through UEFI firmware and the UKI on its ESP (the
-    // UKI's command line is fixed, so the VM is stopped once the marker and DHCP are seen).
+    // The same guest with a squashfs root, from disk.img alone, through UEFI firmware and the
+    // UKI on its ESP: the small initrd inside the UKI finds the image in disk.img's hyve-root
+    // partition (the UKI's command line is fixed, so the VM is stopped once the marker and
+    // DHCP are seen).
+    let profile = tmp.path().join("base-squashfs.toml");
+    let base = root.join("profiles/base.toml");
+    std::fs::write(&profile, format!("extends = \"{}\"\n[output]\nroot = \"squashfs\"\n", base.display())).unwrap();
+    let squashfs_out = tmp.path().join("out-squashfs");
+    build(&profile, arch, tmp.path(), &squashfs_out);
     let started = std::time::Instant::now();
-    let mut vm = Vm::start(&out, &format!("base-{arch}-efi"), &["--efi".to_string()]);
-    vm.wait_for("hyve: init reached userspace (HYVE-BOOT-OK)", 600);
+    let mut vm = Vm::start(&squashfs_out, &format!("base-{arch}-efi"), &["--efi".to_string()]);
+    vm.wait_for("hyve: root /dev/vda2 (squashfs, read-only) under a tmpfs overlay", 600);
+    vm.wait_for("hyve: init reached userspace (HYVE-BOOT-OK)", 120);
+    vm.wait_for("hyve: root: squashfs image", 60);
     vm.wait_for("hyve: eth0 10.0.2.15/24 (DHCP)", 120);
     eprintln!("boot test {arch}: EFI disk boot reached userspace after {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -631,8 +640,12 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     vm.assert_console("data disk formatted", formatted);
     vm.assert_console("user data unpacked", ".ssh/authorized_keys");
     vm.assert_console("data disk mounted", "hyve: data disk /dev/vdb1 mounted at /var/lib/hyve");
+    // minimal's root: root.squashfs, attached after the data disks, under a tmpfs overlay.
+    vm.assert_console("root image found", "hyve: root /dev/vdc (squashfs, read-only) under a tmpfs overlay");
+    vm.assert_console("root is the image", "hyve: root: squashfs image");
     vm.assert_console("the host's CAs used", "hyve: TLS: the host's CA and this disk's server CA from the user data");
     vm.wait_for("Docker API on vsock port 2375 (checked", 60);
+    vm.assert_console("memory reported", "hyve: memory after boot: ");
     let tls = docker(false);
     tls.wait_ready(&mut vm, 300);
     eprintln!("docker test {arch}: API up {:.1} s after start", started.elapsed().as_secs_f64());
@@ -823,14 +836,21 @@ fn docker_host_on_aarch64_with_plain_tcp_a_data_partition_and_a_late_time_server
 /// mirror cannot provide from Debian; this test profile is `dev` without it.)
 /// The guest as built: no account with a usable password, sshd with public keys only, and
 /// dockerd's plain TCP port off unless a profile sets it.
-fn no_way_in_without_a_key(initrd: &Path) {
+fn no_way_in_without_a_key(out: &Path) {
     let wanted = ["etc/shadow", "etc/passwd", "etc/hyve/sshd_config", "etc/hyve/docker.conf"];
-    let file = std::io::BufReader::new(std::fs::File::open(initrd).unwrap());
-    let (_, kept) = hyve::output::cpio::read_archive(
-        std::io::BufReader::new(hyve::output::compress::decompressor(file).unwrap()),
-        |n| wanted.contains(&n),
-    )
-    .unwrap();
+    // The guest's files: its root image, or its initramfs.
+    let root = out.join("root.squashfs");
+    let (_, kept) = if root.exists() {
+        let file = std::io::BufReader::new(std::fs::File::open(&root).unwrap());
+        hyve::output::squashfs::read_image(file, 0, "root.squashfs", |n| wanted.contains(&n)).unwrap()
+    } else {
+        let file = std::io::BufReader::new(std::fs::File::open(out.join("initrd.img")).unwrap());
+        hyve::output::cpio::read_archive(
+            std::io::BufReader::new(hyve::output::compress::decompressor(file).unwrap()),
+            |n| wanted.contains(&n),
+        )
+        .unwrap()
+    };
     let text = |n: &str| String::from_utf8(kept.get(n).unwrap_or_else(|| panic!("/{n} missing")).clone()).unwrap();
     for line in text("etc/shadow").lines().filter(|l| !l.is_empty()) {
         let password = line.split(':').nth(1).unwrap();
@@ -867,7 +887,7 @@ fn dev_ssh_on_x86_64() {
     .unwrap();
     let out = t.join("out");
     build(&profile, arch, t, &out);
-    no_way_in_without_a_key(&out.join("initrd.img"));
+    no_way_in_without_a_key(&out);
     let key = t.join("id");
     let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
     assert!(o.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&o.stderr));

@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
-"""`make bench`: hyve measured side by side with the classic pipeline, on this machine, now.
+"""`make bench`: hyve measured side by side with the classic tools, on this machine, now.
 
 Uses the release binary and the test mirror (a TEST FIXTURE built from Debian's binaries,
-`make mirror`). Every figure is the median of BENCH_RUNS runs (default 3; the zstd -19
-baseline: BENCH_ZSTD19_RUNS, default 1; boots: BENCH_BOOTS, default 1). Prints a table and writes target/bench/results.json. It never fails on a time:
-the figures are for reading, and the README quotes a real run.
+`make mirror`). `minimal` is built and booted in both root modes: "squashfs" (its default)
+and "initramfs" (a profile extending it). Every figure is the median of BENCH_RUNS runs
+(default 3; boots: BENCH_BOOTS, default 1). Prints a table and writes
+target/bench/results.json. It never fails on a time: the figures are for reading, and the
+README quotes a real run.
 
-  warm build      `hyve build --profile minimal`, lock present, cache full (file:// mirror)
-  baseline        the very same final tree packed by `find . | sort | cpio -o -H newc | gzip -9`,
-                  and by `... | zstd -19 -T0` (minimal's initrd is zstd)
-  cold build      empty cache, packages fetched from a loopback HTTP mirror
+  warm build      `hyve build`, lock present, cache full (file:// mirror), per mode
+  baseline        the very same final tree packed by the raw tool: `find . | sort | cpio -o -H
+                  newc | zstd -12 -T0` (the initramfs) and `mksquashfs -comp zstd
+                  -Xcompression-level 6` on every CPU (the root image)
+  cold build      empty cache, packages fetched from a loopback HTTP mirror (squashfs mode)
   peak RSS        of each hyve build (GNU time's maximum resident set size)
-  sizes           kernel, initrd.img, disk.img
-  boot to API     QEMU (TCG here) start to the guest's "dockerd ... ready" console line
+  sizes           kernel, initrd.img, root.squashfs, disk.img
+  boots           under QEMU (TCG here) with a fresh data disk made by `hyve disk create
+                  --docker-certs`, then again with the same disk (the second boot): seconds
+                  from the VMM's start to userspace ("HYVE-BOOT-OK") and to the Docker API
+                  ("dockerd ... ready"), the guest's memory in use after boot (MemTotal -
+                  MemAvailable, and tmpfs, from its "memory after boot" line), and the
+                  console timeline: seconds from the VMM's start to each `hyve:` line
 """
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,14 +44,22 @@ KEY = ROOT / "tests/keys/hyve-test-mirror.rsa.pub"
 PROFILE = ROOT / "profiles/minimal.toml"
 OUT = ROOT / "target/bench"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-# zstd -19 of a 300 MB tree takes minutes on two cores: one run unless asked.
-ZSTD19_RUNS = int(os.environ.get("BENCH_ZSTD19_RUNS", "1"))
 BOOTS = int(os.environ.get("BENCH_BOOTS", "1"))
+# hyve's zstd level for an initramfs (output::compress) and for the root image (output::squashfs).
+INITRD_ZSTD_LEVEL = 12
+ROOT_ZSTD_LEVEL = 6
 
 
 def need(path, hint):
     if not Path(path).exists():
         sys.exit(f"bench: {path} is missing; {hint}")
+
+
+def run(cmd, **kw):
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    if p.returncode != 0:
+        sys.exit(f"bench: {cmd} failed:\n{p.stderr[-2000:]}")
+    return p.stdout
 
 
 def timed(cmd, cwd=None, shell=False):
@@ -57,9 +74,9 @@ def timed(cmd, cwd=None, shell=False):
     return float(secs), int(rss)
 
 
-def build(work, mirror_url, cache, lock, out):
+def build(work, profile, mirror_url, cache, lock, out):
     return timed([
-        str(HYVE), "build", "--profile", str(PROFILE), "--arch", "x86_64", "--mirror", mirror_url,
+        str(HYVE), "build", "--profile", str(profile), "--arch", "x86_64", "--mirror", mirror_url,
         "--key", str(KEY), "--lockfile", str(lock), "--cache-dir", str(cache), "--out", str(out),
     ], cwd=work)
 
@@ -75,94 +92,156 @@ def serve(directory):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def boot_to_api(out, log):
-    """Seconds from `hyve run` to the guest's `dockerd ... ready` line."""
+def boot(out, disk, log):
+    """Boots `out` with `disk` until the guest reports its memory after boot (or 900 s):
+    the console timeline [(seconds since the VMM started, line)] and the figures from it."""
     start = time.monotonic()
-    with open(log, "w") as f:
-        p = subprocess.Popen([str(HYVE), "run", str(out), "--memory", "2048", "--timeout", "900"],
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    timeline = []
+    p = subprocess.Popen([str(HYVE), "run", str(out), "--memory", "2048", "--disk", str(disk), "--timeout", "900"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reader = threading.Thread(target=lambda: [timeline.append((time.monotonic() - start, l.decode(errors="replace")))
+                                               for l in p.stdout], daemon=True)
+    reader.start()
     try:
-        while time.monotonic() - start < 900:
-            text = Path(log).read_text(errors="replace")
-            if "hyve: dockerd " in text and " ready: " in text:
-                return time.monotonic() - start
-            if p.poll() is not None:
+        while time.monotonic() - start < 900 and p.poll() is None:
+            if any("hyve: memory after boot:" in l for _, l in list(timeline)):
                 break
             time.sleep(0.2)
-        return None
     finally:
-        p.kill()
-        p.wait()
+        # hyve run asks the guest to power off on SIGTERM: the data disk is unmounted cleanly.
+        p.terminate()
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    reader.join(timeout=10)
+    log.write_text("".join(f"{t:7.2f}  {l}" for t, l in timeline))
+    lines = [(round(t, 2), l.strip()[l.find("hyve: "):]) for t, l in timeline if "hyve: " in l]
+    first = lambda text: next((t for t, l in lines if text in l), None)
+    memory = next((l for _, l in lines if "memory after boot:" in l), "")
+    m = re.search(r"(\d+) MiB in use of (\d+) MiB, tmpfs (\d+) MiB", memory)
+    return {
+        "userspace_s": first("HYVE-BOOT-OK"),
+        "docker_api_s": first(" ready: "),
+        "memory_in_use_mib": int(m.group(1)) if m else None,
+        "memory_total_mib": int(m.group(2)) if m else None,
+        "tmpfs_mib": int(m.group(3)) if m else None,
+        "timeline": lines,
+    }
 
 
 def main():
     need(HYVE, "run `make build`")
     need(MIRROR / "v3.24/main/x86_64/APKINDEX.tar.gz", "run `make mirror`")
     need("/usr/bin/time", "apt-get install time")
-    for tool in ["cpio", "gzip", "zstd", "qemu-system-x86_64"]:
+    for tool, pkg in [("cpio", "cpio"), ("zstd", "zstd"), ("mksquashfs", "squashfs-tools"),
+                      ("unsquashfs", "squashfs-tools"), ("qemu-system-x86_64", "qemu-system-x86")]:
         if not shutil.which(tool):
-            sys.exit(f"bench: {tool} is missing; apt-get install {tool if tool != 'qemu-system-x86_64' else 'qemu-system-x86'}")
+            sys.exit(f"bench: {tool} is missing; apt-get install {pkg}")
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hyve-bench-", dir=OUT))
     file_url = f"file://{MIRROR}"
     cache, lock = work / "cache", work / "minimal.lock"
-    results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "runs": RUNS}
+    ramfs_profile = work / "minimal-initramfs.toml"
+    ramfs_profile.write_text(f'extends = "{PROFILE}"\n[output]\nroot = "initramfs"\n')
+    modes = {"squashfs": PROFILE, "initramfs": ramfs_profile}
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "runs": RUNS, "modes": {}}
+    med = statistics.median
 
-    # Warm: fill cache and lock once, then measure.
-    build(work, file_url, cache, lock, work / "out")
-    warm = [build(work, file_url, cache, lock, work / "out") for _ in range(RUNS)]
-    out = work / "out"
+    # Warm: fill cache and lock once, then measure each mode.
+    build(work, PROFILE, file_url, cache, lock, work / "warmup")
+    outs = {m: work / f"out-{m}" for m in modes}
+    for mode, profile in modes.items():
+        warm = [build(work, profile, file_url, cache, lock, outs[mode]) for _ in range(RUNS)]
+        sizes = {f: (outs[mode] / f).stat().st_size
+                 for f in ["kernel", "initrd.img", "root.squashfs", "disk.img"] if (outs[mode] / f).exists()}
+        results["modes"][mode] = {"warm_build_s": med([w[0] for w in warm]),
+                                  "warm_peak_rss_kib": max(w[1] for w in warm), "sizes": sizes}
 
-    # The same final tree, packed the classic way.
+    # The same final tree, packed by the raw tools.
     tree = work / "tree"
     tree.mkdir()
-    subprocess.run(f"zstd -dc {out}/initrd.img | cpio -idm --quiet", shell=True, cwd=tree, check=True)
-    gz = [timed("find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9 >/dev/null", cwd=tree, shell=True)
-          for _ in range(RUNS)]
-    zst = [timed("find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -19 -T0 -q >/dev/null", cwd=tree, shell=True)
-           for _ in range(ZSTD19_RUNS)]
+    run(f"zstd -dc {outs['initramfs']}/initrd.img | cpio -idm --quiet", shell=True, cwd=tree)
+    tree_bytes = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    cpio = [timed(f"find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -{INITRD_ZSTD_LEVEL} -T0 -q >/dev/null",
+                  cwd=tree, shell=True) for _ in range(RUNS)]
+    squash_tree = work / "squash-tree"
+    run(["unsquashfs", "-q", "-n", "-d", str(squash_tree), str(outs["squashfs"] / "root.squashfs")])
+    mksquashfs = []
+    for _ in range(RUNS):
+        image = work / "baseline.squashfs"
+        mksquashfs.append(timed(["mksquashfs", str(squash_tree), str(image), "-noappend", "-quiet", "-no-progress",
+                                 "-comp", "zstd", "-Xcompression-level", str(ROOT_ZSTD_LEVEL),
+                                 "-processors", str(os.cpu_count())]))
+        baseline_size = image.stat().st_size
+        image.unlink()
+    baselines = {"initramfs": med([c[0] for c in cpio]), "squashfs": med([m[0] for m in mksquashfs])}
+    for mode in modes:
+        results["modes"][mode]["baseline_s"] = baselines[mode]
+        results["modes"][mode]["ratio_warm_vs_baseline"] = results["modes"][mode]["warm_build_s"] / baselines[mode]
+    results["modes"]["squashfs"]["baseline_size"] = baseline_size
 
     # Cold: empty cache each time, packages over loopback HTTP.
     server, http_url = serve(MIRROR)
     cold = []
     for i in range(RUNS):
         c = work / f"cold-cache-{i}"
-        cold.append(build(work, http_url, c, lock, work / "out"))
+        cold.append(build(work, PROFILE, http_url, c, lock, work / "cold-out"))
         shutil.rmtree(c)
     server.shutdown()
+    results.update({"cold_build_s": med([c[0] for c in cold]), "cold_peak_rss_kib": max(c[1] for c in cold),
+                    "tree_bytes": tree_bytes,
+                    "boot_accel": "tcg" if not os.access("/dev/kvm", os.W_OK) else "auto"})
 
-    boots = [boot_to_api(out, work / f"boot-{i}.log") for i in range(BOOTS)]
-    boots = [b for b in boots if b is not None]
-
-    med = lambda xs: statistics.median(xs)
-    warm_s, warm_rss = med([w[0] for w in warm]), max(w[1] for w in warm)
-    cold_s, cold_rss = med([c[0] for c in cold]), max(c[1] for c in cold)
-    gz_s, zst_s = med([g[0] for g in gz]), med([z[0] for z in zst])
-    sizes = {f: (out / f).stat().st_size for f in ["kernel", "initrd.img", "disk.img"] if (out / f).exists()}
-    tree_bytes = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
-    results.update({
-        "warm_build_s": warm_s, "warm_peak_rss_kib": warm_rss,
-        "cold_build_s": cold_s, "cold_peak_rss_kib": cold_rss,
-        "baseline_cpio_gzip9_s": gz_s, "baseline_cpio_zstd19_s": zst_s,
-        "ratio_warm_vs_gzip9": warm_s / gz_s, "ratio_warm_vs_zstd19": warm_s / zst_s,
-        "ratio_cold_vs_warm": cold_s / warm_s,
-        "tree_bytes": tree_bytes, "sizes": sizes,
-        "boot_to_docker_api_s": med(boots) if boots else None, "boot_accel": "tcg" if not os.access("/dev/kvm", os.W_OK) else "auto",
-    })
+    # Boots: a fresh data disk, then the same disk again.
+    for mode in modes:
+        runs = {"first": [], "second": []}
+        for i in range(BOOTS):
+            disk = work / f"data-{mode}-{i}.img"
+            run([str(HYVE), "disk", "create", str(disk), "--size", "4G", "--docker-certs", str(work / f"certs-{mode}-{i}")])
+            for which in runs:
+                runs[which].append(boot(outs[mode], disk, work / f"boot-{mode}-{which}-{i}.log"))
+            disk.unlink()
+        for which, boots in runs.items():
+            pick = lambda k: [b[k] for b in boots if b[k] is not None]
+            summary = {k: med(pick(k)) if pick(k) else None
+                       for k in ["userspace_s", "docker_api_s", "memory_in_use_mib", "tmpfs_mib"]}
+            summary["timeline"] = boots[0]["timeline"]
+            results["modes"][mode][f"{which}_boot"] = summary
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     mib = lambda n: f"{n / 2**20:.1f} MiB"
-    rows = [
-        ("warm build of minimal (hyve, zstd-12 initrd + disk.img)", f"{warm_s:.2f} s", f"peak RSS {mib(warm_rss * 1024)}"),
-        ("baseline: find|sort|cpio|gzip -9 of the same tree", f"{gz_s:.2f} s", f"hyve/baseline {warm_s / gz_s:.2f}"),
-        ("baseline: find|sort|cpio|zstd -19 -T0 of the same tree", f"{zst_s:.2f} s", f"hyve/baseline {warm_s / zst_s:.2f}"),
-        ("cold build (empty cache, loopback HTTP)", f"{cold_s:.2f} s", f"cold/warm {cold_s / warm_s:.2f}, peak RSS {mib(cold_rss * 1024)}"),
-        ("boot to Docker API (QEMU)", f"{med(boots):.1f} s" if boots else "n/a", f"median of {len(boots)}"),
-    ] + [(f"size: {k}", mib(v), "") for k, v in sizes.items()] + [("uncompressed tree", mib(tree_bytes), "")]
+    secs = lambda s: f"{s:.1f} s" if s is not None else "n/a"
+    rows = []
+    for mode, r in results["modes"].items():
+        tool = "find|sort|cpio|zstd" if mode == "initramfs" else "mksquashfs"
+        rows += [
+            (f"{mode}: warm build of minimal", f"{r['warm_build_s']:.2f} s", f"peak RSS {mib(r['warm_peak_rss_kib'] * 1024)}"),
+            (f"{mode}: {tool} of the same tree", f"{r['baseline_s']:.2f} s", f"hyve/baseline {r['ratio_warm_vs_baseline']:.2f}"),
+        ]
+        for which in ["first", "second"]:
+            b = r[f"{which}_boot"]
+            rows += [
+                (f"{mode}: {which} boot to userspace", secs(b["userspace_s"]), ""),
+                (f"{mode}: {which} boot to Docker API", secs(b["docker_api_s"]),
+                 f"memory in use {b['memory_in_use_mib']} MiB, tmpfs {b['tmpfs_mib']} MiB" if b["memory_in_use_mib"] is not None else ""),
+            ]
+        rows += [(f"{mode}: size of {k}", mib(v), "") for k, v in r["sizes"].items()]
+    rows += [
+        ("squashfs: mksquashfs image of the same tree", mib(results["modes"]["squashfs"]["baseline_size"]), ""),
+        ("cold build (squashfs, empty cache, loopback HTTP)", secs(results["cold_build_s"]),
+         f"peak RSS {mib(results['cold_peak_rss_kib'] * 1024)}"),
+        ("uncompressed tree", mib(tree_bytes), ""),
+    ]
     width = max(len(r[0]) for r in rows)
-    print(f"hyve bench — {os.cpu_count()} CPUs, median of {RUNS} runs")
+    print(f"hyve bench — {os.cpu_count()} CPUs, median of {RUNS} builds and {BOOTS} boot(s) per mode, {results['boot_accel']}")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>10}  {note}")
+    for mode in modes:
+        print(f"console timeline, {mode}, first boot (seconds since the VMM started):")
+        for t, line in results["modes"][mode]["first_boot"]["timeline"]:
+            print(f"  {t:7.2f}  {line}")
     print(f"results: {OUT / 'results.json'}")
     shutil.rmtree(work)
 

@@ -51,15 +51,20 @@ tls_server_cert() {
 		return 1
 	fi
 }
+# dockerd (services/30-dockerd) waits for /run/hyve/tls-done, which says the TLS material is
+# as ready as it gets this boot; containerd and the rest start meanwhile.
+tls_done() { : >/run/hyve/tls-done; }
 if [ -z "$DOCKER_TLS_PORT" ]; then
-	:
+	tls_done
 elif [ ! -s "$tls/ca.pem" ] || [ ! -s "$tls/server-ca.pem" ] || [ ! -s "$tls/server-ca-key.pem" ]; then
 	log "TLS: no CA on the data disk, so the Docker API is not on TCP $DOCKER_TLS_PORT (make the disk with \`hyve disk create --docker-certs DIR\`)"
+	tls_done
 elif [ ! -e /run/hyve/clock-set ]; then
 	# A certificate dated from a wrong clock would not be valid for the host: wait for the
 	# clock (chronyd's first sync, or the host's time over vsock), then issue it and restart
 	# dockerd to listen with it.
 	log "TLS: the clock is not set yet; the server certificate waits for the first time sync"
+	tls_done
 	(
 		until [ -e /run/hyve/clock-set ] || chronyc -n waitsync 1 >/dev/null 2>&1; do sleep 5; done
 		[ -e /run/hyve/clock-set ] || log "clock set by a time server: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
@@ -68,5 +73,9 @@ elif [ ! -e /run/hyve/clock-set ]; then
 	) &
 else
 	tls_fresh "$tls/server-ca.pem" || log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
-	tls_server_cert
+	# In the background: a new key and certificate take seconds on an emulated CPU.
+	(
+		tls_server_cert
+		tls_done
+	) &
 fi

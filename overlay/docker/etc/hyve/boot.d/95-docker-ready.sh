@@ -24,6 +24,10 @@ docker_api() { # PATH [socat address]
 		where="$where, tcp port $DOCKER_PLAIN_TCP_PORT WITHOUT TLS (the profile asks for it)"
 	fi
 	log "dockerd $version ready: $where"
+	# What the guest holds once booted: MemTotal - MemAvailable, and tmpfs (a root on tmpfs,
+	# or a squashfs root's writes) within it.
+	log "memory after boot: $(awk '/^MemTotal:/ {t = $2} /^MemAvailable:/ {a = $2} /^Shmem:/ {s = $2}
+		END {printf "%d MiB in use of %d MiB, tmpfs %d MiB", (t - a) / 1024, t / 1024, s / 1024}' /proc/meminfo)"
 	if [ -n "$DOCKER_VSOCK_PORT" ] && [ -e /dev/vsock ]; then
 		modprobe -q vsock_loopback 2>/dev/null
 		if docker_api /_ping "VSOCK-CONNECT:1:$DOCKER_VSOCK_PORT" | grep -q '200 OK'; then
