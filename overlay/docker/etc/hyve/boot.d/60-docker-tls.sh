@@ -74,8 +74,14 @@ elif [ ! -e /run/hyve/clock-set ]; then
 else
 	tls_fresh "$tls/server-ca.pem" || log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
 	# In the background: a new key and certificate take seconds on an emulated CPU.
-	(
-		tls_server_cert
-		tls_done
-	) &
+	if [ -e /run/hyve/tls-done ]; then
+		# dockerd started with the last boot's certificate (27-docker-early.sh): a new one
+		# restarts it.
+		tls_server_cert && kill "$(cat /run/hyve/services/30-dockerd.child 2>/dev/null)" 2>/dev/null &
+	else
+		(
+			tls_server_cert
+			tls_done
+		) &
+	fi
 fi

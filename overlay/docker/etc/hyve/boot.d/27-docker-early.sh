@@ -1,0 +1,18 @@
+# containerd and dockerd start as soon as their data is mounted (25-data-disk.sh), while the
+# clock, network and TLS steps run: on an emulated CPU starting them is most of the time to
+# the Docker API. dockerd waits for containerd's socket and for the TLS material
+# (60-docker-tls.sh marks it done) before it runs; 90-services.sh skips them.
+. /etc/hyve/docker.conf
+# A later boot: the server certificate the last one made is still valid for 30 days, so
+# dockerd need not wait for the network. 60-docker-tls.sh replaces it, and restarts dockerd,
+# if the guest's names or addresses changed. (Not with new CAs in the user data, nor after
+# an older hyve's CA, which 60-docker-tls.sh takes care of first.)
+tls=$HYVE_DATA/tls
+if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$tls/server-cert.pem" ] && [ -s "$tls/server-key.pem" ] &&
+	[ ! -d "$HYVE_DATA/docker-tls" ] && [ ! -e "$tls/ca-key.pem" ] &&
+	openssl x509 -in "$tls/server-cert.pem" -noout -checkend 2592000 >/dev/null 2>&1; then
+	: >/run/hyve/tls-done
+fi
+for name in 20-containerd 30-dockerd; do
+	start_service "$name" "/etc/hyve/services/$name" "$(cat "/etc/hyve/services/$name.grace" 2>/dev/null)"
+done
