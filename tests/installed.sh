@@ -41,9 +41,10 @@ printf 'extends = "minimal"\noverlays = ["extra"]\n[output]\nlevel = 1\n' >"$wor
 "$hyve" build --profile "$work/mine/mine.toml" --arch x86_64 $mirror --out out/mine 2>"$work/mine.log" ||
 	fail "building a profile that extends minimal: $(cat "$work/mine.log")"
 [ -s "$work/mine/mine.lock" ] || fail "the lock of a profile file goes beside it"
-files=$("$hyve" inspect out/mine/initrd.img)
+# minimal's files are in its root image (output.root = "squashfs").
+files=$("$hyve" inspect out/mine/root.squashfs)
 for f in etc/mine.txt etc/hyve/docker.conf etc/hyve/boot.d/10-filesystems.sh; do
-	echo "$files" | grep -q " $f\$" || fail "out/mine/initrd.img has no $f"
+	echo "$files" | grep -q " $f\$" || fail "out/mine/root.squashfs has no $f"
 done
 
 # The same commit cloned under umask 022 and 077 (git applies the cloner's umask) builds the
