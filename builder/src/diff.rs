@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::build::{ROOT_IMAGE, SHA256SUMS};
 use crate::fsutil;
-use crate::output::cpio::{read_archive, CpioEntry};
+use crate::output::cpio::{read_archive, CpioEntry, ReadArchive};
 use crate::output::manifest::Manifest;
 use crate::output::sums::{parse_sha256sums, BadSums};
 use crate::output::{disk, squashfs};
@@ -56,11 +56,8 @@ fn parse_manifest(bytes: &[u8], path: &str) -> Result<Manifest> {
     Manifest::from_json(bytes).map_err(|detail| DiffError::Manifest { path: path.into(), detail })
 }
 
-/// The files of a compressed initramfs, and the guest manifest inside it.
-fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
-    let at = |e| DiffError::from(crate::fsutil::at_named(origin)(e));
-    let reader = crate::output::compress::decompressor(BufReader::new(input)).map_err(at)?;
-    let (entries, kept) = read_archive(BufReader::new(reader), |n| n == GUEST_MANIFEST).map_err(at)?;
+/// A guest's files by path, and the manifest among them (kept by the reader).
+fn guest_files((entries, kept): ReadArchive, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
     let manifest = match kept.get(GUEST_MANIFEST) {
         Some(bytes) => Some(parse_manifest(bytes, &format!("{origin}: /{GUEST_MANIFEST}"))?),
         None => None,
@@ -68,17 +65,20 @@ fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioE
     Ok((entries.into_iter().map(|e| (e.name.clone(), e)).collect(), manifest))
 }
 
+/// The files of a compressed initramfs, and the guest manifest inside it.
+fn read_initrd(input: impl Read, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
+    let at = |e| DiffError::from(crate::fsutil::at_named(origin)(e));
+    let reader = crate::output::compress::decompressor(BufReader::new(input)).map_err(at)?;
+    let archive = read_archive(BufReader::new(reader), |n| n == GUEST_MANIFEST).map_err(at)?;
+    guest_files(archive, origin)
+}
+
 /// The files of a SquashFS root image at `offset` in `path`, and the guest manifest inside.
 fn read_root_image(path: &Path, offset: u64, origin: &str) -> Result<(BTreeMap<String, CpioEntry>, Option<Manifest>)> {
     let file = std::fs::File::open(path).map_err(fsutil::at(path))?;
     let at = |e| DiffError::from(crate::fsutil::at_named(origin)(e));
-    let (entries, kept) =
-        squashfs::read_image(BufReader::new(file), offset, origin, |n| n == GUEST_MANIFEST).map_err(at)?;
-    let manifest = match kept.get(GUEST_MANIFEST) {
-        Some(bytes) => Some(parse_manifest(bytes, &format!("{origin}: /{GUEST_MANIFEST}"))?),
-        None => None,
-    };
-    Ok((entries.into_iter().map(|e| (e.name.clone(), e)).collect(), manifest))
+    let image = squashfs::read_image(BufReader::new(file), offset, origin, |n| n == GUEST_MANIFEST).map_err(at)?;
+    guest_files(image, origin)
 }
 
 /// The guest's files (from its root partition, else the initrd), kernel and command line

@@ -25,8 +25,9 @@ use crate::tree::{ContentStore, NodeKind, Tree};
 
 /// The superblock's length: the boot initramfs identifies the root image by these bytes.
 pub const SUPERBLOCK_LEN: usize = 96;
-/// zstd's level when the profile names none: decompression costs the same at any level, and
-/// the image is read from disk on demand, so a fast level is the better trade.
+/// The image's zstd level (the profile's `level` is the initramfs's): decompression costs the
+/// same at any level, and the image is read from disk on demand, so a fast level is the
+/// better trade.
 pub const DEFAULT_LEVEL: u32 = 6;
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
