@@ -534,7 +534,7 @@ impl OutputWriter<'_, '_> {
         let image = guestdisk::Plan::new(&files, &spec)?;
         let path = dir.join("disk.img");
         self.phases.run(Phase::Disk, image.esp_bytes(), || image.write(&path, reporter))?;
-        let (sha256, size) = std::fs::File::open(&path).and_then(fsutil::sha256_of).map_err(fsutil::at(&path))?;
+        let (sha256, size) = fsutil::sha256_of_file(&path)?;
         Ok(Artifact { name: "disk.img".into(), sha256, size })
     }
 }

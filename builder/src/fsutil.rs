@@ -59,6 +59,60 @@ pub fn sha256_of(input: impl Read) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(digest), n))
 }
 
+/// SHA-256 (lower-case hex) and length of the file at `path`, reading only its data: a hole
+/// (a sparse disk image is mostly holes) is hashed as the zeros it reads as, without asking
+/// the kernel to zero pages for it. Where the filesystem cannot tell (no SEEK_DATA), the
+/// whole file is read.
+pub fn sha256_of_file(path: &Path) -> Result<(String, u64), IoError> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).map_err(at(path))?;
+    let len = file.metadata().map_err(at(path))?.len();
+    let seek = |from: u64, whence| {
+        // SAFETY: lseek on a descriptor this function owns; it moves only that file's offset.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if at < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(at as u64)
+        }
+    };
+    if seek(0, libc::SEEK_DATA).is_err_and(|e| e.raw_os_error() != Some(libc::ENXIO)) {
+        return sha256_of(file).map_err(at(path));
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let zero = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        // ENXIO: no data after `pos`, the rest is a hole.
+        let data = match seek(pos, libc::SEEK_DATA) {
+            Ok(d) => d.min(len),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => len,
+            Err(e) => return Err(at(path)(e)),
+        };
+        for step in (pos..data).step_by(zero.len()) {
+            hasher.update(&zero[..(data - step).min(zero.len() as u64) as usize]);
+        }
+        if data == len {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE).map_err(at(path))?.min(len);
+        let mut at_byte = data;
+        while at_byte < hole {
+            let want = (hole - at_byte).min(buf.len() as u64) as usize;
+            let n = file.read_at(&mut buf[..want], at_byte).map_err(at(path))?;
+            if n == 0 {
+                return Err(at(path)(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            hasher.update(&buf[..n]);
+            at_byte += n as u64;
+        }
+        pos = hole;
+    }
+    Ok((hex::encode(hasher.finalize()), len))
+}
+
 /// The `D` digest and length of everything `input` yields.
 pub fn digest_of<D: Digest>(input: impl Read) -> std::io::Result<(sha2::digest::Output<D>, u64)> {
     let mut hashing = Hashing::<_, D>::new(input);
@@ -289,6 +343,28 @@ fn exchange_unsupported(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sparse file hashes as the bytes it reads as: data at the start, in the middle and at
+    /// the end, holes between and after, and a file that is all hole.
+    #[test]
+    fn a_sparse_file_hashes_as_its_bytes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(9 << 20).unwrap();
+        let hole = dir.path().join("hole");
+        std::fs::File::create(&hole).unwrap().set_len(3 << 20).unwrap();
+        assert_eq!(sha256_of_file(&hole).unwrap(), sha256_of(std::io::repeat(0).take(3 << 20)).unwrap());
+        for (at, bytes) in [(0u64, &b"start"[..]), ((4 << 20) + 5, b"middle"), ((6 << 20) - 1, b"x")] {
+            f.write_at(bytes, at).unwrap();
+        }
+        let whole = sha256_of(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(sha256_of_file(&p).unwrap(), whole);
+        f.write_at(b"end", (9 << 20) - 3).unwrap();
+        let whole = sha256_of(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(sha256_of_file(&p).unwrap(), whole);
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {

@@ -171,7 +171,7 @@ type Digested = (String, u64);
 
 /// SHA-256 and size of a file.
 fn digest(path: &Path) -> Result<Digested> {
-    Ok(std::fs::File::open(path).and_then(fsutil::sha256_of).map_err(fsutil::at(path))?)
+    Ok(fsutil::sha256_of_file(path)?)
 }
 
 /// Both files' SHA-256 and size, and where they first differ, in one streaming pass.
