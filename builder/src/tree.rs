@@ -57,6 +57,12 @@ impl ContentStore {
         BlobReader { file: &self.file, pos: blob.offset, end: blob.offset + blob.len }
     }
 
+    /// Fills `buf` with `blob`'s bytes from `offset` on (positioned: any thread may read).
+    pub fn read_exact_at(&self, blob: Blob, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        assert!(offset + buf.len() as u64 <= blob.len, "a read past the end of a blob");
+        self.file.read_exact_at(buf, blob.offset + offset)
+    }
+
     pub fn read_all(&self, blob: Blob) -> io::Result<Vec<u8>> {
         let mut v = Vec::with_capacity(blob.len as usize);
         self.open(blob).read_to_end(&mut v)?;

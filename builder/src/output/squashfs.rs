@@ -9,22 +9,33 @@
 //! tree's; identical files share their data blocks (backhand's duplicate check, keyed on the
 //! bytes). Like the newc initramfs, the image carries no xattrs; backhand writes no hardlinks,
 //! so a hardlink becomes a file of its own whose data is shared with its target.
+//!
+//! backhand compresses one block at a time on the thread that writes; [`Ahead`] compresses
+//! the files' data blocks on every CPU ahead of it (as mksquashfs does), with the same
+//! compressor, so the bytes are the same as a single thread's.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use backhand::compression::{CompressionOptions, Compressor};
-use backhand::{FilesystemCompressor, FilesystemWriter, InnerNode, NodeHeader};
+use backhand::compression::{CompressionAction, CompressionOptions, Compressor, DefaultCompressor};
+use backhand::kind::Kind;
+use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, InnerNode, NodeHeader, SuperBlock};
 
 use super::cpio::{CpioEntry, ReadArchive};
 
 use crate::cancel::Cancel;
 use crate::fsutil;
 use crate::report::{Reporter, Reporting};
-use crate::tree::{ContentStore, NodeKind, Tree};
+use crate::tree::{Blob, ContentStore, NodeKind, Tree};
 
 /// The superblock's length: the boot initramfs identifies the root image by these bytes.
 pub const SUPERBLOCK_LEN: usize = 96;
+/// mksquashfs's default, and the most one zstd call may take at once.
+const BLOCK_SIZE: u32 = backhand::DEFAULT_BLOCK_SIZE;
 /// The image's zstd level (the profile's `level` is the initramfs's): decompression costs the
 /// same at any level, and the image is read from disk on demand, so a fast level is the
 /// better trade.
@@ -51,6 +62,9 @@ pub struct Written {
     pub size: u64,
     /// The image's first bytes, by which the boot initramfs finds it among the block devices.
     pub superblock: [u8; SUPERBLOCK_LEN],
+    /// Data blocks compressed ahead of the writer: all those backhand compressed, unless the
+    /// plan missed its order.
+    pub blocks_ahead: usize,
 }
 
 /// The bytes of the files `tree` holds, for the phase's progress.
@@ -86,7 +100,10 @@ pub fn write(
     let clamp = |t: u64| u32::try_from(t.min(epoch)).unwrap_or(u32::MAX);
     let mut fs = FilesystemWriter::default();
     let options = CompressionOptions::Zstd(backhand::compression::Zstd { compression_level: level });
-    fs.set_compressor(FilesystemCompressor::new(Compressor::Zstd, Some(options)).map_err(|e| error(None, e))?);
+    let compressor = FilesystemCompressor::new(Compressor::Zstd, Some(options)).map_err(|e| error(None, e))?;
+    fs.set_kind(Kind::new_v4(&AheadCompressor));
+    fs.set_block_size(BLOCK_SIZE);
+    fs.set_compressor(compressor);
     fs.set_time(clamp(epoch));
     fs.set_root_mode(0o755);
     fs.set_root_uid(0);
@@ -116,7 +133,16 @@ pub fn write(
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(fsutil::at(path))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    fs.write(&mut out).map_err(|e| match e {
+    let ahead = Ahead::plan(tree, compressor, BLOCK_SIZE);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blocks_ahead = std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| ahead.work(store));
+        }
+        ahead.while_handing_over(|| fs.write(&mut out))
+    })
+    .map(|_| ahead.handoff.lock().taken)
+    .map_err(|e| match e {
         backhand::BackhandError::StdIo(io) => SquashfsError::Io(fsutil::at(path)(io)),
         other => error(None, other),
     })?;
@@ -127,7 +153,206 @@ pub fn write(
     file.read_exact(&mut superblock).map_err(fsutil::at(path))?;
     file.rewind().map_err(fsutil::at(path))?;
     let (sha256, size) = fsutil::sha256_of(file).map_err(fsutil::at(path))?;
-    Ok(Written { sha256, size, superblock })
+    Ok(Written { sha256, size, superblock, blocks_ahead })
+}
+
+/// The data blocks of the image's files, compressed on every CPU ahead of backhand's writer.
+/// backhand asks its compressor for one block at a time, in the order of its nodes (paths
+/// compared component by component), each file cut into blocks of the block size (a file
+/// shorter than one block goes into a shared fragment block instead, and an all-zero block
+/// becomes a hole). The plan is that sequence; workers compress it in order, at most
+/// [`Ahead::WINDOW`] blocks ahead of the writer, and the writer takes the next planned block
+/// when it asks for exactly its bytes. Anything else it asks for (fragments, metadata, a block
+/// out of the planned order) is compressed where it is asked: a wrong guess costs time, never
+/// bytes, as each block is compressed by backhand's own compressor either way.
+struct Ahead {
+    plan: Vec<(Blob, u64, usize)>,
+    fc: FilesystemCompressor,
+    block_size: u32,
+    next: AtomicUsize,
+    handoff: Arc<Handoff>,
+}
+
+/// What the writing thread's compressor reaches through [`HANDOFF`].
+#[derive(Default)]
+struct Handoff {
+    /// How many blocks the plan has.
+    planned: usize,
+    state: Mutex<HandoffState>,
+    /// A block was compressed.
+    filled: Condvar,
+    /// The writer took one, or stopped.
+    taken: Condvar,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    /// The next planned block the writer will ask for.
+    head: usize,
+    /// Planned blocks ready, by index: their bytes and compressed bytes; `None` for a block
+    /// backhand will not ask for (all zeros), or that could not be read here.
+    ready: BTreeMap<usize, Option<Compressed>>,
+    /// Compressed blocks the writer took.
+    taken: usize,
+    stopped: bool,
+}
+
+/// A block's bytes and their compressed form.
+type Compressed = (Vec<u8>, Vec<u8>);
+
+thread_local! {
+    /// The handoff of the image being written on this thread, if any.
+    static HANDOFF: RefCell<Option<Arc<Handoff>>> = const { RefCell::new(None) };
+}
+
+impl Ahead {
+    /// How many blocks the workers may run ahead of the writer (8 MiB at 128 KiB blocks).
+    const WINDOW: usize = 64;
+
+    fn plan(tree: &Tree, fc: FilesystemCompressor, block_size: u32) -> Ahead {
+        let mut files: Vec<(&Path, Blob)> = tree
+            .iter()
+            .filter_map(|(name, node)| {
+                let node = match &node.kind {
+                    NodeKind::Hardlink(target) => tree.get(target)?,
+                    _ => node,
+                };
+                match node.kind {
+                    NodeKind::File(blob) if blob.len >= u64::from(block_size) => Some((Path::new(name.as_str()), blob)),
+                    _ => None,
+                }
+            })
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(b.0));
+        let plan: Vec<_> = files
+            .into_iter()
+            .flat_map(|(_, blob)| {
+                (0..blob.len)
+                    .step_by(block_size as usize)
+                    .map(move |at| (blob, at, (blob.len - at).min(u64::from(block_size)) as usize))
+            })
+            .collect();
+        let handoff = Arc::new(Handoff { planned: plan.len(), ..Handoff::default() });
+        Ahead { plan, fc, block_size, next: AtomicUsize::new(0), handoff }
+    }
+
+    /// A worker: claims planned blocks in order and compresses them, until all are done or
+    /// the writer stopped.
+    fn work(&self, store: &ContentStore) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(blob, at, len)) = self.plan.get(i) else { return };
+            // Whatever happens here, the writer finds the block (as `None` if not compressed).
+            let mut fill = Fill { handoff: &self.handoff, i, block: None };
+            let state = self.handoff.lock();
+            if self
+                .handoff
+                .taken
+                .wait_while(state, |s| i >= s.head + Self::WINDOW && !s.stopped)
+                .unwrap_or_else(PoisonError::into_inner)
+                .stopped
+            {
+                return;
+            }
+            let mut bytes = vec![0; len];
+            if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
+                fill.block = DefaultCompressor.compress(&bytes, self.fc, self.block_size).ok().map(|c| (bytes, c));
+            }
+        }
+    }
+
+    /// Runs `write` with this plan's blocks handed to the compressor on this thread; the
+    /// workers end with it, however it ends.
+    fn while_handing_over<T>(&self, write: impl FnOnce() -> T) -> T {
+        struct Done<'a>(&'a Handoff);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                HANDOFF.with(|h| *h.borrow_mut() = None);
+                self.0.lock().stopped = true;
+                self.0.taken.notify_all();
+            }
+        }
+        HANDOFF.with(|h| *h.borrow_mut() = Some(self.handoff.clone()));
+        let _done = Done(&self.handoff);
+        write()
+    }
+}
+
+/// A claimed block, handed to the writer when the worker is done with it.
+struct Fill<'a> {
+    handoff: &'a Handoff,
+    i: usize,
+    block: Option<Compressed>,
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        self.handoff.lock().ready.insert(self.i, self.block.take());
+        self.handoff.filled.notify_all();
+    }
+}
+
+impl Handoff {
+    /// The state, also after a thread panicked holding it (the panic is reported by the
+    /// thread scope; this only keeps the others from hanging).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The compressed bytes of `bytes` if they are the next planned block.
+    fn take(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut state = self.lock();
+        while state.head < self.planned {
+            let head = state.head;
+            state =
+                self.filled.wait_while(state, |s| !s.ready.contains_key(&head)).unwrap_or_else(PoisonError::into_inner);
+            if matches!(&state.ready[&head], Some((block, _)) if block.as_slice() != bytes) {
+                return None;
+            }
+            // The one asked for, or one backhand will not ask for (all zeros) or that was not
+            // compressed here: either way the next one is next.
+            let block = state.ready.remove(&head).expect("waited for it");
+            state.head += 1;
+            self.taken.notify_all();
+            if let Some((_, compressed)) = block {
+                state.taken += 1;
+                return Some(compressed);
+            }
+        }
+        None
+    }
+}
+
+/// backhand's compressor, taking the blocks [`Ahead`] compressed when they are the ones asked
+/// for (backhand keeps a custom compressor for the life of the program, so this one is
+/// stateless and finds the image being written through [`HANDOFF`]).
+struct AheadCompressor;
+
+impl CompressionAction for AheadCompressor {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = SuperBlock;
+
+    fn decompress(&self, bytes: &[u8], out: &mut Vec<u8>, compressor: Compressor) -> Result<(), BackhandError> {
+        DefaultCompressor.decompress(bytes, out, compressor)
+    }
+
+    fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
+        match HANDOFF.with(|h| h.borrow().as_ref().and_then(|h| h.take(bytes))) {
+            Some(compressed) => Ok(compressed),
+            None => DefaultCompressor.compress(bytes, fc, block_size),
+        }
+    }
+
+    fn compression_options(
+        &self,
+        superblock: &mut SuperBlock,
+        kind: &Kind,
+        fc: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        DefaultCompressor.compression_options(superblock, kind, fc)
+    }
 }
 
 /// The kernel's `new_encode_dev`, which SquashFS stores for device inodes.
@@ -315,5 +540,50 @@ mod tests {
         // The superblock's inode table start, pointing past the end.
         flipped[64..72].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(read_image(std::io::Cursor::new(&flipped), 0, "x", |_| false).is_err());
+    }
+
+    /// Every data block backhand compresses was compressed ahead, in its order (paths compared
+    /// component by component: `a-b` sorts before `a/` as a string, after it as a path), past
+    /// hardlinks, duplicates and all-zero blocks (holes, which it does not compress); the image
+    /// holds the same bytes.
+    #[test]
+    fn data_blocks_are_compressed_ahead_in_the_writers_order() {
+        let pattern =
+            |n: usize, seed: u32| (0..n as u32).map(|i| (i.wrapping_mul(seed) % 251) as u8).collect::<Vec<_>>();
+        let block = BLOCK_SIZE as usize;
+        let mut store = ContentStore::new().unwrap();
+        let mut tree = Tree::new();
+        let three = store.add_bytes(&pattern(2 * block + 1000, 7)).unwrap();
+        let two = store.add_bytes(&pattern(block + 5, 13)).unwrap();
+        let mut holes = pattern(block, 17);
+        holes.resize(2 * block + 10_000, 0);
+        let holes = store.add_bytes(&holes).unwrap();
+        let small = store.add_bytes(b"fragment").unwrap();
+        let entries = [
+            ("a", NodeKind::Dir),
+            ("a/b", NodeKind::File(two)),
+            ("a/c", NodeKind::Hardlink("a-b/x".into())),
+            ("a/d", NodeKind::File(two)),
+            ("a/e", NodeKind::File(small)),
+            ("a-b", NodeKind::Dir),
+            ("a-b/x", NodeKind::File(three)),
+            ("z", NodeKind::File(holes)),
+        ];
+        for (path, kind) in entries {
+            tree.insert(path, node(kind, 0o644, 0, 0), Overwrite::Never).unwrap();
+        }
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ahead.squashfs");
+        let written = write(&path, &tree, &store, 3, 0, &Cancel::new(), &Quiet).unwrap();
+        // a/b, a/c (a-b/x's three), a/d, a-b/x, z's first block.
+        assert_eq!(written.blocks_ahead, 2 + 3 + 2 + 3 + 1);
+        let bytes = std::fs::read(&path).unwrap();
+        let (entries, _) = read_image(std::io::Cursor::new(&bytes), 0, "ahead", |_| false).unwrap();
+        for (name, blob) in [("a/b", two), ("a/c", three), ("a/d", two), ("a/e", small), ("a-b/x", three), ("z", holes)]
+        {
+            let entry = entries.iter().find(|e| e.name == name).unwrap();
+            let (sha256, _) = fsutil::sha256_of(store.open(blob)).unwrap();
+            assert_eq!(entry.sha256.as_deref(), Some(sha256.as_str()), "{name}");
+        }
     }
 }
