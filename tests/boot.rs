@@ -125,6 +125,7 @@ fn boot_base(arch: &str, qemu: &str) {
     check("root moved to a tmpfs", "hyve: root on tmpfs");
     check("clock from the command line", "hyve: clock from the kernel command line (hyve.time)");
     check("DHCP from QEMU", "hyve: eth0 10.0.2.15/24 (DHCP)");
+    check("balloon bound with free page reporting", "hyve: memory balloon: free page reporting on");
     check("shutdown ran", "hyve: shutdown complete");
     check("clean power-off", "reboot: Power down");
     assert!(o.status.success(), "{arch}: QEMU exited with {:?} (log: {})", o.status, log_path.display());

@@ -384,6 +384,10 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
     if let (Some(root), false) = (&guest.root, opts.efi) {
         a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", root.display())]));
     }
+    // The memory balloon with free page reporting: the pages the guest frees go back to the
+    // host (QEMU v5.1.0+ hw/virtio/virtio-balloon.c, property `free-page-reporting`:
+    // VIRTIO_BALLOON_F_REPORTING). After the disks, so their names do not move.
+    a.extend(strings(&["-device", "virtio-balloon-pci,free-page-reporting=on"]));
     if let Some(m) = &opts.monitor {
         a.extend(strings(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]));
     }
@@ -447,6 +451,10 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
     if let (Some(root), false) = (&guest.root, opts.efi) {
         inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={},readonly", root.display())]));
     }
+    // Virtualization.framework's traditional memory balloon (v0.6.1+ pkg/vf/virtio.go
+    // `VirtioBalloon`; no options). Apple documents no free page reporting for it: the guest
+    // logs whether the device offers it.
+    inv.argv.extend(strings(&["--device", "virtio-balloon"]));
     // The clock stands still while the Mac sleeps; vfkit sets it again on wake.
     inv.argv.extend(strings(&["--timesync", &format!("vsockPort={TIMESYNC_VSOCK_PORT}")]));
     inv.setup.push(sh(&["mkdir", "-p", &state.display().to_string()]));
@@ -525,6 +533,9 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
         inv.notes
             .push(format!("{name} forwards no ports (--port is not used): connect to the guest's address on vmnet"));
     }
+    // Neither emulates a balloon (hyperkit 3cb0d54 src/lib/pci_virtio_*.c: block, net, rnd,
+    // sock, 9p; xhyve dfbe09b src/pci_virtio_*.c: block, net, rnd).
+    inv.notes.push(format!("{name} has no memory balloon: memory the guest once used stays with it until it stops"));
     // kexec,KERNEL,INITRD,CMDLINE: the command line is the rest of the argument, copied as is
     // (src/lib/firmware/kexec.c): no quotes, or the kernel sees them.
     let cmd = cmdline(vmm, guest, opts);
@@ -786,7 +797,7 @@ mod tests {
     #[test]
     fn qemu_lines() {
         let a = invocation(Vmm::Qemu, &guest(Arch::X86_64), &opts()).unwrap().argv;
-        assert_eq!(shell_line(&a), "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=ttyS0 quiet hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci -drive file=/d/data.img,format=raw,if=virtio");
+        assert_eq!(shell_line(&a), "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=ttyS0 quiet hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci -drive file=/d/data.img,format=raw,if=virtio -device virtio-balloon-pci,free-page-reporting=on");
         let a = invocation(Vmm::Qemu, &guest(Arch::Aarch64), &opts()).unwrap().argv;
         assert!(shell_line(&a).starts_with("qemu-system-aarch64 -M virt -accel tcg -cpu cortex-a57"), "{a:?}");
         // virt's UART is the PL011.

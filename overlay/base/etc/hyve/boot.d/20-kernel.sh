@@ -13,3 +13,14 @@ fi
 # devtmpfs makes the device nodes; mdev sets their modes now and (02-mdev) on hotplug.
 [ -x /sbin/mdev ] && mdev -s
 log "kernel $(uname -r): $loaded modules loaded"
+# The memory balloon, where the VMM offers one. With free page reporting (virtio feature bit
+# 5, VIRTIO_BALLOON_F_REPORTING; sysfs `features` has one digit per bit) the pages the guest
+# frees go back to the host; without it only the host's balloon target takes memory back.
+for dev in /sys/bus/virtio/drivers/virtio_balloon/virtio*; do
+	[ -r "$dev/features" ] || continue
+	if [ "$(cut -c6 "$dev/features")" = 1 ]; then
+		log "memory balloon: free page reporting on (memory the guest frees goes back to the host)"
+	else
+		log "memory balloon: present, without free page reporting (the VMM does not offer it)"
+	fi
+done
