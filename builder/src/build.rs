@@ -19,7 +19,7 @@ use crate::overlay::{self, Generated};
 use crate::profile::{OutputFormat, RootFormat};
 use crate::report::{Phase, PhaseTimes, Phases};
 use crate::session::{LockPolicy, Session};
-use crate::tree::{ContentStore, NodeKind, Tree};
+use crate::tree::{ContentStore, Tree};
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -335,7 +335,7 @@ fn describe(
             package: kernel_pkg.info.name.clone(),
             version: kernel_pkg.info.version.to_string(),
             release: kernel.release.clone(),
-            modules: kernel.modules.clone(),
+            modules: kernel.modules(),
             optional_modules_missing: kernel.skipped.clone(),
         },
         cmdline: cmdline(arch, &profile.cmdline),
@@ -361,7 +361,7 @@ fn lay_generated_files(
         .iter()
         .chain(&profile.kernel_optional_modules)
         .map(|m| m.replace('-', "_"))
-        .filter(|m| guest.kernel.modules.contains(m))
+        .filter(|m| guest.kernel.graph.contains_key(m))
         .map(|m| m + "\n")
         .collect();
     let generated = [
@@ -542,9 +542,9 @@ impl OutputWriter<'_, '_> {
 /// The systemd EFI stub the packages installed, which the disk image's UKI is built on.
 fn efi_stub(tree: &Tree, store: &ContentStore, arch: Arch) -> Result<Vec<u8>> {
     let stub_path = esp::stub_path(arch);
-    match tree.get(&stub_path).map(|n| &n.kind) {
-        Some(NodeKind::File(blob)) => Ok(store.read_all(*blob).map_err(fsutil::at(Path::new(&stub_path)))?),
-        _ => Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
+    match tree.file(&stub_path) {
+        Some(blob) => Ok(store.read_all(blob).map_err(fsutil::at(Path::new(&stub_path)))?),
+        None => Err(BuildError::NoEfiStub { arch, path: stub_path, package: crate::profile::EFI_STUB_PACKAGE }),
     }
 }
 

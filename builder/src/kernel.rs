@@ -36,8 +36,6 @@ pub struct Kernel {
     pub image: Vec<u8>,
     /// e.g. `6.6.31-0-virt`, from `/lib/modules/<release>`.
     pub release: Option<String>,
-    /// Modules included (names), sorted.
-    pub modules: Vec<String>,
     /// Requested modules that are built in.
     pub builtin: Vec<String>,
     /// Optional modules this kernel has neither as a module nor built in.
@@ -59,28 +57,45 @@ impl Kernel {
     /// `names` that are modules here (built-in ones need no loading) with what they need,
     /// each after its dependencies: the order `insmod` must load them in.
     pub fn load_order(&self, names: &[&str]) -> Vec<String> {
-        fn visit(name: &str, graph: &BTreeMap<String, IncludedModule>, order: &mut Vec<String>) {
-            let Some(module) = graph.get(name) else { return };
-            if order.iter().any(|n| n == name) {
-                return;
-            }
-            for d in &module.deps {
-                visit(d, graph, order);
-            }
-            order.push(name.to_string());
-        }
-        let mut order = Vec::new();
-        for name in names {
-            visit(&module_name(name), &self.graph, &mut order);
-        }
-        order
+        dependency_order(&self.graph, names.iter().map(|n| module_name(n)))
+    }
+
+    /// The modules included (names), sorted.
+    pub fn modules(&self) -> Vec<String> {
+        self.graph.keys().cloned().collect()
     }
 }
 
+/// `names` and every module they need, each after the modules it needs: depth first, in the
+/// order of each module's `deps` (names not in `graph` are skipped; a cycle is cut where it
+/// closes).
+fn dependency_order(graph: &BTreeMap<String, IncludedModule>, names: impl IntoIterator<Item = String>) -> Vec<String> {
+    fn visit(
+        name: &str,
+        graph: &BTreeMap<String, IncludedModule>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) {
+        let Some(module) = graph.get(name) else { return };
+        if !seen.insert(name.to_string()) {
+            return;
+        }
+        for d in &module.deps {
+            visit(d, graph, seen, order);
+        }
+        order.push(name.to_string());
+    }
+    let (mut seen, mut order) = (BTreeSet::new(), Vec::new());
+    for name in names {
+        visit(&name, graph, &mut seen, &mut order);
+    }
+    order
+}
+
 fn read_node(tree: &Tree, store: &ContentStore, path: &str) -> Result<Vec<u8>> {
-    match tree.get(path).map(|n| &n.kind) {
-        Some(NodeKind::File(b)) => Ok(store.read_all(*b).map_err(crate::fsutil::at_named(path))?),
-        _ => {
+    match tree.file(path) {
+        Some(blob) => Ok(store.read_all(blob).map_err(crate::fsutil::at_named(path))?),
+        None => {
             Err(crate::fsutil::at_named(path)(std::io::Error::new(std::io::ErrorKind::NotFound, "not a regular file"))
                 .into())
         }
@@ -219,15 +234,13 @@ pub fn prepare(
         return Ok(Kernel {
             image,
             release: None,
-            modules: vec![],
             builtin: vec![],
             skipped: optional.to_vec(),
             graph: BTreeMap::new(),
         });
     };
     let (graph, builtin, skipped) = select_modules(tree, store, package, &release, wanted, optional)?;
-    let modules = graph.keys().cloned().collect();
-    Ok(Kernel { image, release: Some(release), modules, builtin, skipped, graph })
+    Ok(Kernel { image, release: Some(release), builtin, skipped, graph })
 }
 
 /// The modules included, those requested that are built in, and the optional ones skipped.
@@ -318,32 +331,24 @@ fn select_modules(
         tree.remove(&p);
     }
     prune_empty_dirs(tree, &format!("{base}/kernel"));
+    let graph: BTreeMap<String, IncludedModule> = included
+        .into_iter()
+        .map(|(name, deps)| {
+            let path = files[&name].strip_prefix(&format!("{base}/")).unwrap_or(&files[&name]).to_string();
+            (name, IncludedModule { path, deps })
+        })
+        .collect();
     // modules.dep: "<path>: <deps, each before its own deps>" like depmod writes.
     let mut text = String::new();
     for path in keep.iter() {
         let name = module_name(path);
-        let mut order = Vec::new();
-        let mut seen = BTreeSet::new();
-        fn walk(
-            n: &str,
-            included: &BTreeMap<String, Vec<String>>,
-            seen: &mut BTreeSet<String>,
-            order: &mut Vec<String>,
-        ) {
-            for d in &included[n] {
-                if seen.insert(d.clone()) {
-                    walk(d, included, seen, order);
-                    order.push(d.clone());
-                }
-            }
-        }
-        walk(&name, &included, &mut seen, &mut order);
-        order.reverse();
-        let rel = |n: &str| files[n].strip_prefix(&format!("{base}/")).unwrap_or(&files[n]).to_string();
+        // The module itself comes last in its load order.
+        let mut deps = dependency_order(&graph, [name.clone()]);
+        deps.pop();
         text.push_str(&format!(
             "{}:{}\n",
-            rel(&name),
-            order.iter().map(|d| format!(" {}", rel(d))).collect::<String>()
+            graph[&name].path,
+            deps.iter().rev().map(|d| format!(" {}", graph[d].path)).collect::<String>()
         ));
     }
     let blob = store.add_bytes(text.as_bytes()).map_err(crate::fsutil::at_named(format!("{base}/modules.dep")))?;
@@ -358,13 +363,6 @@ fn select_modules(
     };
     tree.insert(&format!("{base}/modules.dep"), node, Overwrite::Allowed)
         .expect("lib/modules/<release> is a directory");
-    let graph = included
-        .into_iter()
-        .map(|(name, deps)| {
-            let path = files[&name].strip_prefix(&format!("{base}/")).unwrap_or(&files[&name]).to_string();
-            (name, IncludedModule { path, deps })
-        })
-        .collect();
     Ok((graph, builtin_requested, skipped))
 }
 
@@ -447,7 +445,7 @@ mod tests {
             ("squashfs".to_string(), module(&["zstd_decompress"])),
             ("zstd_decompress".to_string(), module(&[])),
         ]);
-        let kernel = Kernel { image: vec![], release: None, modules: vec![], builtin: vec![], skipped: vec![], graph };
+        let kernel = Kernel { image: vec![], release: None, builtin: vec![], skipped: vec![], graph };
         assert_eq!(
             kernel.load_order(&["virtio_pci", "virtio-blk", "squashfs", "virtio"]),
             ["virtio", "virtio_ring", "virtio_blk", "zstd_decompress", "squashfs"],

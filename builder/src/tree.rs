@@ -172,6 +172,14 @@ impl Tree {
         self.nodes.get(path)
     }
 
+    /// The contents of the regular file at `path` (not through a hardlink).
+    pub fn file(&self, path: &str) -> Option<Blob> {
+        match self.nodes.get(path)?.kind {
+            NodeKind::File(blob) => Some(blob),
+            _ => None,
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()
     }

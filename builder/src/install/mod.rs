@@ -216,10 +216,8 @@ fn owner_ids(tree: &Tree, store: &ContentStore, entry: &DataEntry) -> (u32, u32)
 }
 
 pub(crate) fn read_text(tree: &Tree, store: &ContentStore, path: &str) -> Option<String> {
-    match tree.get(path)?.kind {
-        NodeKind::File(blob) => store.read_all(blob).ok().map(|b| String::from_utf8_lossy(&b).into_owned()),
-        _ => None,
-    }
+    let bytes = store.read_all(tree.file(path)?).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub(crate) fn write_text(

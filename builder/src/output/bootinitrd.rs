@@ -7,7 +7,7 @@
 
 use crate::kernel::{self, Kernel};
 use crate::overlay::{self, Generated};
-use crate::tree::{ContentStore, NodeKind, Tree};
+use crate::tree::{ContentStore, Tree};
 
 /// What `/init` loads, in this order with their dependencies first, where the kernel has them
 /// as modules: the PCI transport (built into Alpine's linux-virt), the disk, the image's file
@@ -47,9 +47,8 @@ pub fn tree(
     superblock: &[u8],
     epoch: u64,
 ) -> Result<Tree, BootInitrdError> {
-    let blob_of = |path: &'static str, why: &'static str, fix: &'static str| match full.get(path).map(|n| &n.kind) {
-        Some(NodeKind::File(blob)) => Ok(*blob),
-        _ => Err(BootInitrdError::Missing { path, why, fix }),
+    let blob_of = |path: &'static str, why: &'static str, fix: &'static str| {
+        full.file(path).ok_or(BootInitrdError::Missing { path, why, fix })
     };
     let init = blob_of(INIT_SCRIPT, "the boot initramfs's /init", "add overlay/base to the profile's overlays")?;
     let busybox =
@@ -64,12 +63,8 @@ pub fn tree(
     let release = kernel.release.as_deref().unwrap_or_default();
     for name in &order {
         let path = format!("lib/modules/{release}/{}", kernel.graph[name].path);
-        let compressed = store
-            .read_all(match full.get(&path).map(|n| &n.kind) {
-                Some(NodeKind::File(blob)) => *blob,
-                _ => unreachable!("an included module is a file in the tree"),
-            })
-            .map_err(crate::fsutil::at_named(&path))?;
+        let blob = full.file(&path).expect("an included module is a file in the tree");
+        let compressed = store.read_all(blob).map_err(crate::fsutil::at_named(&path))?;
         let elf = kernel::decompress_module(&compressed, &path)?;
         overlay::put(&mut boot, store, &format!("lib/modules/{name}.ko"), Generated::Bytes(elf), 0o644, epoch)?;
     }

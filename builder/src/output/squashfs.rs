@@ -72,10 +72,7 @@ pub fn input_bytes(tree: &Tree) -> u64 {
     tree.iter()
         .map(|(_, node)| match &node.kind {
             NodeKind::File(blob) => blob.len,
-            NodeKind::Hardlink(target) => match tree.get(target).map(|n| &n.kind) {
-                Some(NodeKind::File(blob)) => blob.len,
-                _ => 0,
-            },
+            NodeKind::Hardlink(target) => tree.file(target).map_or(0, |blob| blob.len),
             _ => 0,
         })
         .sum()

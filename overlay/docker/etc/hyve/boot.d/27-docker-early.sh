@@ -8,9 +8,10 @@
 # if the guest's names or addresses changed. (Not with new CAs in the user data, nor after
 # an older hyve's CA, which 60-docker-tls.sh takes care of first.)
 tls=$HYVE_DATA/tls
-if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$tls/server-cert.pem" ] && [ -s "$tls/server-key.pem" ] &&
-	[ ! -d "$HYVE_DATA/docker-tls" ] && [ ! -e "$tls/ca-key.pem" ] &&
-	openssl x509 -in "$tls/server-cert.pem" -noout -checkend 2592000 >/dev/null 2>&1; then
+# Whether the certificate in FILE is valid for 30 more days (60-docker-tls.sh uses it too).
+tls_fresh() { [ -s "$1" ] && openssl x509 -in "$1" -noout -checkend 2592000 >/dev/null 2>&1; }
+if [ -n "$DOCKER_TLS_PORT" ] && tls_fresh "$tls/server-cert.pem" && [ -s "$tls/server-key.pem" ] &&
+	[ ! -d "$HYVE_DATA/docker-tls" ] && [ ! -e "$tls/ca-key.pem" ]; then
 	: >/run/hyve/tls-done
 fi
 for name in 20-containerd 30-dockerd; do

@@ -12,7 +12,7 @@ export OPENSSL_CONF=/etc/hyve/openssl.cnf
 tls=$HYVE_DATA/tls
 given=$HYVE_DATA/docker-tls
 mkdir -p "$tls" && chmod 700 "$tls"
-tls_fresh() { [ -s "$1" ] && openssl x509 -in "$1" -noout -checkend 2592000 >/dev/null 2>&1; }
+# tls_fresh FILE: 27-docker-early.sh.
 tls_key() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>>/var/log/tls.log); }
 if [ -s "$given/ca.pem" ] && [ -s "$given/server-ca.pem" ] && [ -s "$given/server-ca-key.pem" ]; then
 	# Fresh user data: these replace whatever the disk had.
