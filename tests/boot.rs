@@ -9,6 +9,7 @@
 //! Skipped (with a message) when QEMU or the mirror is missing, unless
 //! HYVE_REQUIRE_BOOT_TESTS=1, which turns a skip into a failure (CI sets it).
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -615,6 +616,12 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let started = std::time::Instant::now();
     let mut vm1_args = args.clone();
     vm1_args.extend(["--disk".to_string(), s(&foreign), "--disk".to_string(), s(&data)]);
+    // A host folder (virtio-fs), mounted at its own path in the guest.
+    let shared = t.join("shared folder");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("from-host.txt"), "from-host\n").unwrap();
+    std::fs::set_permissions(shared.join("from-host.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    vm1_args.extend(["--share".to_string(), s(&shared)]);
     vm1_args.extend([
         "--qemu-arg=-rtc".to_string(),
         "--qemu-arg=base=1970-01-01T00:00:00".to_string(),
@@ -685,6 +692,19 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     api.ok(&["import", &s(&image), "hyve-test:1"]);
     let said = api.busybox(Docker::ok, &[], &["echo", "hyve-container-ok"]);
     assert_eq!(said.trim(), "hyve-container-ok");
+    // `docker run -v "$PWD":/src` on the shared folder: the container reads what the host
+    // wrote, with its owner and mode, and writes a file the host then reads.
+    vm.assert_console("folder shared", &format!("hyve: share hyve0 mounted at {} (virtio-fs)", s(&shared)));
+    let mount = format!("{}:/src", s(&shared));
+    let script = "cat /src/from-host.txt && stat -c '%a %u' /src/from-host.txt && echo from-guest >/src/from-guest.txt";
+    let seen = api.busybox(Docker::ok, &["-v", &mount], &["sh", "-c", script]);
+    let owner = std::fs::metadata(shared.join("from-host.txt")).unwrap().uid();
+    assert_eq!(seen, format!("from-host\n640 {owner}\n"), "{arch}: the host's file through the share");
+    let written = shared.join("from-guest.txt");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "from-guest\n", "{arch}: the guest's file on the host");
+    let meta = std::fs::metadata(&written).unwrap();
+    // The container's root is virtiofsd's user (root, as QEMU's virtiofsd must run).
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0), "{arch}: the guest's file's mode and owner");
     if !time_server_late {
         let set = format!("hyve: clock set by a time server (10.0.2.2:{})", ntp.port);
         vm.assert_console("clock from the time server", &set);

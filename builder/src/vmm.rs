@@ -73,6 +73,9 @@ pub enum VmmError {
     NoEfi { vmm: &'static str },
     #[error("no UEFI firmware for {arch} guests in QEMU; install it (Debian: apt-get install ovmf qemu-efi-aarch64; macOS: brew install qemu) or pass --firmware")]
     NoFirmware { arch: Arch },
+    /// A folder share this VMM or boot path cannot carry.
+    #[error("--share {share}: {why}")]
+    Share { share: String, why: String },
 }
 
 /// An output directory to boot.
@@ -164,6 +167,54 @@ impl std::str::FromStr for PortForward {
     }
 }
 
+/// A host folder the guest mounts at boot (`--share HOSTDIR[:GUESTDIR]`), over virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// An absolute path to a directory on the host.
+    pub host: PathBuf,
+    /// Where the guest mounts it: GUESTDIR, else (empty until [`Share::resolve`]) the host's
+    /// own path, so that `docker run -v "$PWD":/src` names the same folder on both sides (as
+    /// Docker Desktop shares /Users).
+    pub guest: String,
+}
+
+impl Share {
+    /// The host folder made absolute (it must exist), and the guest's path filled in.
+    pub fn resolve(self) -> Result<Share, VmmError> {
+        let bad = |why: String| VmmError::Share { share: self.host.display().to_string(), why };
+        let host = std::fs::canonicalize(&self.host).map_err(|e| bad(e.to_string()))?;
+        if !host.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+        let guest = match self.guest.is_empty() {
+            true => host.to_str().ok_or_else(|| bad("the path is not UTF-8; give GUESTDIR".into()))?.to_string(),
+            false => self.guest,
+        };
+        Ok(Share { host, guest })
+    }
+}
+
+impl std::str::FromStr for Share {
+    type Err = VmmError;
+    fn from_str(s: &str) -> Result<Self, VmmError> {
+        let bad = |why: &str| VmmError::Share { share: s.into(), why: why.into() };
+        let (host, guest) = s.split_once(':').unwrap_or((s, ""));
+        if host.is_empty() || (!guest.is_empty() && (!guest.starts_with('/') || guest.split('/').any(|c| c == ".."))) {
+            return Err(bad("expected HOSTDIR[:GUESTDIR], GUESTDIR absolute (default: HOSTDIR's own path)"));
+        }
+        Ok(Share { host: host.into(), guest: guest.into() })
+    }
+}
+
+/// The virtio-fs tag of the `i`th share (the guest mounts by tag; at most 36 bytes).
+pub fn share_tag(i: usize) -> String {
+    format!("hyve{i}")
+}
+
+/// QEMU's virtio-fs back end: the virtiofsd QEMU shipped up to 7.2 (Debian's
+/// qemu-system-common), which must run as root (qemu v7.2.0 docs/tools/virtiofsd.rst).
+pub const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub memory_mib: u32,
@@ -186,6 +237,10 @@ pub struct RunOptions {
     /// Where the printed macOS command lines keep what must outlive one run: vfkit's EFI
     /// variable store, the Docker API's unix sockets.
     pub state_dir: PathBuf,
+    /// Host folders to share, in order (tags hyve0, hyve1, ...).
+    pub shares: Vec<Share>,
+    /// Where QEMU's virtio-fs sockets go (a temp dir of `hyve run`; the state dir printed).
+    pub socket_dir: PathBuf,
 }
 
 /// The name of the guest's virtio-serial port for host requests (overlay/base's
@@ -306,7 +361,34 @@ fn cmdline(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> String {
     let own = guest.cmdline.split_whitespace().filter(|w| !w.starts_with("console="));
     let console = format!("console={}", console(vmm, guest.arch));
     let extra = opts.append.as_deref().unwrap_or("").split_whitespace();
-    std::iter::once(console.as_str()).chain(own).chain(extra).collect::<Vec<_>>().join(" ")
+    let shares = shares_param(&opts.shares);
+    std::iter::once(console.as_str()).chain(own).chain(shares.as_deref()).chain(extra).collect::<Vec<_>>().join(" ")
+}
+
+/// `hyve.shares=TAG:GUESTDIR,...` for overlay/base's `22-shares.sh`: GUESTDIR with every byte
+/// outside `[A-Za-z0-9/._~+@-]` as `%XX`, so that one kernel command line word carries any path.
+fn shares_param(shares: &[Share]) -> Option<String> {
+    let encode = |path: &str| {
+        path.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"/._~+@-".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    let list: Vec<String> =
+        shares.iter().enumerate().map(|(i, s)| format!("{}:{}", share_tag(i), encode(&s.guest))).collect();
+    (!list.is_empty()).then(|| format!("hyve.shares={}", list.join(",")))
+}
+
+/// A process the VMM needs running first (QEMU's virtiofsd), serving `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub argv: Vec<String>,
+    pub socket: PathBuf,
 }
 
 /// What `hyve run --print` shows for one VMM: notes (printed as shell comments), shell lines
@@ -315,18 +397,26 @@ fn cmdline(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> String {
 pub struct Invocation {
     pub notes: Vec<String>,
     pub setup: Vec<String>,
+    /// Started (in the background) after the setup, each waited for until its socket exists.
+    pub daemons: Vec<Daemon>,
     pub argv: Vec<String>,
 }
 
 impl Invocation {
     fn new(argv: Vec<String>) -> Invocation {
-        Invocation { notes: vec![], setup: vec![], argv }
+        Invocation { notes: vec![], setup: vec![], daemons: vec![], argv }
     }
 
-    /// A shell script: the notes as comments, the setup lines, then the VMM's command.
+    /// A shell script: the notes as comments, the setup lines, the daemons, then the VMM's
+    /// command.
     pub fn script(&self) -> String {
         let notes = self.notes.iter().map(|n| format!("# {n}"));
-        let lines: Vec<String> = notes.chain(self.setup.iter().cloned()).chain([shell_line(&self.argv)]).collect();
+        let daemons = self.daemons.iter().flat_map(|d| {
+            let socket = sh(&[&d.socket.display().to_string()]);
+            [format!("{} &", shell_line(&d.argv)), format!("while [ ! -S {socket} ]; do sleep 0.1; done")]
+        });
+        let lines: Vec<String> =
+            notes.chain(self.setup.iter().cloned()).chain(daemons).chain([shell_line(&self.argv)]).collect();
         lines.join("\n") + "\n"
     }
 }
@@ -343,14 +433,14 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// How `vmm` boots `guest` (`opts.accel` must be resolved for QEMU).
 pub fn invocation(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     match vmm {
-        Vmm::Qemu => qemu(guest, opts).map(Invocation::new),
-        Vmm::Vfkit => Ok(vfkit(guest, opts)),
+        Vmm::Qemu => qemu(guest, opts),
+        Vmm::Vfkit => vfkit(guest, opts),
         Vmm::Hyperkit | Vmm::Xhyve => hyperkit_or_xhyve(vmm, guest, opts),
     }
 }
 
 /// QEMU (started by `hyve run`, or printed): direct kernel boot or UEFI firmware.
-fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
+fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     let (machine, cpu) = match (guest.arch, opts.accel) {
         (Arch::X86_64, Accel::Tcg) => ("pc", "qemu64"),
         // Intel Macs: QEMU 8's firmware crashes on 1 GiB pages and AVX-512 under hvf (Lima
@@ -388,6 +478,30 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
     // host (QEMU v5.1.0+ hw/virtio/virtio-balloon.c, property `free-page-reporting`:
     // VIRTIO_BALLOON_F_REPORTING). After the disks, so their names do not move.
     a.extend(strings(&["-device", "virtio-balloon-pci,free-page-reporting=on"]));
+    let mut daemons = Vec::new();
+    if !opts.shares.is_empty() {
+        check_shares(opts, "QEMU")?;
+        if cfg!(target_os = "macos") {
+            return Err(share_error(
+                &opts.shares[0],
+                "QEMU on macOS has no virtio-fs back end (virtiofsd is Linux-only); use vfkit",
+            ));
+        }
+        // vhost-user: virtiofsd maps the guest's RAM, so it must be shareable memory
+        // (qemu v7.2.0 docs/tools/virtiofsd.rst, Examples).
+        let mem = format!("memory-backend-memfd,id=hyve-mem,size={}M,share=on", opts.memory_mib);
+        a.extend(strings(&["-object", &mem, "-numa", "node,memdev=hyve-mem"]));
+        for (i, share) in opts.shares.iter().enumerate() {
+            let (tag, socket) = (share_tag(i), opts.socket_dir.join(format!("{}.sock", share_tag(i))));
+            a.extend(strings(&["-chardev", &format!("socket,id=hyve-fs{i},path={}", socket.display())]));
+            a.extend(strings(&["-device", &format!("vhost-user-fs-pci,chardev=hyve-fs{i},tag={tag}")]));
+            let source = format!("source={}", share.host.display());
+            let argv = strings(&[VIRTIOFSD, &format!("--socket-path={}", socket.display()), "-o", &source]);
+            // chroot: its namespace sandbox needs more than a container's root may have.
+            let argv = argv.into_iter().chain(strings(&["-o", "sandbox=chroot", "-o", "cache=auto"])).collect();
+            daemons.push(Daemon { argv, socket });
+        }
+    }
     if let Some(m) = &opts.monitor {
         a.extend(strings(&["-monitor", &format!("unix:{},server=on,wait=off", m.display())]));
     }
@@ -397,11 +511,42 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Vec<String>, VmmError> {
         let port = format!("virtserialport,bus=hyve-serial.0,chardev=hyve-control,name={CONTROL_PORT}");
         a.extend(strings(&["-device", &port]));
     }
-    Ok(a)
+    let mut inv = Invocation { daemons, ..Invocation::new(a) };
+    if !inv.daemons.is_empty() {
+        inv.notes
+            .push(format!("--share: {VIRTIOFSD} serves each folder and must run as root: run this script as root"));
+    }
+    Ok(inv)
+}
+
+fn share_error(share: &Share, why: &str) -> VmmError {
+    VmmError::Share { share: share.host.display().to_string(), why: why.into() }
+}
+
+/// Shares reach the guest on the kernel command line, which an EFI boot takes from the UKI;
+/// and every VMM's option list splits on commas.
+fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
+    for share in &opts.shares {
+        if opts.efi {
+            return Err(share_error(
+                share,
+                "shares need direct kernel boot (an EFI boot's command line is the UKI's own); drop --efi",
+            ));
+        }
+        for path in [share.host.display().to_string(), opts.socket_dir.display().to_string()] {
+            if path.contains(',') {
+                return Err(share_error(
+                    share,
+                    &format!("{vmm} splits its device options on commas, and {path} has one"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// vfkit (crc-org/vfkit v0.6.4, doc/usage.md and pkg/cmdline, pkg/config): Virtualization.framework.
-fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
+fn vfkit(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     let state = &opts.state_dir;
     let socket = state.join("docker.sock");
     let mut inv = Invocation::new(strings(&[
@@ -451,6 +596,12 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
     if let (Some(root), false) = (&guest.root, opts.efi) {
         inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={},readonly", root.display())]));
     }
+    // virtio-fs shares by tag (pkg/config/virtio.go `VirtioFs`: sharedDir, mountTag).
+    check_shares(opts, "vfkit")?;
+    for (i, share) in opts.shares.iter().enumerate() {
+        let fs = format!("virtio-fs,sharedDir={},mountTag={}", share.host.display(), share_tag(i));
+        inv.argv.extend(strings(&["--device", &fs]));
+    }
     // Virtualization.framework's traditional memory balloon (v0.6.1+ pkg/vf/virtio.go
     // `VirtioBalloon`; no options). Apple documents no free page reporting for it: the guest
     // logs whether the device offers it.
@@ -471,7 +622,7 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Invocation {
                 .into(),
         );
     }
-    inv
+    Ok(inv)
 }
 
 /// Which Macs run `arch` guests under Hypervisor.framework VMMs.
@@ -491,6 +642,12 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     }
     if opts.efi {
         return Err(VmmError::NoEfi { vmm: name });
+    }
+    if let Some(share) = opts.shares.first() {
+        return Err(share_error(
+            share,
+            "hyperkit's virtio-9p only carries 9P to a server of your own (3cb0d54 src/lib/pci_virtio_9p.c: path= or port= of a server socket) and xhyve has no shared folders (dfbe09b src/pci_*.c); use vfkit or qemu",
+        ));
     }
     let mut inv =
         Invocation::new(strings(&[name, "-A", "-m", &format!("{}M", opts.memory_mib), "-c", &opts.cpus.to_string()]));
@@ -590,6 +747,8 @@ mod tests {
             efi: false,
             firmware: None,
             state_dir: "/o.vm".into(),
+            shares: vec![],
+            socket_dir: "/o.vm".into(),
         }
     }
 
@@ -943,6 +1102,73 @@ mod tests {
         let efi = RunOptions { efi: true, firmware: Some(fw), ..opts() };
         let a = invocation(Vmm::Qemu, &with_root, &efi).unwrap().argv;
         assert!(!a.iter().any(|w| w.contains("root.squashfs")), "{a:?}");
+    }
+
+    /// `--share`: vfkit's virtio-fs device and QEMU's vhost-user-fs with virtiofsd serving
+    /// its socket first, one tag each, the guest's mount list on the command line with any
+    /// path spelled in one word; refused where it cannot work.
+    #[test]
+    fn shares_reach_every_vmm_that_can_carry_them() {
+        let shares = vec![
+            Share { host: "/Users/me/src".into(), guest: "/Users/me/src".into() },
+            Share { host: "/Users/me/My Project".into(), guest: "/work/a,b%".into() },
+        ];
+        let with = RunOptions { shares: shares.clone(), socket_dir: "/run/h".into(), ..opts() };
+        let param = "hyve.shares=hyve0:/Users/me/src,hyve1:/work/a%2Cb%25";
+        let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &with).unwrap();
+        check_vfkit(&inv.argv);
+        let devices = values(&inv.argv, "--device");
+        let fs: Vec<&&str> = devices.iter().filter(|d| d.starts_with("virtio-fs")).collect();
+        assert_eq!(
+            fs,
+            [
+                &"virtio-fs,sharedDir=/Users/me/src,mountTag=hyve0",
+                &"virtio-fs,sharedDir=/Users/me/My Project,mountTag=hyve1"
+            ]
+        );
+        let loader = values(&inv.argv, "--bootloader")[0];
+        assert!(vfkit_options(loader)[3].1.split(' ').any(|w| w == param), "{loader}");
+        if !cfg!(target_os = "macos") {
+            let inv = invocation(Vmm::Qemu, &guest(Arch::X86_64), &with).unwrap();
+            let line = shell_line(&inv.argv);
+            assert!(line.contains("-object memory-backend-memfd,id=hyve-mem,size=1024M,share=on -numa node,memdev=hyve-mem -chardev socket,id=hyve-fs0,path=/run/h/hyve0.sock -device vhost-user-fs-pci,chardev=hyve-fs0,tag=hyve0 -chardev socket,id=hyve-fs1,path=/run/h/hyve1.sock"), "{line}");
+            assert!(values(&inv.argv, "-append")[0].split(' ').any(|w| w == param));
+            assert_eq!(inv.daemons.len(), 2);
+            assert_eq!(
+                inv.daemons[1].argv,
+                strings(&[
+                    VIRTIOFSD,
+                    "--socket-path=/run/h/hyve1.sock",
+                    "-o",
+                    "source=/Users/me/My Project",
+                    "-o",
+                    "sandbox=chroot",
+                    "-o",
+                    "cache=auto"
+                ])
+            );
+            // The printed script starts each and waits for its socket before QEMU.
+            let script = inv.script();
+            let qemu_at = script.find("qemu-system-x86_64").unwrap();
+            assert!(script.find("while [ ! -S /run/h/hyve1.sock ]").unwrap() < qemu_at, "{script}");
+        }
+        for vmm in [Vmm::Hyperkit, Vmm::Xhyve] {
+            let e = invocation(vmm, &guest(Arch::X86_64), &with).unwrap_err().to_string();
+            assert!(e.contains("use vfkit or qemu"), "{e}");
+        }
+        let comma = RunOptions { shares: vec![Share { host: "/a,b".into(), guest: "/x".into() }], ..with.clone() };
+        assert!(invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &comma).unwrap_err().to_string().contains("commas"));
+        let efi = RunOptions { efi: true, ..with };
+        assert!(invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &efi).unwrap_err().to_string().contains("drop --efi"));
+        // HOSTDIR[:GUESTDIR]: GUESTDIR absolute, no `..`; without it, the host's own path.
+        assert_eq!("/h:/g".parse::<Share>().unwrap(), Share { host: "/h".into(), guest: "/g".into() });
+        assert_eq!("src".parse::<Share>().unwrap().guest, "");
+        for bad in ["/h:g", "/h:/a/../b", ":/g"] {
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let resolved = Share { host: dir.path().join("."), guest: String::new() }.resolve().unwrap();
+        assert_eq!(resolved.guest, std::fs::canonicalize(dir.path()).unwrap().to_str().unwrap());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hyve::vmm::{self, Accel, Guest, PortForward, RunOptions, Vmm};
+use hyve::vmm::{self, Accel, Guest, PortForward, RunOptions, Share, Vmm};
 
 use super::Outcome;
 
@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// A raw disk for the guest (virtio-blk); `hyve disk create` makes a data disk. Repeatable
     #[arg(long = "disk", value_name = "FILE")]
     disks: Vec<PathBuf>,
+    /// Share a host folder with the guest over virtio-fs (vfkit, QEMU on Linux): mounted at
+    /// GUESTDIR, by default at the host's own path. Repeatable
+    #[arg(long = "share", value_name = "HOSTDIR[:GUESTDIR]")]
+    shares: Vec<Share>,
     /// Forward 127.0.0.1:HOST to the guest's GUEST port (TCP). Repeatable
     #[arg(long = "port", value_name = "HOST:GUEST")]
     ports: Vec<PortForward>,
@@ -119,7 +123,9 @@ pub fn run(a: RunArgs) -> Outcome {
         control: starts_qemu.then(|| control_path.clone()),
         efi: a.efi,
         firmware,
+        socket_dir: if a.print { state_dir.clone() } else { monitor_dir.path().to_path_buf() },
         state_dir,
+        shares: a.shares.into_iter().map(Share::resolve).collect::<Result<_, _>>()?,
     };
     let mut invocation = vmm::invocation(a.vmm, &guest, &opts)?;
     invocation.argv.extend(a.qemu_args);
@@ -144,23 +150,8 @@ pub fn run(a: RunArgs) -> Outcome {
         signal_hook::flag::register_usize(sig, Arc::clone(&signals), 1).context("installing signal handlers")?;
     }
     eprintln!("hyve: booting {} ({}, {} accel)", guest.dir.display(), guest.arch, opts.accel);
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    // QEMU must not outlive `hyve run`, however it ends (even SIGKILL).
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-    // async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut child = cmd.spawn().with_context(|| {
+    let _daemons = start_daemons(&invocation.daemons, monitor_dir.path())?;
+    let mut child = child_command(&argv).spawn().with_context(|| {
         format!("starting {} (install QEMU: apt-get install qemu-system-x86 qemu-system-arm)", argv[0])
     })?;
     let started = Instant::now();
@@ -199,6 +190,72 @@ pub fn run(a: RunArgs) -> Outcome {
         std::thread::sleep(Duration::from_millis(50));
     };
     Ok(status.success())
+}
+
+/// `argv` as a child that must not outlive `hyve run`, however it ends (even SIGKILL).
+fn child_command(argv: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
+/// QEMU's virtiofsd processes, each serving its socket before QEMU starts (their output in
+/// `logs`); killed when dropped.
+struct Daemons(Vec<std::process::Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_daemons(daemons: &[vmm::Daemon], logs: &Path) -> anyhow::Result<Daemons> {
+    let mut started = Daemons(Vec::new());
+    for (i, d) in daemons.iter().enumerate() {
+        let program = Path::new(&d.argv[0]);
+        anyhow::ensure!(
+            program.is_file(),
+            "--share under QEMU needs {} (QEMU's virtiofsd; Debian: apt-get install qemu-system-common)",
+            program.display()
+        );
+        // SAFETY: geteuid has no preconditions.
+        anyhow::ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "--share under QEMU runs {}, which must run as root: run hyve as root, or use --print and run the script as root",
+            program.display()
+        );
+        let log = logs.join(format!("virtiofsd-{i}.log"));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = child_command(&d.argv);
+        cmd.stdout(file.try_clone()?).stderr(file);
+        started.0.push(cmd.spawn().with_context(|| format!("starting {}", program.display()))?);
+        let since = Instant::now();
+        while !d.socket.exists() {
+            let exited = started.0.last_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || since.elapsed() > Duration::from_secs(10) {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::bail!("{} did not serve {}: {}", program.display(), d.socket.display(), said.trim());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(started)
 }
 
 /// QEMU's firmware to boot `guest`'s disk with, and its variable store at `vars`, a copy of
