@@ -483,10 +483,12 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     }
     std::fs::write(overlay.join("docker.conf"), conf).unwrap();
     let profile = t.join("docker-test.toml");
+    // arm64: x86_64 programs through QEMU's user-mode emulator (boot.d/23-binfmt.sh).
+    let packages = if arch == "aarch64" { "packages = [\"qemu-x86_64\"]\n" } else { "" };
     std::fs::write(
         &profile,
         format!(
-            "extends = \"{}\"\noverlays = [\"overlay\"]\n[output]\ncompression = \"zstd\"\nlevel = 3\n",
+            "extends = \"{}\"\n{packages}overlays = [\"overlay\"]\n[output]\ncompression = \"zstd\"\nlevel = 3\n",
             root.join("profiles/minimal.toml").display()
         ),
     )
@@ -571,19 +573,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let busybox = t.join("busybox");
     file_from_apk(&mirror.join(format!("main/{arch}")), "busybox-static", "bin/busybox.static", &busybox);
     let image = t.join("image.tar");
-    {
-        let mut tar = tar::Builder::new(std::fs::File::create(&image).unwrap());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(std::fs::metadata(&busybox).unwrap().len());
-        h.set_mode(0o755);
-        tar.append_data(&mut h, "bin/busybox", std::fs::File::open(&busybox).unwrap()).unwrap();
-        let mut l = tar::Header::new_gnu();
-        l.set_entry_type(tar::EntryType::Symlink);
-        l.set_size(0);
-        l.set_mode(0o777);
-        tar.append_link(&mut l, "bin/sh", "busybox").unwrap();
-        tar.finish().unwrap();
-    }
+    std::fs::write(&image, busybox_rootfs(&busybox)).unwrap();
 
     let (tls_port, plain_port, web_port) = (free_port(), free_port(), free_port());
     let mut args = vec![
@@ -692,6 +682,19 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     api.ok(&["import", &s(&image), "hyve-test:1"]);
     let said = api.busybox(Docker::ok, &[], &["echo", "hyve-container-ok"]);
     assert_eq!(said.trim(), "hyve-container-ok");
+    if arch == "aarch64" {
+        // An amd64 image (x86_64's static busybox, as `docker save` writes it) runs through
+        // the emulator binfmt_misc hands x86_64 programs to.
+        vm.assert_console("x86_64 translator", "hyve: x86_64 programs run through /usr/bin/qemu-x86_64 (binfmt_misc)");
+        let x86_busybox = t.join("busybox-x86_64");
+        file_from_apk(&mirror.join("main/x86_64"), "busybox-static", "bin/busybox.static", &x86_busybox);
+        let amd64 = t.join("amd64.tar");
+        std::fs::write(&amd64, saved_image("hyve-amd64:1", "amd64", &busybox_rootfs(&x86_busybox))).unwrap();
+        api.ok(&["load", "-i", &s(&amd64)]);
+        let run = ["run", "--rm", "--network", "none", "--platform", "linux/amd64", "hyve-amd64:1", "/bin/busybox"];
+        let said = api.ok(&[&run[..], &["uname", "-m"]].concat());
+        assert_eq!(said.trim(), "x86_64", "{arch}: an amd64 container");
+    }
     // `docker run -v "$PWD":/src` on the shared folder: the container reads what the host
     // wrote, with its owner and mode, and writes a file the host then reads.
     vm.assert_console("folder shared", &format!("hyve: share hyve0 mounted at {} (virtio-fs)", s(&shared)));
@@ -763,6 +766,47 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     power_off(&vm);
     vm.wait_powered_off(180);
     eprintln!("docker test {arch}: both boots done after {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A root file system of `busybox` as `bin/busybox` with `bin/sh` linked to it, as a tar.
+fn busybox_rootfs(busybox: &Path) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(std::fs::metadata(busybox).unwrap().len());
+    h.set_mode(0o755);
+    tar.append_data(&mut h, "bin/busybox", std::fs::File::open(busybox).unwrap()).unwrap();
+    let mut l = tar::Header::new_gnu();
+    l.set_entry_type(tar::EntryType::Symlink);
+    l.set_size(0);
+    l.set_mode(0o777);
+    tar.append_link(&mut l, "bin/sh", "busybox").unwrap();
+    tar.into_inner().unwrap()
+}
+
+/// An image of one `layer` for `architecture`, in the archive `docker save` writes and
+/// `docker load` reads (manifest.json, the image config, the layer tar).
+fn saved_image(name: &str, architecture: &str, layer: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(layer)));
+    let config = serde_json::json!({
+        "architecture": architecture,
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [name], "Layers": ["layer.tar"]}]);
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in [
+        ("config.json", serde_json::to_vec(&config).unwrap()),
+        ("layer.tar", layer.to_vec()),
+        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, &bytes[..]).unwrap();
+    }
+    tar.into_inner().unwrap()
 }
 
 /// Docker's networking on the guest's iptables, which is the nftables backend as on Alpine:

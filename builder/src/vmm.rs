@@ -73,6 +73,8 @@ pub enum VmmError {
     NoEfi { vmm: &'static str },
     #[error("no UEFI firmware for {arch} guests in QEMU; install it (Debian: apt-get install ovmf qemu-efi-aarch64; macOS: brew install qemu) or pass --firmware")]
     NoFirmware { arch: Arch },
+    #[error("--rosetta: {why}")]
+    Rosetta { why: String },
     /// A folder share this VMM or boot path cannot carry.
     #[error("--share {share}: {why}")]
     Share { share: String, why: String },
@@ -241,6 +243,9 @@ pub struct RunOptions {
     pub shares: Vec<Share>,
     /// Where QEMU's virtio-fs sockets go (a temp dir of `hyve run`; the state dir printed).
     pub socket_dir: PathBuf,
+    /// vfkit on Apple silicon: share Rosetta (virtio-fs tag `rosetta`), which the guest
+    /// registers for x86_64 programs.
+    pub rosetta: bool,
 }
 
 /// The name of the guest's virtio-serial port for host requests (overlay/base's
@@ -432,6 +437,12 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 /// How `vmm` boots `guest` (`opts.accel` must be resolved for QEMU).
 pub fn invocation(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
+    if opts.rosetta && vmm != Vmm::Vfkit {
+        return Err(VmmError::Rosetta {
+            why: "only vfkit (Virtualization.framework) offers Rosetta; elsewhere install qemu-x86_64 in the profile"
+                .into(),
+        });
+    }
     match vmm {
         Vmm::Qemu => qemu(guest, opts),
         Vmm::Vfkit => vfkit(guest, opts),
@@ -602,6 +613,16 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
         let fs = format!("virtio-fs,sharedDir={},mountTag={}", share.host.display(), share_tag(i));
         inv.argv.extend(strings(&["--device", &fs]));
     }
+    // Rosetta for x86_64 programs, installed on the Mac if missing (doc/usage.md, Rosetta;
+    // the guest mounts the tag and registers it, boot.d/23-binfmt.sh).
+    if opts.rosetta {
+        if guest.arch != Arch::Aarch64 {
+            return Err(VmmError::Rosetta {
+                why: format!("Rosetta runs x86_64 programs on arm64 guests; this one is {}", guest.arch),
+            });
+        }
+        inv.argv.extend(strings(&["--device", "rosetta,mountTag=rosetta,install"]));
+    }
     // Virtualization.framework's traditional memory balloon (v0.6.1+ pkg/vf/virtio.go
     // `VirtioBalloon`; no options). Apple documents no free page reporting for it: the guest
     // logs whether the device offers it.
@@ -749,6 +770,7 @@ mod tests {
             state_dir: "/o.vm".into(),
             shares: vec![],
             socket_dir: "/o.vm".into(),
+            rosetta: false,
         }
     }
 
@@ -1169,6 +1191,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let resolved = Share { host: dir.path().join("."), guest: String::new() }.resolve().unwrap();
         assert_eq!(resolved.guest, std::fs::canonicalize(dir.path()).unwrap().to_str().unwrap());
+    }
+
+    /// `--rosetta`: vfkit's Rosetta share on arm64 guests only, under the tag the guest mounts.
+    #[test]
+    fn rosetta_is_vfkits_and_arm64s() {
+        let with = RunOptions { rosetta: true, ..opts() };
+        let inv = invocation(Vmm::Vfkit, &guest(Arch::Aarch64), &with).unwrap();
+        check_vfkit(&inv.argv);
+        assert!(values(&inv.argv, "--device").contains(&"rosetta,mountTag=rosetta,install"));
+        let step = String::from_utf8_lossy(crate::builtin::file("overlay/base/etc/hyve/boot.d/23-binfmt.sh").unwrap())
+            .into_owned();
+        assert!(step.contains("mount -t virtiofs -o ro rosetta /media/rosetta"), "{step}");
+        assert!(invocation(Vmm::Vfkit, &guest(Arch::X86_64), &with).unwrap_err().to_string().contains("arm64"));
+        for vmm in [Vmm::Qemu, Vmm::Hyperkit] {
+            assert!(invocation(vmm, &guest(Arch::Aarch64), &with).unwrap_err().to_string().contains("only vfkit"));
+        }
     }
 
     #[test]

@@ -63,6 +63,10 @@ declare -A host_pkgs=(
 	[systemd-efistub]="systemd-boot-efi"
 	[systemd-boot]="systemd-boot-efi"
 )
+# x86_64 programs on an arm64 guest: Alpine's qemu-x86_64 (community) is QEMU's user-mode
+# emulator built --static (aports community/qemu/APKBUILD, build-static), as Debian's
+# qemu-user-static is. Only arm64 guests need it (the download is ~56 MB).
+[ "$arch" = aarch64 ] && host_pkgs[qemu-x86_64]="qemu-user-static"
 lib_closure() {
 	apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
 		"${@/%/:$deb_arch}" 2>/dev/null | awk '/^[a-z]/{print $1}' | sed 's/:.*//' |
@@ -126,7 +130,7 @@ pack() { # name version dir [extra pkg create args...]
 	local name=$1 version=$2 dir=$3 dest=$repo
 	shift 3
 	# Where Alpine keeps them: the docker engine in community, the rest in main.
-	case $name in docker-engine | containerd | runc) dest=$community ;; esac
+	case $name in docker-engine | containerd | runc | qemu-x86_64) dest=$community ;; esac
 	"$hyve" pkg create "$dir" --name "$name" --version "$version" --arch "$arch" \
 		--description "TEST FIXTURE: $name repackaged from Debian by tests/mirror/build.sh" \
 		--license "various (Debian)" --url "https://www.debian.org" \
@@ -230,6 +234,11 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		e2fsprogs-extra)
 			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/resize2fs" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
 			extra=(--depends "e2fsprogs")
+			;;
+		qemu-x86_64)
+			# Only the x86_64 emulator, at Alpine's path.
+			mv "$dir/usr/bin/qemu-x86_64-static" "$work/qemu-x86_64.bin"
+			rm -rf "$dir" && mkdir -p "$dir/usr/bin" && mv "$work/qemu-x86_64.bin" "$dir/usr/bin/qemu-x86_64"
 			;;
 		blkid)
 			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.

@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// GUESTDIR, by default at the host's own path. Repeatable
     #[arg(long = "share", value_name = "HOSTDIR[:GUESTDIR]")]
     shares: Vec<Share>,
+    /// vfkit on Apple silicon: share Rosetta with an arm64 guest, which runs x86_64 programs
+    /// (`docker run --platform linux/amd64`) through it
+    #[arg(long)]
+    rosetta: bool,
     /// Forward 127.0.0.1:HOST to the guest's GUEST port (TCP). Repeatable
     #[arg(long = "port", value_name = "HOST:GUEST")]
     ports: Vec<PortForward>,
@@ -126,6 +130,7 @@ pub fn run(a: RunArgs) -> Outcome {
         socket_dir: if a.print { state_dir.clone() } else { monitor_dir.path().to_path_buf() },
         state_dir,
         shares: a.shares.into_iter().map(Share::resolve).collect::<Result<_, _>>()?,
+        rosetta: a.rosetta,
     };
     let mut invocation = vmm::invocation(a.vmm, &guest, &opts)?;
     invocation.argv.extend(a.qemu_args);
