@@ -644,6 +644,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     vm.assert_console("the host's CAs used", "hyve: TLS: the host's CA and this disk's server CA from the user data");
     vm.wait_for("Docker API on vsock port 2375 (checked", 60);
     vm.assert_console("memory reported", "hyve: memory after boot: ");
+    vm.assert_console("balloon bound", "hyve: memory balloon: free page reporting on");
     let tls = docker(false);
     tls.wait_ready(&mut vm, 300);
     eprintln!("docker test {arch}: API up {:.1} s after start", started.elapsed().as_secs_f64());
