@@ -188,9 +188,10 @@ impl Share {
         if !host.is_dir() {
             return Err(bad("not a directory".into()));
         }
-        let guest = match self.guest.is_empty() {
-            true => host.to_str().ok_or_else(|| bad("the path is not UTF-8; give GUESTDIR".into()))?.to_string(),
-            false => self.guest,
+        let guest = if self.guest.is_empty() {
+            host.to_str().ok_or_else(|| bad("the path is not UTF-8; give GUESTDIR".into()))?.to_string()
+        } else {
+            self.guest
         };
         Ok(Share { host, guest })
     }
@@ -492,6 +493,10 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     let mut daemons = Vec::new();
     if !opts.shares.is_empty() {
         check_shares(opts, "QEMU")?;
+        if opts.socket_dir.to_string_lossy().contains(',') {
+            let why = format!("QEMU splits its device options on commas, and {} has one", opts.socket_dir.display());
+            return Err(share_error(&opts.shares[0], &why));
+        }
         if cfg!(target_os = "macos") {
             return Err(share_error(
                 &opts.shares[0],
@@ -503,13 +508,21 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
         let mem = format!("memory-backend-memfd,id=hyve-mem,size={}M,share=on", opts.memory_mib);
         a.extend(strings(&["-object", &mem, "-numa", "node,memdev=hyve-mem"]));
         for (i, share) in opts.shares.iter().enumerate() {
-            let (tag, socket) = (share_tag(i), opts.socket_dir.join(format!("{}.sock", share_tag(i))));
+            let tag = share_tag(i);
+            let socket = opts.socket_dir.join(format!("{tag}.sock"));
             a.extend(strings(&["-chardev", &format!("socket,id=hyve-fs{i},path={}", socket.display())]));
             a.extend(strings(&["-device", &format!("vhost-user-fs-pci,chardev=hyve-fs{i},tag={tag}")]));
-            let source = format!("source={}", share.host.display());
-            let argv = strings(&[VIRTIOFSD, &format!("--socket-path={}", socket.display()), "-o", &source]);
             // chroot: its namespace sandbox needs more than a container's root may have.
-            let argv = argv.into_iter().chain(strings(&["-o", "sandbox=chroot", "-o", "cache=auto"])).collect();
+            let argv = strings(&[
+                VIRTIOFSD,
+                &format!("--socket-path={}", socket.display()),
+                "-o",
+                &format!("source={}", share.host.display()),
+                "-o",
+                "sandbox=chroot",
+                "-o",
+                "cache=auto",
+            ]);
             daemons.push(Daemon { argv, socket });
         }
     }
@@ -544,13 +557,9 @@ fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
                 "shares need direct kernel boot (an EFI boot's command line is the UKI's own); drop --efi",
             ));
         }
-        for path in [share.host.display().to_string(), opts.socket_dir.display().to_string()] {
-            if path.contains(',') {
-                return Err(share_error(
-                    share,
-                    &format!("{vmm} splits its device options on commas, and {path} has one"),
-                ));
-            }
+        if share.host.to_string_lossy().contains(',') {
+            let why = format!("{vmm} splits its device options on commas, and {} has one", share.host.display());
+            return Err(share_error(share, &why));
         }
     }
     Ok(())

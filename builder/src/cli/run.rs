@@ -231,9 +231,8 @@ impl Drop for Daemons {
 }
 
 fn start_daemons(daemons: &[vmm::Daemon], logs: &Path) -> anyhow::Result<Daemons> {
-    let mut started = Daemons(Vec::new());
-    for (i, d) in daemons.iter().enumerate() {
-        let program = Path::new(&d.argv[0]);
+    if !daemons.is_empty() {
+        let program = Path::new(vmm::VIRTIOFSD);
         anyhow::ensure!(
             program.is_file(),
             "--share under QEMU needs {} (QEMU's virtiofsd; Debian: apt-get install qemu-system-common)",
@@ -245,6 +244,10 @@ fn start_daemons(daemons: &[vmm::Daemon], logs: &Path) -> anyhow::Result<Daemons
             "--share under QEMU runs {}, which must run as root: run hyve as root, or use --print and run the script as root",
             program.display()
         );
+    }
+    let mut started = Daemons(Vec::new());
+    for (i, d) in daemons.iter().enumerate() {
+        let program = Path::new(&d.argv[0]);
         let log = logs.join(format!("virtiofsd-{i}.log"));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = child_command(&d.argv);

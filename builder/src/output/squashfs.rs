@@ -69,13 +69,16 @@ pub struct Written {
 
 /// The bytes of the files `tree` holds, for the phase's progress.
 pub fn input_bytes(tree: &Tree) -> u64 {
-    tree.iter()
-        .map(|(_, node)| match &node.kind {
-            NodeKind::File(blob) => blob.len,
-            NodeKind::Hardlink(target) => tree.file(target).map_or(0, |blob| blob.len),
-            _ => 0,
-        })
-        .sum()
+    tree.iter().filter_map(|(_, node)| contents(tree, node)).map(|blob| blob.len).sum()
+}
+
+/// What the image holds for `node`: a file's contents, also under a hardlink's name.
+fn contents(tree: &Tree, node: &crate::tree::Node) -> Option<Blob> {
+    match &node.kind {
+        NodeKind::File(blob) => Some(*blob),
+        NodeKind::Hardlink(target) => tree.file(target),
+        _ => None,
+    }
 }
 
 /// Writes `tree` as a SquashFS image to `path`, compressed with zstd at `level`; the files'
@@ -130,7 +133,7 @@ pub fn write(
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(fsutil::at(path))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let ahead = Ahead::plan(tree, compressor, BLOCK_SIZE);
+    let ahead = Ahead::plan(tree, compressor);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let blocks_ahead = std::thread::scope(|s| {
         for _ in 0..workers {
@@ -165,7 +168,6 @@ pub fn write(
 struct Ahead {
     plan: Vec<(Blob, u64, usize)>,
     fc: FilesystemCompressor,
-    block_size: u32,
     next: AtomicUsize,
     handoff: Arc<Handoff>,
 }
@@ -206,31 +208,24 @@ impl Ahead {
     /// How many blocks the workers may run ahead of the writer (8 MiB at 128 KiB blocks).
     const WINDOW: usize = 64;
 
-    fn plan(tree: &Tree, fc: FilesystemCompressor, block_size: u32) -> Ahead {
+    fn plan(tree: &Tree, fc: FilesystemCompressor) -> Ahead {
+        let block_size = u64::from(BLOCK_SIZE);
         let mut files: Vec<(&Path, Blob)> = tree
             .iter()
-            .filter_map(|(name, node)| {
-                let node = match &node.kind {
-                    NodeKind::Hardlink(target) => tree.get(target)?,
-                    _ => node,
-                };
-                match node.kind {
-                    NodeKind::File(blob) if blob.len >= u64::from(block_size) => Some((Path::new(name.as_str()), blob)),
-                    _ => None,
-                }
-            })
+            .filter_map(|(name, node)| contents(tree, node).map(|blob| (Path::new(name.as_str()), blob)))
+            .filter(|(_, blob)| blob.len >= block_size)
             .collect();
         files.sort_by(|a, b| a.0.cmp(b.0));
         let plan: Vec<_> = files
             .into_iter()
             .flat_map(|(_, blob)| {
                 (0..blob.len)
-                    .step_by(block_size as usize)
-                    .map(move |at| (blob, at, (blob.len - at).min(u64::from(block_size)) as usize))
+                    .step_by(BLOCK_SIZE as usize)
+                    .map(move |at| (blob, at, (blob.len - at).min(block_size) as usize))
             })
             .collect();
         let handoff = Arc::new(Handoff { planned: plan.len(), ..Handoff::default() });
-        Ahead { plan, fc, block_size, next: AtomicUsize::new(0), handoff }
+        Ahead { plan, fc, next: AtomicUsize::new(0), handoff }
     }
 
     /// A worker: claims planned blocks in order and compresses them, until all are done or
@@ -253,7 +248,7 @@ impl Ahead {
             }
             let mut bytes = vec![0; len];
             if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
-                fill.block = DefaultCompressor.compress(&bytes, self.fc, self.block_size).ok().map(|c| (bytes, c));
+                fill.block = DefaultCompressor.compress(&bytes, self.fc, BLOCK_SIZE).ok().map(|c| (bytes, c));
             }
         }
     }
