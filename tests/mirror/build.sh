@@ -51,7 +51,10 @@ declare -A host_pkgs=(
 	[e2fsprogs-extra]="e2fsprogs"
 	[sfdisk]="fdisk"
 	[blkid]="util-linux"
+	[partx]="util-linux"
 	[openssh]="openssh-server openssh-client openssh-sftp-server"
+	[sudo]="sudo"
+	[bash]="bash"
 	[docker-cli]="docker.io"
 	[curl]="curl"
 	[strace]="strace"
@@ -205,6 +208,16 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		"$dir/etc/init.d" "$dir/etc/default" "$dir/lib/systemd/system" "$dir/usr/lib/systemd/system" "$dir/etc/logrotate.d"
 	first=${host_pkgs[$name]%% *}
 	extra=()
+	if [ -f "$dir/etc/pam.d/other" ] && [ ! -e "$dir/etc/pam.d/common-auth" ]; then
+		# libpam-runtime's /etc/pam.d/other includes the common-* files its postinst writes
+		# (pam-auth-update); PAM reads "other" for every service, so write Debian's defaults.
+		printf 'auth [success=1 default=ignore] pam_unix.so nullok\nauth requisite pam_deny.so\nauth required pam_permit.so\n' >"$dir/etc/pam.d/common-auth"
+		printf 'account [success=1 new_authtok_reqd=done default=ignore] pam_unix.so\naccount requisite pam_deny.so\naccount required pam_permit.so\n' >"$dir/etc/pam.d/common-account"
+		printf 'password [success=1 default=ignore] pam_unix.so obscure yescrypt\npassword requisite pam_deny.so\npassword required pam_permit.so\n' >"$dir/etc/pam.d/common-password"
+		for f in common-session common-session-noninteractive; do
+			printf 'session [default=1] pam_permit.so\nsession requisite pam_deny.so\nsession required pam_permit.so\nsession required pam_unix.so\n' >"$dir/etc/pam.d/$f"
+		done
+	fi
 	case $name in
 		# One Debian package holds both: the stub for Unified Kernel Images, the boot manager.
 		systemd-efistub) find "$dir" -name 'systemd-boot*.efi' -delete ;;
@@ -227,6 +240,14 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			done
 			;;
 		containerd) extra=(--depends "runc") ;;
+		sudo)
+			# Alpine builds sudo --without-pam (aports main/sudo/APKBUILD); Debian's uses PAM,
+			# whose /etc/pam.d/common-* pam-auth-update writes in a postinst. A PAM policy of
+			# its own, local accounts only, makes it decide as a PAM-less sudo does.
+			for service in sudo sudo-i; do
+				printf 'auth required pam_unix.so\naccount required pam_unix.so\nsession required pam_permit.so\n' >"$dir/etc/pam.d/$service"
+			done
+			;;
 		e2fsprogs)
 			# Alpine keeps resize2fs (and tune2fs, e2label...) in e2fsprogs-extra.
 			rm -f "$dir/sbin/resize2fs" "$dir/sbin/tune2fs" "$dir/sbin/e2label" "$dir/sbin/dumpe2fs" "$dir/sbin/debugfs"
@@ -239,6 +260,10 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			# Only the x86_64 emulator, at Alpine's path.
 			mv "$dir/usr/bin/qemu-x86_64-static" "$work/qemu-x86_64.bin"
 			rm -rf "$dir" && mkdir -p "$dir/usr/bin" && mv "$work/qemu-x86_64.bin" "$dir/usr/bin/qemu-x86_64"
+			;;
+		partx)
+			# Only util-linux's partx (Alpine's partx package), at /usr/bin.
+			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/partx" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
 			;;
 		blkid)
 			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.
