@@ -13,6 +13,13 @@ fi
 # devtmpfs makes the device nodes; mdev sets their modes now and (02-mdev) on hotplug.
 [ -x /sbin/mdev ] && mdev -s
 log "kernel $(uname -r): $loaded modules loaded"
+# udev's /dev/virtio-ports/NAME links to the named virtio-serial ports (Lima's guest agent
+# opens its port by that path).
+for name in /sys/class/virtio-ports/*/name; do
+	[ -s "$name" ] || continue
+	port=${name%/name}
+	mkdir -p /dev/virtio-ports && ln -sfn "../${port##*/}" "/dev/virtio-ports/$(cat "$name")"
+done
 # The memory balloon, where the VMM offers one. With free page reporting (virtio feature bit
 # 5, VIRTIO_BALLOON_F_REPORTING; sysfs `features` has one digit per bit) the pages the guest
 # frees go back to the host; without it only the host's balloon target takes memory back.

@@ -11,5 +11,5 @@ ln -sfn "$HYVE_DATA/.ssh" /root/.ssh
 if [ -s "$HYVE_DATA/.ssh/authorized_keys" ]; then
 	log "ssh: root login with the $(grep -c . "$HYVE_DATA/.ssh/authorized_keys") key(s) from the user data; host key $(ssh-keygen -l -f "$HYVE_DATA/ssh/ssh_host_ed25519_key.pub" | awk '{print $2}')"
 else
-	log "ssh: no authorized_keys in the user data (hyve disk create --ssh-key): nobody can log in over ssh"
+	log "ssh: no authorized_keys in the user data (hyve disk create --ssh-key): root cannot log in over ssh"
 fi

@@ -68,9 +68,12 @@ format_data_disk() { # DEV
 }
 
 # A hyve-data partition that ends before its disk does (the disk file was enlarged with
-# truncate, qemu-img resize or a VMM's disk setting) is grown to the end of the disk, with
-# GPT's backup moved to the new end first. Only the last partition grows; nothing is ever
-# shrunk or moved, and a disk the partition table of which sfdisk cannot read is left alone.
+# truncate, qemu-img resize or a VMM's disk setting — Lima enlarges disk.img to its `disk:`
+# size) is grown to the end of the disk, with GPT's backup moved to the new end first. Only
+# the last partition grows; nothing is ever shrunk or moved, and a disk the partition table
+# of which sfdisk cannot read is left alone. The kernel re-reads the whole table when no
+# partition of the disk is in use, else (disk.img's own root partition is mounted) partx
+# tells it about this one partition (util-linux's partx, package partx in minimal).
 grow_data_partition() { # DEV
 	part=${1#/dev/}
 	[ -e "/sys/class/block/$part/partition" ] || return 0
@@ -84,13 +87,14 @@ grow_data_partition() { # DEV
 	done
 	{ sfdisk --relocate gpt-bak-std "/dev/$disk" &&
 		echo ", +" | sfdisk --no-reread -N "$(cat "/sys/class/block/$part/partition")" "/dev/$disk" &&
-		blockdev --rereadpt "/dev/$disk"; } >/var/log/grow.log 2>&1 ||
+		{ blockdev --rereadpt "/dev/$disk" || partx -u -n "$(cat "/sys/class/block/$part/partition")" "/dev/$disk"; }; } >/var/log/grow.log 2>&1 ||
 		{ log "$1: could not grow it to the end of /dev/$disk (see /var/log/grow.log)"; return 0; }
 	log "$1: partition grown to the end of /dev/$disk ($(($(cat "/sys/class/block/$part/size") / 2048)) MiB)"
 }
 
 format_data_partition() { # DEV
 	save_user_data "$1" || return 1
+	grow_data_partition "$1"
 	log "$1: formatting for data in place (ext4 labelled hyve-data); user data saved"
 	make_data_fs "$1"
 }
