@@ -1002,3 +1002,280 @@ fn dev_ssh_on_x86_64() {
         vm.wait_powered_off(180);
     }
 }
+
+/// The files of a Lima cidata volume for one boot, as lima v2.2.0 renders its templates
+/// (pkg/cidata/cidata.TEMPLATE.d) for a Linux guest under QEMU with passwordless sudo, one ssh
+/// key and one virtiofs mount — except `boot.sh` and `lima-guestagent`, TEST STAND-INS: the
+/// real ones come with Lima. The stand-in boot.sh reads lima.env as Lima's does, leaves a
+/// marker and writes the two files `limactl start` waits for; the stand-in agent reports how it
+/// was started on its virtio port and stays up.
+fn lima_cidata(dir: &Path, iid: &str, key: &str, share_tag: &str) {
+    let user_data = format!(
+        "#cloud-config\n# vim:syntax=yaml\n\ngrowpart:\n  mode: auto\n  devices: ['/']\nmounts:\n\
+         - [{share_tag}, /mnt/lima-test share, virtiofs, \"ro,nofail\", \"0\", \"0\"]\n\n\
+         users:\n  - name: \"limauser\"\n    uid: \"501\"\n    gecos: \"Lima Test\"\n    homedir: \"/home/limauser.guest\"\n    shell: /bin/bash\n\
+         \x20   sudo: ALL=(ALL) NOPASSWD:ALL\n    lock_passwd: true\n    ssh-authorized-keys:\n      - \"{key}\"\n\
+         write_files:\n - content: |\n      #!/bin/sh\n      exec \"${{LIMA_CIDATA_MNT}}\"/boot.sh\n   owner: root:root\n\
+         \x20  path: /var/lib/cloud/scripts/per-boot/00-lima.boot.sh\n   permissions: '0755'\n"
+    );
+    let lima_env = format!(
+        "LIMA_CIDATA_DEBUG=false\nLIMA_CIDATA_IID={iid}\nLIMA_CIDATA_NAME=hyve-test\nLIMA_CIDATA_USER=limauser\n\
+         LIMA_CIDATA_UID=501\nLIMA_CIDATA_COMMENT=Lima Test\nLIMA_CIDATA_HOME=/home/limauser.guest\nLIMA_CIDATA_SHELL=/bin/bash\n\
+         LIMA_CIDATA_HOSTHOME_MOUNTPOINT=\nLIMA_CIDATA_MOUNTS=1\nLIMA_CIDATA_MOUNTS_0_MOUNTPOINT=/mnt/lima-test share\n\
+         LIMA_CIDATA_MOUNTTYPE=virtiofs\nLIMA_CIDATA_DISKS=0\nLIMA_CIDATA_GUEST_INSTALL_PREFIX=/usr/local\n\
+         LIMA_CIDATA_UPGRADE_PACKAGES=\nLIMA_CIDATA_CONTAINERD_USER=\nLIMA_CIDATA_CONTAINERD_SYSTEM=\n\
+         LIMA_CIDATA_SLIRP_DNS=10.0.2.3\nLIMA_CIDATA_SLIRP_GATEWAY=10.0.2.2\nLIMA_CIDATA_SLIRP_IP_ADDRESS=10.0.2.15\n\
+         LIMA_CIDATA_UDP_DNS_LOCAL_PORT=0\nLIMA_CIDATA_TCP_DNS_LOCAL_PORT=0\nLIMA_CIDATA_ROSETTA_ENABLED=false\n\
+         LIMA_CIDATA_ROSETTA_BINFMT=false\nLIMA_CIDATA_SKIP_DEFAULT_DEPENDENCY_RESOLUTION=\nLIMA_CIDATA_VMTYPE=qemu\n\
+         LIMA_CIDATA_VSOCK_PORT=0\nLIMA_CIDATA_VIRTIO_PORT=io.lima-vm.guest_agent.0\nLIMA_CIDATA_PLAIN=\n\
+         LIMA_CIDATA_NO_CLOUD_INIT=\nLIMA_CIDATA_PASSWORDLESS_SUDO=1\n"
+    );
+    let boot_sh = "#!/bin/sh\n# TEST STAND-IN for Lima's boot.sh.\nset -eu\n\
+         while read -r line; do [ -n \"$line\" ] && export \"$line\"; done <\"${LIMA_CIDATA_MNT}\"/lima.env\n\
+         echo \"boot.sh ran as uid $(id -u) for ${LIMA_CIDATA_USER}\" >/var/log/lima-test-marker\n\
+         echo \"${LIMA_CIDATA_IID}\" >/run/lima-ssh-ready\n\
+         echo \"${LIMA_CIDATA_IID}\" >/run/lima-boot-done\n";
+    let agent = "#!/bin/sh\n# TEST STAND-IN for lima-guestagent.\nargs=\"$*\"\nport=\n\
+         while [ $# -gt 0 ]; do [ \"$1\" = --virtio-port ] && port=$2; shift; done\n\
+         echo \"stand-in agent uid=$(id -u) args: $args\" >\"/dev/virtio-ports/$port\"\n\
+         while :; do sleep 3600; done\n";
+    let files: [(&str, &str); 9] = [
+        ("meta-data", &format!("instance-id: {iid}\nlocal-hostname: lima-hyve-test\n")),
+        ("user-data", &user_data),
+        ("network-config", "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: '52:55:55:12:34:56'\n    dhcp4: true\n    set-name: eth0\n"),
+        ("lima.env", &lima_env),
+        ("param.env", ""),
+        ("etc_environment", "#LIMA-START\n#LIMA-END\n"),
+        ("boot.sh", boot_sh),
+        ("lima-guestagent", agent),
+        ("util/.keep", ""),
+    ];
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// The `lima` profile as Lima runs it, without Lima (which needs a Mac or its own host agent):
+/// its `lima.yaml` is valid YAML naming `disk.img` with its digest; `disk.img`, enlarged as
+/// Lima enlarges its instance disk, boots through UEFI with a cidata ISO on a virtio-scsi
+/// CD-ROM, the guest agent's virtio-serial port and a virtiofs mount, as Lima's QEMU driver
+/// attaches them (lima v2.2.0 pkg/driver/qemu/qemu.go). Then, over ssh as Lima's user with
+/// its key: `sudo` without a password, bash, boot.sh's marker and the two ready files holding
+/// the instance id, the mount, the agent running (it also wrote to its port as root with
+/// lima.env's arguments), the data partition grown to the enlarged disk and mounted, and the
+/// Docker API through the socket forwarded over ssh as Lima forwards it.
+fn boot_lima(arch: &str, qemu: &str) {
+    if !can_run(arch, qemu) {
+        return;
+    }
+    let root = workspace();
+    let mirror = root.join("target/test-mirror/v3.24");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let profile = t.join("lima-test.toml");
+    std::fs::write(
+        &profile,
+        format!("extends = \"{}\"\n[output]\nlevel = 3\n", root.join("profiles/lima.toml").display()),
+    )
+    .unwrap();
+    let out = t.join("out");
+    build(&profile, arch, t, &out);
+
+    // lima.yaml: YAML (read by PyYAML) naming this disk.img by its absolute path and digest.
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    let disk_sha = sums.lines().find(|l| l.ends_with(" disk.img")).unwrap().split(' ').next().unwrap().to_string();
+    assert!(!sums.contains("lima.yaml"), "lima.yaml is machine-local, not in SHA256SUMS");
+    let check = "import sys, yaml\nt = yaml.safe_load(open(sys.argv[1]))\ni = t['images'][0]\n\
+                 print(t['arch'], i['arch'], i['location'], i['digest'], t['containerd']['system'], t['containerd']['user'], t['portForwards'][0]['guestSocket'])";
+    let o = Command::new("python3").args(["-c", check]).arg(out.join("lima.yaml")).output().unwrap();
+    assert!(o.status.success(), "lima.yaml (python3-yaml): {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("{arch} {arch} {} sha256:{disk_sha} False False /var/run/docker.sock", out.join("disk.img").display())
+    );
+
+    // Lima's instance: its disk is disk.img enlarged (to `disk:`, here 2 GiB more).
+    let instance = t.join("instance");
+    std::fs::create_dir(&instance).unwrap();
+    for f in ["kernel", "initrd.img", "cmdline", "manifest.json"] {
+        std::fs::copy(out.join(f), instance.join(f)).unwrap();
+    }
+    let o = Command::new("cp").arg("--sparse=always").arg(out.join("disk.img")).arg(&instance).output().unwrap();
+    assert!(o.status.success());
+    let disk = std::fs::OpenOptions::new().write(true).open(instance.join("disk.img")).unwrap();
+    disk.set_len(disk.metadata().unwrap().len() + (2 << 30)).unwrap();
+
+    let key = t.join("id");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "lima", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&o.stderr));
+    let public = std::fs::read_to_string(t.join("id.pub")).unwrap();
+    let cidata = t.join("cidata");
+    let iid = "iid-1764547200";
+    lima_cidata(&cidata, iid, public.trim(), "lima-share0");
+    let iso = t.join("cidata.iso");
+    let o = Command::new("genisoimage")
+        .args(["-quiet", "-V", "cidata", "-R", "-o"])
+        .arg(&iso)
+        .arg(&cidata)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "genisoimage (apt-get install genisoimage): {}", String::from_utf8_lossy(&o.stderr));
+
+    // The mount: QEMU's virtiofsd on a host folder (as Lima's QEMU driver runs it on Linux).
+    let shared = t.join("home");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
+    let socket = t.join("fs.sock");
+    let mut virtiofsd = Command::new(hyve::vmm::VIRTIOFSD)
+        .arg(format!("--socket-path={}", socket.display()))
+        .args(["-o", &format!("source={}", shared.display()), "-o", "sandbox=chroot", "-o", "cache=auto"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log_path(&format!("lima-{arch}-virtiofsd"))).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "virtiofsd made no socket (run as root)");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let agent_out = t.join("agent.out");
+    let ssh_port = free_port();
+    let qemu_args = [
+        "-object",
+        "memory-backend-memfd,id=lima-mem,size=2048M,share=on",
+        "-numa",
+        "node,memdev=lima-mem",
+        "-chardev",
+        &format!("socket,id=lima-fs0,path={}", socket.display()),
+        "-device",
+        "vhost-user-fs-pci,chardev=lima-fs0,tag=lima-share0",
+        "-drive",
+        &format!("id=cdrom0,if=none,format=raw,readonly=on,file={}", iso.display()),
+        "-device",
+        "virtio-scsi,id=scsi0",
+        "-device",
+        "scsi-cd,bus=scsi0.0,drive=cdrom0",
+        "-chardev",
+        &format!("file,id=qga0,path={}", agent_out.display()),
+        "-device",
+        "virtserialport,chardev=qga0,name=io.lima-vm.guest_agent.0",
+    ];
+    let mut args = vec!["--efi".to_string(), "--port".to_string(), format!("{ssh_port}:22")];
+    args.extend(qemu_args.iter().map(|a| format!("--qemu-arg={a}")));
+    let mut vm = Vm::start(&instance, &format!("lima-{arch}"), &args);
+    vm.wait_for("hyve: lima: boot.sh exited with status 0", 900);
+    vm.assert_console(
+        "cidata mounted",
+        "hyve: lima: cidata /dev/sr0 mounted at /mnt/lima-cidata (instance iid-1764547200)",
+    );
+    vm.assert_console(
+        "Lima's user",
+        "hyve: lima: user limauser (uid 501, home /home/limauser.guest) with 1 ssh key(s)",
+    );
+    vm.assert_console("the data partition grown", "partition grown to the end of /dev/vda");
+    vm.assert_console("and mounted", "hyve: data disk /dev/vda3 mounted at /var/lib/hyve");
+
+    let ssh = |extra: &[&str], command: &str| {
+        Command::new("ssh")
+            .args(["-i", &s(&key), "-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(extra)
+            .args(["limauser@127.0.0.1", command])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // sshd starts with the services, after boot.sh: retry as Lima's host agent does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !ssh(&[], "true").status.success() {
+        assert!(std::time::Instant::now() < deadline, "no ssh login within 180 s (log: {})", vm.log.display());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    // What Lima's host agent runs: `#!/bin/bash` scripts with sudo, the ready files.
+    let checks = "set -o pipefail; echo shell=\\$BASH_VERSION; sudo -n true && echo sudo-ok; \
+                  sudo cat /run/lima-ssh-ready /run/lima-boot-done /var/log/lima-test-marker; \
+                  cat '/mnt/lima-test share/hello.txt'; ps | grep -v grep | grep -q 'lima-guestagent daemon' && echo agent-running; id -nG";
+    let o = ssh(&[], &format!("bash -c \"{checks}\""));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "ssh as Lima's user: {}\n{said} (log: {})",
+        String::from_utf8_lossy(&o.stderr),
+        vm.log.display()
+    );
+    for want in [
+        "shell=5.",
+        "sudo-ok",
+        &format!("{iid}\n{iid}\nboot.sh ran as uid 0 for limauser"),
+        "hello from the host",
+        "agent-running",
+        "docker",
+    ] {
+        assert!(
+            said.contains(want),
+            "{want:?} not in what the guest said:\n{said}\n{} (log: {})",
+            String::from_utf8_lossy(&o.stderr),
+            vm.log.display()
+        );
+    }
+    let reported = std::fs::read_to_string(&agent_out).unwrap_or_default();
+    assert!(
+        reported.contains(
+            "stand-in agent uid=0 args: daemon --debug=false --vsock-port 0 --virtio-port io.lima-vm.guest_agent.0 --socket-owner 501"
+        ),
+        "the guest agent's port said: {reported:?}"
+    );
+
+    // The Docker socket, forwarded over ssh as Lima's portForwards do (`ssh -L`).
+    let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
+    let cli = t.join("docker");
+    file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    let forwarded = t.join("docker.sock");
+    let mut tunnel = Command::new("ssh")
+        .args(["-i", &s(&key), "-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-N"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ExitOnForwardFailure=yes",
+        ])
+        .arg("-L")
+        .arg(format!("{}:/var/run/docker.sock", forwarded.display()))
+        .arg("limauser@127.0.0.1")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = Docker {
+        cli,
+        config: t.join("docker-config"),
+        env: vec![("DOCKER_HOST".into(), format!("unix://{}", forwarded.display()))],
+    };
+    api.wait_ready(&mut vm, 300);
+    let version = api.ok(&["version", "--format", "{{.Server.Os}}/{{.Server.Arch}}"]);
+    assert!(version.starts_with("linux/"), "{version}");
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    power_off(&vm);
+    vm.wait_powered_off(180);
+    let _ = virtiofsd.kill();
+    let _ = virtiofsd.wait();
+}
+
+#[test]
+fn lima_on_x86_64() {
+    boot_lima("x86_64", "qemu-system-x86_64");
+}
+
+#[test]
+fn lima_on_aarch64() {
+    boot_lima("aarch64", "qemu-system-aarch64");
+}

@@ -23,7 +23,7 @@ unset HYVE_MIRROR HYVE_PROFILE_PATH
 
 mkdir "$work/empty" && cd "$work/empty"
 listed=$("$hyve" profiles)
-for p in base minimal dev; do
+for p in base minimal dev lima; do
 	echo "$listed" | grep -q "^$p  *built in " || fail "hyve profiles does not list $p as built in: $listed"
 done
 # shellcheck disable=SC2086 # $mirror is two options

@@ -16,7 +16,7 @@ use crate::output::guestdisk::{self, ImageSpec};
 use crate::output::manifest::{KernelSummary, LockSummary, Manifest, OutputEntry, PackageSummary};
 use crate::output::{bootinitrd, initrd, osrelease, squashfs};
 use crate::overlay::{self, Generated};
-use crate::profile::{OutputFormat, RootFormat};
+use crate::profile::{OutputFormat, Profile, RootFormat};
 use crate::report::{Phase, PhaseTimes, Phases};
 use crate::session::{LockPolicy, Session};
 use crate::tree::{ContentStore, Tree};
@@ -248,6 +248,9 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
     let mut writer = OutputWriter { session, arch, opts, phases: &mut phases };
     let written = writer.write_all(staging.path(), &section, &guest, &tree, &mut store)?;
+    if profile.formats.contains(&OutputFormat::Lima) {
+        write_lima_template(staging.path(), out, profile, arch, &written.outputs)?;
+    }
     staging.commit().map_err(fsutil::at(out))?;
     Ok(BuildResult {
         dir: out.to_path_buf(),
@@ -382,6 +385,18 @@ fn lay_generated_files(
     for (path, g, mode) in generated {
         overlay::put(tree, store, path, g, mode, guest.epoch)?;
     }
+    Ok(())
+}
+
+/// `lima.yaml` into `dir` (the staging directory), naming `disk.img` where it will be once
+/// `dir` becomes `out`. Outside `SHA256SUMS`: it holds this machine's path (`output::lima`).
+fn write_lima_template(dir: &Path, out: &Path, profile: &Profile, arch: Arch, outputs: &[Artifact]) -> Result<()> {
+    let disk = outputs.iter().find(|a| a.name == "disk.img").expect("formats with lima have disk (profile check)");
+    let location = std::path::absolute(out).map_err(fsutil::at(out))?.join(&disk.name);
+    let path = dir.join(crate::output::lima::LIMA_TEMPLATE);
+    let text = crate::output::lima::template(&profile.name, arch, &location, &disk.sha256);
+    std::fs::write(&path, text).map_err(fsutil::at(&path))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(fsutil::at(&path))?;
     Ok(())
 }
 

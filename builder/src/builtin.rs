@@ -1,4 +1,4 @@
-//! The stock profiles (`base`, `minimal`, `dev`) and their overlays, built into the binary by
+//! The stock profiles (`base`, `minimal`, `dev`, `lima`) and their overlays, built into the binary by
 //! `build.rs`. They are written out once into the cache (content-addressed, atomically), and
 //! from there read like any profile on disk: `extends` and relative overlay paths work the
 //! same, and an overlay's digest in the manifest is the same as from a checkout.
@@ -83,8 +83,8 @@ mod tests {
 
     #[test]
     fn stock_profiles_and_overlays_are_built_in() {
-        assert_eq!(profile_names(), ["base", "dev", "minimal"]);
-        assert_eq!(overlay_names(), ["base", "dev", "docker"]);
+        assert_eq!(profile_names(), ["base", "dev", "lima", "minimal"]);
+        assert_eq!(overlay_names(), ["base", "dev", "docker", "lima"]);
         let init = FILES.iter().find(|(p, _, _)| *p == "overlay/base/init").unwrap();
         assert_eq!(init.1, 0o755, "the guest's scripts stay executable");
         assert!(file("overlay/docker/etc/hyve/docker.conf").is_some());

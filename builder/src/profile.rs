@@ -63,6 +63,8 @@ pub enum OutputFormat {
     Kernel,
     Initrd,
     Disk,
+    /// `lima.yaml`, a Lima template booting `disk.img` (`output::lima`); needs `disk`.
+    Lima,
 }
 
 /// Where the guest's root file system lives.
@@ -397,6 +399,13 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             format!("{disk_size_mib} MiB is too small for an ESP (minimum 64)"),
         ));
     }
+    let formats = output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd]);
+    if formats.contains(&OutputFormat::Lima) && !formats.contains(&OutputFormat::Disk) {
+        return Err(invalid(
+            "output.formats",
+            "\"lima\" needs \"disk\": the Lima template boots disk.img; add \"disk\" to the list".to_string(),
+        ));
+    }
     if let Some(data) = output.data_partition_mib {
         if data < 64 || data + 64 > disk_size_mib {
             return Err(invalid(
@@ -419,7 +428,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         cmdline: raw.cmdline.unwrap_or_default(),
         overlays: raw.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
         hostname,
-        formats: output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd]),
+        formats,
         root: output.root.unwrap_or_default(),
         compression: output.compression.unwrap_or_default(),
         level: output.level,
@@ -494,6 +503,9 @@ mod tests {
         assert!(e.contains("disk.toml") && e.contains("output.data_partition_mib"), "{e}");
         let p = write(d.path(), "stub.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
         assert!(load(&p, &Lookup::default()).unwrap().world().contains(&EFI_STUB_PACKAGE.to_string()));
+        let p = write(d.path(), "lima.toml", "[output]\nformats = [\"kernel\", \"lima\"]\n");
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
+        assert!(e.contains("lima.toml") && e.contains("output.formats") && e.contains("needs \"disk\""), "{e}");
         let p = write(d.path(), "arch.toml", "arches = [\"riscv64\"]\n");
         let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("arch.toml:1:") && e.contains("riscv64"), "{e}");
@@ -537,10 +549,13 @@ mod tests {
         assert_eq!(names, ["base", "docker", "dev", "own"]);
         assert!(p.overlays[2].starts_with(&builtin) && p.overlays[3].starts_with(d.path()));
         assert!(lookup.is_builtin(&locate("minimal", &lookup).unwrap()));
-        assert_eq!(available(&lookup).into_iter().map(|(n, _)| n).collect::<Vec<_>>(), ["base", "dev", "minimal"]);
+        assert_eq!(
+            available(&lookup).into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["base", "dev", "lima", "minimal"]
+        );
         let bad = write(d.path(), "bad.toml", "overlays = [\"hyve:nope\"]\n");
         let e = load(&bad, &lookup).unwrap_err().to_string();
-        assert!(e.contains("\"hyve:nope\": no such built-in overlay (hyve has base, dev, docker)"), "{e}");
+        assert!(e.contains("\"hyve:nope\": no such built-in overlay (hyve has base, dev, docker, lima)"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::build::SHA256SUMS;
 use crate::fetch::{FetchError, Fetcher};
 use crate::fsutil;
+use crate::output::lima::LIMA_TEMPLATE;
 use crate::output::manifest::Manifest;
 use crate::output::sums::{parse_sha256sums, BadSums};
 
@@ -116,7 +117,7 @@ impl Published {
             let mut out = BTreeMap::new();
             for e in std::fs::read_dir(d).map_err(fsutil::at(d))? {
                 let e = e.map_err(fsutil::at(d))?;
-                if e.file_type().map_err(fsutil::at(&e.path()))?.is_file() {
+                if e.file_type().map_err(fsutil::at(&e.path()))?.is_file() && e.file_name() != LIMA_TEMPLATE {
                     out.insert(e.file_name().to_string_lossy().into_owned(), None);
                 }
             }
@@ -231,6 +232,9 @@ pub fn compare(
     for e in std::fs::read_dir(rebuilt).map_err(fsutil::at(rebuilt))? {
         rebuilt_names.insert(e.map_err(fsutil::at(rebuilt))?.file_name().to_string_lossy().into_owned());
     }
+    // The Lima template names its own directory's path: not reproducible by design, and not
+    // in SHA256SUMS; the disk image it points at is compared like every other output.
+    rebuilt_names.remove(LIMA_TEMPLATE);
     let names: BTreeSet<&String> = listed.keys().chain(&rebuilt_names).collect();
     let mut out = Vec::new();
     for name in names {

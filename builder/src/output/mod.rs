@@ -8,6 +8,7 @@ pub mod esp;
 pub mod fat;
 pub mod guestdisk;
 pub mod initrd;
+pub mod lima;
 pub mod manifest;
 pub mod osrelease;
 pub mod pargzip;
