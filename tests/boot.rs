@@ -203,6 +203,14 @@ fn file_from_apk(apk_dir: &Path, package: &str, member: &str, dest: &Path) {
 }
 
 /// Whether an ELF file asks for a program interpreter (is dynamically linked).
+/// The docker CLI for the host's arch, from the test mirror's docker-engine, as `DIR/docker`.
+fn host_docker_cli(mirror: &Path, dir: &Path) -> PathBuf {
+    let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
+    let cli = dir.join("docker");
+    file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    cli
+}
+
 fn has_interpreter(elf: &[u8]) -> bool {
     assert!(elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF");
     let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
@@ -566,9 +574,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let foreign_before = std::fs::read(&foreign).unwrap();
 
     // The host's docker CLI, and an image made of the guest arch's static busybox.
-    let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
-    let cli = t.join("docker");
-    file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    let cli = host_docker_cli(&mirror, t);
     // (busybox-static: the guest's own busybox is linked dynamically, like Alpine's.)
     let busybox = t.join("busybox");
     file_from_apk(&mirror.join(format!("main/{arch}")), "busybox-static", "bin/busybox.static", &busybox);
@@ -1234,9 +1240,7 @@ fn boot_lima(arch: &str, qemu: &str) {
     );
 
     // The Docker socket, forwarded over ssh as Lima's portForwards do (`ssh -L`).
-    let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
-    let cli = t.join("docker");
-    file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    let cli = host_docker_cli(&mirror, t);
     let forwarded = t.join("docker.sock");
     let mut tunnel = Command::new("ssh")
         .args(["-i", &s(&key), "-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-N"])

@@ -117,7 +117,7 @@ impl Published {
             let mut out = BTreeMap::new();
             for e in std::fs::read_dir(d).map_err(fsutil::at(d))? {
                 let e = e.map_err(fsutil::at(d))?;
-                if e.file_type().map_err(fsutil::at(&e.path()))?.is_file() && e.file_name() != LIMA_TEMPLATE {
+                if e.file_type().map_err(fsutil::at(&e.path()))?.is_file() {
                     out.insert(e.file_name().to_string_lossy().into_owned(), None);
                 }
             }
@@ -227,13 +227,14 @@ pub fn compare(
     scratch: &Path,
     checksums_only: bool,
 ) -> Result<Vec<FileCheck>> {
-    let listed = published.listing(fetcher, scratch)?;
+    let mut listed = published.listing(fetcher, scratch)?;
     let mut rebuilt_names = BTreeSet::new();
     for e in std::fs::read_dir(rebuilt).map_err(fsutil::at(rebuilt))? {
         rebuilt_names.insert(e.map_err(fsutil::at(rebuilt))?.file_name().to_string_lossy().into_owned());
     }
     // The Lima template names its own directory's path: not reproducible by design, and not
     // in SHA256SUMS; the disk image it points at is compared like every other output.
+    listed.remove(LIMA_TEMPLATE);
     rebuilt_names.remove(LIMA_TEMPLATE);
     let names: BTreeSet<&String> = listed.keys().chain(&rebuilt_names).collect();
     let mut out = Vec::new();

@@ -85,9 +85,10 @@ grow_data_partition() { # DEV
 	for p in "/sys/class/block/$disk/$disk"*; do
 		[ "$(cat "$p/start")" -gt "$start" ] && return 0
 	done
+	number=$(cat "/sys/class/block/$part/partition")
 	{ sfdisk --relocate gpt-bak-std "/dev/$disk" &&
-		echo ", +" | sfdisk --no-reread -N "$(cat "/sys/class/block/$part/partition")" "/dev/$disk" &&
-		{ blockdev --rereadpt "/dev/$disk" || partx -u -n "$(cat "/sys/class/block/$part/partition")" "/dev/$disk"; }; } >/var/log/grow.log 2>&1 ||
+		echo ", +" | sfdisk --no-reread -N "$number" "/dev/$disk" &&
+		{ blockdev --rereadpt "/dev/$disk" || partx -u -n "$number" "/dev/$disk"; }; } >/var/log/grow.log 2>&1 ||
 		{ log "$1: could not grow it to the end of /dev/$disk (see /var/log/grow.log)"; return 0; }
 	log "$1: partition grown to the end of /dev/$disk ($(($(cat "/sys/class/block/$part/size") / 2048)) MiB)"
 }
