@@ -1,6 +1,8 @@
-//! Boot tests: the real profiles built against the test mirror (Debian's binaries repackaged
-//! by `make mirror` — a TEST FIXTURE) and booted with `hyve run` under QEMU, x86_64 and
-//! aarch64. `base` must reach userspace, get a DHCP address and power off cleanly, and reach
+//! Boot tests: the real profiles built against a mirror — by default the test mirror
+//! (Debian's binaries repackaged by `make mirror`, a TEST FIXTURE), or Alpine's own
+//! (`HYVE_TEST_MIRROR`, see `TestMirror`; `make test-alpine`) — and booted with `hyve run`
+//! under QEMU, x86_64 and aarch64. Nothing here may depend on what only the test mirror has:
+//! packages are named as Alpine names them and fetched through hyve. `base` must reach userspace, get a DHCP address and power off cleanly, and reach
 //! userspace again from its EFI disk image alone (OVMF / AAVMF, UKI); `minimal`
 //! (the docker host) is driven from the host with the docker CLI over TLS or plain TCP,
 //! across two boots with a data disk from `hyve disk create`. Console logs are kept in
@@ -9,6 +11,7 @@
 //! Skipped (with a message) when QEMU or the mirror is missing, unless
 //! HYVE_REQUIRE_BOOT_TESTS=1, which turns a skip into a failure (CI sets it).
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,16 +20,65 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// The mirror the boot tests build from, and the key its indexes are signed with.
+///
+/// `HYVE_TEST_MIRROR`: a mirror URL (default: `file://` the test mirror `make mirror` writes,
+/// a TEST FIXTURE). `HYVE_TEST_MIRROR_KEY`: a public key file to trust besides Alpine's, or
+/// `alpine` for Alpine's keys alone (default: the test mirror's key for a `file://` mirror,
+/// `alpine` for any other). `HYVE_TEST_LOCKS`: a directory of `PROFILE.lock` files whose
+/// versions each build starts from (the lock-update workflow tests its new locks so).
+struct TestMirror {
+    url: String,
+    key: Option<PathBuf>,
+}
+
+impl TestMirror {
+    fn from_env() -> TestMirror {
+        let root = workspace();
+        let url = std::env::var("HYVE_TEST_MIRROR")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("file://{}", root.join("target/test-mirror").display()));
+        let key = match std::env::var("HYVE_TEST_MIRROR_KEY").ok().filter(|k| !k.is_empty()) {
+            Some(k) if k == "alpine" => None,
+            Some(k) => Some(PathBuf::from(k)),
+            None if url.starts_with("file://") => Some(root.join("tests/keys/hyve-test-mirror.rsa.pub")),
+            None => None,
+        };
+        TestMirror { url, key }
+    }
+
+    /// `--mirror URL [--key FILE]`.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--mirror".to_string(), self.url.clone()];
+        if let Some(key) = &self.key {
+            args.extend(["--key".to_string(), s(key)]);
+        }
+        args
+    }
+
+    /// `Some(reason)` when a local mirror lacks `arch` (a remote one is found out by the build).
+    fn missing(&self, arch: &str) -> Option<String> {
+        let dir = Path::new(self.url.strip_prefix("file://")?);
+        let index = dir.join(format!("{}/main/{arch}/APKINDEX.tar.gz", stock_branch()));
+        (!index.is_file()).then(|| format!("no {arch} repository at {} (run `make mirror`)", dir.display()))
+    }
+}
+
+/// The Alpine branch the stock profiles pin.
+fn stock_branch() -> String {
+    let base: toml::Value =
+        toml::from_str(&std::fs::read_to_string(workspace().join("profiles/base.toml")).unwrap()).unwrap();
+    base["branch"].as_str().unwrap().to_string()
+}
+
 /// `Some(reason)` when this test cannot run here.
-fn missing(qemu: &str, mirror: &Path, arch: &str) -> Option<String> {
+fn missing(qemu: &str, arch: &str) -> Option<String> {
     let has_qemu = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(qemu).is_file()));
     if !has_qemu {
         return Some(format!("{qemu} is not installed (apt-get install qemu-system-x86 qemu-system-arm)"));
     }
-    if !mirror.join(format!("v3.24/main/{arch}/APKINDEX.tar.gz")).is_file() {
-        return Some(format!("no test mirror for {arch} at {} (run `make mirror`)", mirror.display()));
-    }
-    None
+    TestMirror::from_env().missing(arch)
 }
 
 fn hyve(args: &[&str]) -> std::process::Output {
@@ -40,8 +92,7 @@ fn hyve(args: &[&str]) -> std::process::Output {
 
 /// Skips (or, with HYVE_REQUIRE_BOOT_TESTS=1, fails) when this test cannot run here.
 fn can_run(arch: &str, qemu: &str) -> bool {
-    let mirror = workspace().join("target/test-mirror");
-    match missing(qemu, &mirror, arch) {
+    match missing(qemu, arch) {
         None => true,
         Some(reason) if std::env::var("HYVE_REQUIRE_BOOT_TESTS").as_deref() == Ok("1") => {
             panic!("boot test {arch} cannot run and HYVE_REQUIRE_BOOT_TESTS=1: {reason}")
@@ -57,29 +108,57 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// `hyve build` of `profile` against the test mirror into `out`, with a private lock and cache.
-fn build(profile: &Path, arch: &str, tmp: &Path, out: &Path) {
-    let root = workspace();
-    let mirror_url = format!("file://{}", root.join("target/test-mirror").display());
-    let key = root.join("tests/keys/hyve-test-mirror.rsa.pub");
-    let o = hyve(&[
-        "build",
-        "--profile",
-        &s(profile),
-        "--arch",
-        arch,
-        "--mirror",
-        &mirror_url,
-        "--key",
-        &s(&key),
-        "--lockfile",
-        &s(&tmp.join(format!("{arch}.lock"))),
-        "--cache-dir",
-        &s(&tmp.join("cache")),
-        "--out",
-        &s(out),
-    ]);
+/// `hyve build` of `profile` (the stock profile `stock`, or one extending it) against the
+/// mirror into `out`, with a private lock (started from `HYVE_TEST_LOCKS/stock.lock`
+/// when given) and a private cache, `tmp/cache`.
+fn build(profile: &Path, stock: &str, arch: &str, tmp: &Path, out: &Path) {
+    let lock = tmp.join(format!("{arch}.lock"));
+    if let Some(locks) = std::env::var_os("HYVE_TEST_LOCKS").filter(|l| !l.is_empty()) {
+        let seed = Path::new(&locks).join(format!("{stock}.lock"));
+        if !lock.exists() {
+            std::fs::copy(&seed, &lock).unwrap_or_else(|e| panic!("HYVE_TEST_LOCKS: {}: {e}", seed.display()));
+        }
+    }
+    let mut args =
+        vec!["build".to_string(), "--profile".to_string(), s(profile), "--arch".to_string(), arch.to_string()];
+    args.extend(TestMirror::from_env().args());
+    args.extend(["--lockfile".to_string(), s(&lock), "--cache-dir".to_string(), s(&tmp.join("cache"))]);
+    args.extend(["--out".to_string(), s(out)]);
+    let o = hyve(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "build failed:\n{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The named packages for `arch` from the mirror, fetched and verified by `hyve fetch`
+/// into the cache `tmp/cache`: each package's file in the cache.
+fn fetch_packages(packages: &[&str], arch: &str, tmp: &Path) -> BTreeMap<String, PathBuf> {
+    let dir = tmp.join(format!("fetch-{arch}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("packages.toml");
+    let names: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
+    std::fs::write(
+        &profile,
+        format!(
+            "branch = {:?}\nrepositories = [\"main\", \"community\"]\narches = [{arch:?}]\npackages = [{}]\n",
+            stock_branch(),
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let cache = tmp.join("cache");
+    let lock = dir.join("packages.lock");
+    let mut args =
+        vec!["fetch".to_string(), "--profile".to_string(), s(&profile), "--arch".to_string(), arch.to_string()];
+    args.extend(TestMirror::from_env().args());
+    args.extend(["--lockfile".to_string(), s(&lock), "--cache-dir".to_string(), s(&cache)]);
+    let o = hyve(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "hyve fetch {packages:?} for {arch}: {}", String::from_utf8_lossy(&o.stderr));
+    let lock = hyve::lock::LockFile::read(&lock).unwrap().unwrap();
+    lock.arch[arch]
+        .packages
+        .iter()
+        .filter(|p| packages.contains(&p.name.as_str()))
+        .map(|p| (p.name.clone(), cache.join("blobs/sha256").join(&p.sha256)))
+        .collect()
 }
 
 fn log_path(name: &str) -> PathBuf {
@@ -95,7 +174,7 @@ fn boot_base(arch: &str, qemu: &str) {
     let root = workspace();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    build(&root.join("profiles/base.toml"), arch, tmp.path(), &out);
+    build(&root.join("profiles/base.toml"), "base", arch, tmp.path(), &out);
 
     // An RTC from before the image was built, and the host's time on the command line (what
     // a VMM without an RTC gets): the guest takes the latter.
@@ -152,7 +231,7 @@ fn boot_base(arch: &str, qemu: &str) {
     let base = root.join("profiles/base.toml");
     std::fs::write(&profile, format!("extends = \"{}\"\n[output]\nroot = \"squashfs\"\n", base.display())).unwrap();
     let squashfs_out = tmp.path().join("out-squashfs");
-    build(&profile, arch, tmp.path(), &squashfs_out);
+    build(&profile, "base", arch, tmp.path(), &squashfs_out);
     let started = std::time::Instant::now();
     let mut vm = Vm::start(&squashfs_out, &format!("base-{arch}-efi"), &["--efi".to_string()]);
     vm.wait_for("hyve: root /dev/vda2 (squashfs, read-only) under a tmpfs overlay", 600);
@@ -177,22 +256,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One file out of a package in the test mirror (an .apk is a gzip'ed tar stream).
-fn file_from_apk(apk_dir: &Path, package: &str, member: &str, dest: &Path) {
-    let apk = std::fs::read_dir(apk_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with(&format!("{package}-"))
-                && name[package.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
-        })
-        .unwrap_or_else(|| panic!("no {package} package in {}", apk_dir.display()));
-    let unpack = dest.parent().unwrap().join(format!(".unpack-{package}"));
+/// One file out of a package (an .apk is a gzip'ed tar stream).
+fn file_from_apk(apk: &Path, member: &str, dest: &Path) {
+    let unpack = dest.parent().unwrap().join(".unpack");
     std::fs::create_dir_all(&unpack).unwrap();
     let o = Command::new("tar")
         .args(["--warning=no-unknown-keyword", "-xzif"])
-        .arg(&apk)
+        .arg(apk)
         .arg("-C")
         .arg(&unpack)
         .arg(member)
@@ -202,41 +272,79 @@ fn file_from_apk(apk_dir: &Path, package: &str, member: &str, dest: &Path) {
     std::fs::rename(unpack.join(member), dest).unwrap();
 }
 
-/// Whether an ELF file asks for a program interpreter (is dynamically linked).
-/// The docker CLI for the host's arch, from the test mirror's docker-engine, as `DIR/docker`.
-fn host_docker_cli(mirror: &Path, dir: &Path) -> PathBuf {
+/// The docker CLI for the host's arch, from the mirror's docker-cli, as `tmp/docker`. A CLI
+/// whose program interpreter the host lacks (Alpine's is linked against musl) runs through
+/// the one in the mirror's musl package, from a wrapper script.
+fn host_docker_cli(tmp: &Path) -> PathBuf {
     let host_arch = if cfg!(target_arch = "aarch64") { "aarch64" } else { "x86_64" };
-    let cli = dir.join("docker");
-    file_from_apk(&mirror.join(format!("community/{host_arch}")), "docker-engine", "usr/bin/docker", &cli);
+    let apks = fetch_packages(&["docker-cli", "musl"], host_arch, tmp);
+    let binary = tmp.join("docker-cli");
+    file_from_apk(&apks["docker-cli"], "usr/bin/docker", &binary);
+    let cli = tmp.join("docker");
+    match interpreter(&std::fs::read(&binary).unwrap()) {
+        Some(loader) if !Path::new(&loader).exists() => {
+            let lib = tmp.join("musl-lib");
+            file_from_apk(&apks["musl"], "lib", &lib);
+            let name = Path::new(&loader).file_name().unwrap();
+            assert!(lib.join(name).exists(), "docker-cli asks for {loader}, which neither the host nor musl has");
+            // musl's loader runs a program named on its command line, and is its libc too.
+            let script = format!("#!/bin/sh\nexec '{}' '{}' \"$@\"\n", lib.join(name).display(), binary.display());
+            std::fs::write(&cli, script).unwrap();
+            std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        _ => std::fs::rename(&binary, &cli).unwrap(),
+    }
     cli
 }
 
-fn has_interpreter(elf: &[u8]) -> bool {
-    assert!(elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF");
-    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    const PT_INTERP: u32 = 3;
-    (0..count).any(|i| u32::from_le_bytes(elf[phoff + i * size..][..4].try_into().unwrap()) == PT_INTERP)
+/// `bin/busybox.static` of the mirror's busybox-static for `arch`, as `dest`.
+fn static_busybox(arch: &str, tmp: &Path, dest: &Path) {
+    file_from_apk(&fetch_packages(&["busybox-static"], arch, tmp)["busybox-static"], "bin/busybox.static", dest);
 }
 
-/// The test mirror is Alpine where the guest depends on it (tests/mirror/README.md): busybox
-/// linked dynamically beside a static busybox, iptables on the nftables backend.
+/// The program interpreter an ELF file asks for (`None`: it is linked statically).
+fn interpreter(elf: &[u8]) -> Option<String> {
+    assert!(elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, size, count) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    (0..count)
+        .map(|i| phoff + i * size)
+        .find(|&h| u32::from_le_bytes(elf[h..h + 4].try_into().unwrap()) == PT_INTERP)
+        .map(|h| {
+            let path = &elf[u64_at(h + 8)..][..u64_at(h + 32)];
+            String::from_utf8_lossy(path).trim_end_matches('\0').to_string()
+        })
+}
+
+/// The mirror is Alpine where the guest depends on it (for the test mirror, see
+/// tests/mirror/README.md; for Alpine's, a check that it still is what the guest expects):
+/// busybox linked dynamically beside a static busybox with the applets the test images use,
+/// iptables on the nftables backend.
 #[test]
-fn test_mirror_behaves_like_alpine() {
+fn mirror_is_alpine_where_the_guest_depends_on_it() {
     for (arch, qemu) in [("x86_64", "qemu-system-x86_64"), ("aarch64", "qemu-system-aarch64")] {
         if !can_run(arch, qemu) {
             continue;
         }
-        let main = workspace().join(format!("target/test-mirror/v3.24/main/{arch}"));
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        file_from_apk(&main, "busybox", "bin/busybox", &t.join("busybox"));
-        assert!(has_interpreter(&std::fs::read(t.join("busybox")).unwrap()), "{arch}: busybox must be dynamic");
-        file_from_apk(&main, "busybox-static", "bin/busybox.static", &t.join("busybox.static"));
-        assert!(!has_interpreter(&std::fs::read(t.join("busybox.static")).unwrap()), "{arch}: busybox.static");
+        let apks = fetch_packages(&["busybox", "busybox-static", "iptables"], arch, t);
+        file_from_apk(&apks["busybox"], "bin/busybox", &t.join("busybox"));
+        assert!(interpreter(&std::fs::read(t.join("busybox")).unwrap()).is_some(), "{arch}: busybox must be dynamic");
+        file_from_apk(&apks["busybox-static"], "bin/busybox.static", &t.join("busybox.static"));
+        assert_eq!(interpreter(&std::fs::read(t.join("busybox.static")).unwrap()), None, "{arch}: busybox.static");
+        if cfg!(target_arch = "x86_64") == (arch == "x86_64") {
+            // The test images' busybox (the host runs it here) has every applet they use.
+            let o = Command::new(t.join("busybox.static")).arg("--list").output().unwrap();
+            let listed = String::from_utf8_lossy(&o.stdout);
+            for applet in TEST_IMAGE_APPLETS {
+                assert!(listed.lines().any(|l| l == applet), "{arch}: busybox-static has no {applet}: {listed}");
+            }
+        }
         for tool in ["iptables", "ip6tables"] {
-            file_from_apk(&main, "iptables", &format!("usr/sbin/{tool}"), &t.join(tool));
+            file_from_apk(&apks["iptables"], &format!("usr/sbin/{tool}"), &t.join(tool));
             let target = std::fs::read_link(t.join(tool)).unwrap();
             assert_eq!(target, Path::new("xtables-nft-multi"), "{arch}: {tool}");
         }
@@ -401,7 +509,7 @@ impl Drop for Vm {
     }
 }
 
-/// The docker CLI (from the host arch's test-mirror docker-engine), pointed at one guest.
+/// The docker CLI (the host arch's, from the mirror's docker-cli), pointed at one guest.
 struct Docker {
     cli: PathBuf,
     env: Vec<(String, String)>,
@@ -478,7 +586,6 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
         return;
     }
     let root = workspace();
-    let mirror = root.join("target/test-mirror/v3.24");
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
 
@@ -502,7 +609,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     )
     .unwrap();
     let out = t.join("out");
-    build(&profile, arch, t, &out);
+    build(&profile, "minimal", arch, t, &out);
 
     // The disks.
     std::fs::write(t.join("hostname"), "hyve-test\n").unwrap();
@@ -574,10 +681,10 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let foreign_before = std::fs::read(&foreign).unwrap();
 
     // The host's docker CLI, and an image made of the guest arch's static busybox.
-    let cli = host_docker_cli(&mirror, t);
+    let cli = host_docker_cli(t);
     // (busybox-static: the guest's own busybox is linked dynamically, like Alpine's.)
     let busybox = t.join("busybox");
-    file_from_apk(&mirror.join(format!("main/{arch}")), "busybox-static", "bin/busybox.static", &busybox);
+    static_busybox(arch, t, &busybox);
     let image = t.join("image.tar");
     std::fs::write(&image, busybox_rootfs(&busybox)).unwrap();
 
@@ -694,7 +801,7 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
         // the emulator binfmt_misc hands x86_64 programs to.
         vm.assert_console("x86_64 translator", "hyve: x86_64 programs run through /usr/bin/qemu-x86_64 (binfmt_misc)");
         let x86_busybox = t.join("busybox-x86_64");
-        file_from_apk(&mirror.join("main/x86_64"), "busybox-static", "bin/busybox.static", &x86_busybox);
+        static_busybox("x86_64", t, &x86_busybox);
         let amd64 = t.join("amd64.tar");
         std::fs::write(&amd64, saved_image("hyve-amd64:1", "amd64", &busybox_rootfs(&x86_busybox))).unwrap();
         api.ok(&["load", "-i", &s(&amd64)]);
@@ -775,18 +882,36 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     eprintln!("docker test {arch}: both boots done after {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// A root file system of `busybox` as `bin/busybox` with `bin/sh` linked to it, as a tar.
+/// The applets the test images run by name (Alpine's busybox has no standalone shell: `sh -c
+/// "cat …"` finds `cat` only as a link on PATH, as `busybox --install` makes them) or as
+/// `/bin/busybox APPLET`. Alpine's busybox has no `httpd` (it is in busybox-extras).
+const TEST_IMAGE_APPLETS: [&str; 11] =
+    ["sh", "cat", "stat", "nc", "nsenter", "echo", "date", "killall", "uname", "true", "wget"];
+
+/// Answers one HTTP request on stdin/stdout (`nc -l -e`): reads the header, then replies.
+const HTTP_REPLY: &str =
+    "#!/bin/sh\nwhile read -r line; do case $line in \"$(printf '\\r')\"|'') break ;; esac; done\n\
+                          printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 18\\r\\n\\r\\nhyve-published-ok\\n'\n";
+
+/// A root file system of `busybox` as `bin/busybox`, `TEST_IMAGE_APPLETS` linked to it, and
+/// `bin/http-reply` (`HTTP_REPLY`), as a tar.
 fn busybox_rootfs(busybox: &Path) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(std::fs::metadata(busybox).unwrap().len());
     h.set_mode(0o755);
     tar.append_data(&mut h, "bin/busybox", std::fs::File::open(busybox).unwrap()).unwrap();
-    let mut l = tar::Header::new_gnu();
-    l.set_entry_type(tar::EntryType::Symlink);
-    l.set_size(0);
-    l.set_mode(0o777);
-    tar.append_link(&mut l, "bin/sh", "busybox").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(HTTP_REPLY.len() as u64);
+    h.set_mode(0o755);
+    tar.append_data(&mut h, "bin/http-reply", HTTP_REPLY.as_bytes()).unwrap();
+    for applet in TEST_IMAGE_APPLETS {
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        l.set_mode(0o777);
+        tar.append_link(&mut l, format!("bin/{applet}"), "busybox").unwrap();
+    }
     tar.into_inner().unwrap()
 }
 
@@ -862,7 +987,7 @@ fn container_networking(arch: &str, vm: &Vm, api: &Docker, web_port: u16) {
         "/bin/busybox",
         "sh",
         "-c",
-        "mkdir /www && echo hyve-published-ok >/www/index.html && exec /bin/busybox httpd -f -p 80 -h /www",
+        "while :; do nc -l -p 80 -e /bin/http-reply; done",
     ]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let page = loop {
@@ -902,10 +1027,6 @@ fn docker_host_on_aarch64_with_plain_tcp_a_data_partition_and_a_late_time_server
     boot_docker_host("aarch64", "qemu-system-aarch64", true, true, true);
 }
 
-/// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host
-/// keys on the data disk, so the second boot presents the same host key; the in-guest docker
-/// CLI and curl work. (The real `dev` profile also has docker-cli-compose, which the test
-/// mirror cannot provide from Debian; this test profile is `dev` without it.)
 /// The guest as built: no account with a usable password, sshd with public keys only, and
 /// dockerd's plain TCP port off unless a profile sets it.
 fn no_way_in_without_a_key(out: &Path) {
@@ -938,6 +1059,11 @@ fn no_way_in_without_a_key(out: &Path) {
     assert!(text("etc/hyve/docker.conf").lines().any(|l| l == "DOCKER_PLAIN_TCP_PORT="), "plain TCP must be off");
 }
 
+/// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host
+/// keys on the data disk, so the second boot presents the same host key; the in-guest docker
+/// CLI and curl work. (The real `dev` profile also has docker-cli-compose, which the test
+/// mirror cannot provide from Debian; this test profile is `dev` without it, on either mirror.
+/// `make test-alpine` builds the real `dev` too.)
 #[test]
 fn dev_ssh_on_x86_64() {
     let (arch, qemu) = ("x86_64", "qemu-system-x86_64");
@@ -958,7 +1084,7 @@ fn dev_ssh_on_x86_64() {
     )
     .unwrap();
     let out = t.join("out");
-    build(&profile, arch, t, &out);
+    build(&profile, "dev", arch, t, &out);
     no_way_in_without_a_key(&out);
     let key = t.join("id");
     let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
@@ -1078,7 +1204,6 @@ fn boot_lima(arch: &str, qemu: &str) {
         return;
     }
     let root = workspace();
-    let mirror = root.join("target/test-mirror/v3.24");
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let profile = t.join("lima-test.toml");
@@ -1088,7 +1213,7 @@ fn boot_lima(arch: &str, qemu: &str) {
     )
     .unwrap();
     let out = t.join("out");
-    build(&profile, arch, t, &out);
+    build(&profile, "lima", arch, t, &out);
 
     // lima.yaml: YAML (read by PyYAML) naming this disk.img by its absolute path and digest.
     let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
@@ -1240,7 +1365,7 @@ fn boot_lima(arch: &str, qemu: &str) {
     );
 
     // The Docker socket, forwarded over ssh as Lima's portForwards do (`ssh -L`).
-    let cli = host_docker_cli(&mirror, t);
+    let cli = host_docker_cli(t);
     let forwarded = t.join("docker.sock");
     let mut tunnel = Command::new("ssh")
         .args(["-i", &s(&key), "-p", &ssh_port.to_string(), "-o", "BatchMode=yes", "-N"])
