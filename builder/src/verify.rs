@@ -301,6 +301,26 @@ pub fn compare(
 mod tests {
     use super::*;
 
+    /// lima.yaml names the directory it sits in, so it differs between any two builds: it is
+    /// left out on both sides, and everything beside it is still compared.
+    #[test]
+    fn the_lima_template_is_not_compared() {
+        struct Quiet;
+        impl crate::report::Reporter for Quiet {}
+        let d = tempfile::tempdir().unwrap();
+        let (published, rebuilt) = (d.path().join("published"), d.path().join("rebuilt"));
+        for (dir, location) in [(&published, "/home/ci/out/disk.img"), (&rebuilt, "/tmp/verify/disk.img")] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("disk.img"), b"the same disk").unwrap();
+            std::fs::write(dir.join(LIMA_TEMPLATE), format!("images:\n- location: {location:?}\n")).unwrap();
+        }
+        std::fs::write(rebuilt.join("kernel"), b"only rebuilt").unwrap();
+        let fetcher = Fetcher::new(crate::fetch::FetchOptions::new(d.path().join("cache")), &Quiet).unwrap();
+        let checks = compare(&Published::Dir(published), &rebuilt, &fetcher, d.path(), false).unwrap();
+        let verdicts: Vec<_> = checks.iter().map(|c| (c.name.as_str(), c.verdict)).collect();
+        assert_eq!(verdicts, [("disk.img", Verdict::Identical), ("kernel", Verdict::NotPublished)]);
+    }
+
     #[test]
     fn first_difference_and_prefixes() {
         let d = tempfile::tempdir().unwrap();

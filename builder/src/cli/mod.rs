@@ -59,7 +59,7 @@ enum Command {
     /// Local signed repositories and their keys
     #[command(subcommand)]
     Repo(repo::Command),
-    /// The profiles a name finds (yours, then the built-in base, minimal, dev); show or export one
+    /// The profiles a name finds (yours, then the built-in ones); show or export one
     Profiles(profiles::Args),
     /// Print a shell completion script: hyve completions bash > /etc/bash_completion.d/hyve
     Completions { shell: clap_complete::Shell },

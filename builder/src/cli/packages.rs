@@ -36,7 +36,7 @@ pub fn lookup(cache_dir: &std::path::Path) -> anyhow::Result<profile::Lookup> {
 pub struct ProfileArgs {
     /// Profile name or path to a .toml. A name is looked up in ./profiles, the user's
     /// profiles ($XDG_CONFIG_HOME/hyve/profiles), $HYVE_PROFILE_PATH, then hyve's built-in
-    /// profiles (base, minimal, dev)
+    /// profiles (`hyve profiles` lists them)
     #[arg(long, value_name = "NAME|PATH")]
     pub profile: String,
     /// Target architecture (default: the host's, or the profile's first)
