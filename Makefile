@@ -9,7 +9,7 @@ MIRROR_INPUTS := tests/mirror/build.sh $(wildcard tests/mirror/baselayout/*) $(w
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := index_parser package_reader version_parser manifest_reader disk_reader root_image_reader
 
-.PHONY: all build test lint unit installed image mirror demo bench fuzz reproducible clean
+.PHONY: all build test test-alpine lint unit installed image mirror demo bench fuzz reproducible clean
 
 all: build
 
@@ -19,6 +19,18 @@ build:
 # The test command the README promises: lints, unit, integration and boot tests (the boot
 # tests need the test mirror and QEMU; HYVE_REQUIRE_BOOT_TESTS=1 makes a skip a failure).
 test: lint mirror unit installed
+
+# The same boot tests against Alpine's own mirror, and every stock profile built from it
+# (needs network; what .github/workflows/alpine.yml runs on GitHub's runners): for
+# ALPINE_ARCH (default: the host's), from ALPINE_MIRROR, trusting Alpine's keys (and
+# ALPINE_KEY, a public key file, if set); ALPINE_PROFILES narrows the stock profiles built
+# (default: all). See tests/alpine.sh.
+ALPINE_MIRROR ?= https://dl-cdn.alpinelinux.org/alpine
+ALPINE_ARCH   ?= $(shell uname -m | sed 's/^arm64$$/aarch64/')
+ALPINE_KEY    ?=
+ALPINE_PROFILES ?=
+test-alpine: build
+	HYVE=$(HYVE) CARGO=$(CARGO) MIRROR=$(ALPINE_MIRROR) ARCH=$(ALPINE_ARCH) KEY=$(ALPINE_KEY) PROFILES="$(ALPINE_PROFILES)" sh tests/alpine.sh
 
 # hyve installed with `cargo install` and run from an empty directory (tests/installed.sh).
 installed: mirror
@@ -57,13 +69,15 @@ demo: mirror build
 # release workflow does per profile and arch). Offline by default, against the test mirror;
 # REPRO_ARCH picks the arch (default: the host's); for Alpine:
 # make reproducible REPRO_MIRROR=https://dl-cdn.alpinelinux.org/alpine REPRO_KEY= REPRO_LOCK=
+# (REPRO_LOCKED=1: the lock must exist and be current, as a release's committed lock.)
 REPRO_PROFILE ?= minimal
 REPRO_MIRROR  ?= file://$(CURDIR)/$(MIRROR)
 REPRO_KEY     ?= tests/keys/hyve-test-mirror.rsa.pub
 REPRO_LOCK    ?= target/reproducible-locks/$(REPRO_PROFILE).lock
 REPRO_ARCH    ?=
+REPRO_LOCKED  ?=
 reproducible: build $(if $(findstring $(MIRROR),$(REPRO_MIRROR)),mirror)
-	HYVE=$(HYVE) PROFILE=$(REPRO_PROFILE) ARCH=$(REPRO_ARCH) MIRROR=$(REPRO_MIRROR) KEY=$(REPRO_KEY) LOCKFILE=$(REPRO_LOCK) \
+	HYVE=$(HYVE) PROFILE=$(REPRO_PROFILE) ARCH=$(REPRO_ARCH) MIRROR=$(REPRO_MIRROR) KEY=$(REPRO_KEY) LOCKFILE=$(REPRO_LOCK) LOCKED=$(REPRO_LOCKED) \
 		WORK=target/reproducible sh tests/reproducible.sh
 
 # Speed and memory against the classic pipeline, side by side on this machine (never fails on

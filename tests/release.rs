@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -430,7 +430,6 @@ fn an_sbom_of_every_real_alpine_package_is_valid_spdx() {
 /// SHA256SUMS. (GitHub runs it; here its shape is checked against the repository.)
 #[test]
 fn the_release_workflow_covers_every_profile_and_arch() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = r#"
 import json, sys, yaml
 w = yaml.safe_load(open(sys.argv[1]))
@@ -451,22 +450,10 @@ print(json.dumps({
     "released": sorted(w["jobs"]["release"]["needs"]),
 }))
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(root.join(".github/workflows/release.yml"))
-        .output()
-        .expect("python3 (with python3-yaml)");
-    assert!(o.status.success(), "{}", stderr(&o));
-    let w: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let mut profiles: Vec<String> = std::fs::read_dir(root.join("profiles"))
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".toml").map(String::from))
-        .collect();
-    profiles.sort();
+    let w = workflow_facts(script, &["release.yml"]);
     let mut listed: Vec<String> = serde_json::from_value(w["profiles"].clone()).unwrap();
     listed.sort();
-    assert_eq!(listed, profiles, "every profile is released");
+    assert_eq!(listed, stock_profiles(), "every profile is released");
     assert_eq!(w["arches"], serde_json::json!(["x86_64", "aarch64"]));
     assert_eq!(w["tags"], serde_json::json!(["v*"]));
     assert_eq!(
@@ -484,4 +471,152 @@ print(json.dumps({
     );
     assert_eq!(w["mac_smoke"].as_bool(), Some(true), "the macOS builds are smoke-tested");
     assert_eq!(w["released"], serde_json::json!(["binaries", "build"]));
+}
+
+/// What `script` (Python with PyYAML) prints as JSON about the named workflows, given their
+/// paths as arguments.
+fn workflow_facts(script: &str, workflows: &[&str]) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/workflows");
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .args(workflows.iter().map(|w| dir.join(w)))
+        .output()
+        .expect("python3 (with python3-yaml)");
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The stock profiles' names (profiles/*.toml), sorted.
+fn stock_profiles() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let mut profiles: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".toml").map(String::from))
+        .collect();
+    profiles.sort();
+    profiles
+}
+
+/// Runs tests/workflows/check.py (PyYAML) over `workflows`, with `root` as the repository.
+fn check_workflows(root: &Path, workflows: &[PathBuf]) -> std::process::Output {
+    Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workflows/check.py"))
+        .arg(root)
+        .args(workflows)
+        .output()
+        .expect("python3 (with python3-yaml)")
+}
+
+/// Every workflow in .github/workflows is valid and runs only what the repository has: make
+/// targets, scripts, test targets, profiles, called workflows and their inputs.
+#[test]
+fn every_workflow_runs_what_the_repository_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut workflows: Vec<PathBuf> = std::fs::read_dir(root.join(".github/workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    workflows.sort();
+    let names: Vec<_> = workflows.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+    assert_eq!(names, ["alpine.yml", "locks.yml", "release.yml"]);
+    let o = check_workflows(&root, &workflows);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
+
+/// The workflow check fails, naming each, on what a workflow references but the repository
+/// lacks.
+#[test]
+fn the_workflow_check_names_what_is_missing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "name: bad\non: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    needs: nope\n    strategy:\n      matrix:\n        profile: [base, nosuch]\n    steps:\n\
+         \x20     - uses: actions/checkout\n      - run: make lint no-such-target V=1 && sh tests/nope.sh\n\
+         \x20     - run: |\n          cargo test --release --test nope -- x\n          ./.ci/missing --flag ${{ matrix.profile }}\n\
+         \x20 b:\n    uses: ./.github/workflows/missing.yml\n  c:\n    uses: ./.github/workflows/alpine.yml\n    with:\n      lock: x\n",
+    )
+    .unwrap();
+    let o = check_workflows(&root, &[bad]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{said}");
+    for problem in [
+        "needs 'nope', which is not a job",
+        "matrix profile 'nosuch' is not in profiles/",
+        "'actions/checkout' is not pinned",
+        "the Makefile has no target 'no-such-target'",
+        "tests/nope.sh does not exist",
+        "builder/Cargo.toml has no test target 'nope'",
+        ".ci/missing does not exist",
+        "calls ./.github/workflows/missing.yml, which does not exist",
+        "passes input 'lock', which ./.github/workflows/alpine.yml does not declare",
+    ] {
+        assert!(said.contains(problem), "{problem:?} not reported:\n{said}");
+    }
+    assert_eq!(said.lines().count(), 9, "{said}");
+}
+
+/// alpine.yml builds every profile and runs the boot tests from Alpine's mirror on both
+/// arches (each on its own runner), keeps the consoles and SHA256SUMS, and verifies every
+/// profile × arch; locks.yml re-locks weekly, tests the new locks through alpine.yml and only
+/// then opens a pull request.
+#[test]
+fn the_alpine_workflows_test_every_profile_on_both_arches() {
+    let script = r#"
+import json, sys, yaml
+a = yaml.safe_load(open(sys.argv[1]))
+l = yaml.safe_load(open(sys.argv[2]))
+on = a.get("on", a.get(True))
+boot, verify = a["jobs"]["boot"], a["jobs"]["verify"]
+runs = lambda job: "\n".join(s.get("run", "") for s in job.get("steps", []))
+uploads = [s["with"]["path"] for s in boot["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+lon = l.get("on", l.get(True))
+print(json.dumps({
+    "triggers": sorted(on), "push": on["push"]["branches"], "input": sorted(on["workflow_call"]["inputs"]),
+    "runners": sorted((i["arch"], i["runner"]) for i in boot["strategy"]["matrix"]["include"]),
+    "test_alpine": "make test-alpine ALPINE_ARCH=${{ matrix.arch }}" in runs(boot),
+    "kept": "target/boot-logs" in runs(boot) and "SHA256SUMS" in runs(boot) and uploads == ["evidence/"],
+    "verify_profiles": verify["strategy"]["matrix"]["profile"], "verify_arches": verify["strategy"]["matrix"]["arch"],
+    "reproducible": "make reproducible" in runs(verify),
+    "lock_triggers": sorted(lon), "relock": "hyve lock --profile" in runs(l["jobs"]["lock"]) and "--update" in runs(l["jobs"]["lock"]),
+    "tested_by": l["jobs"]["test"]["uses"], "with": l["jobs"]["test"]["with"],
+    "pr_needs": l["jobs"]["pull-request"]["needs"], "pr": "gh pr create" in runs(l["jobs"]["pull-request"]),
+}))
+"#;
+    let w = workflow_facts(script, &["alpine.yml", "locks.yml"]);
+    let mut verified: Vec<String> = serde_json::from_value(w["verify_profiles"].clone()).unwrap();
+    verified.sort();
+    assert_eq!(verified, stock_profiles(), "every profile is verified");
+    assert_eq!(w["verify_arches"], serde_json::json!(["x86_64", "aarch64"]));
+    assert_eq!(
+        w["triggers"],
+        serde_json::json!(["pull_request", "push", "schedule", "workflow_call", "workflow_dispatch"])
+    );
+    assert_eq!(w["push"], serde_json::json!(["main"]));
+    assert_eq!(w["input"], serde_json::json!(["locks"]));
+    assert_eq!(w["runners"], serde_json::json!([["aarch64", "ubuntu-24.04-arm"], ["x86_64", "ubuntu-24.04"]]));
+    for check in ["test_alpine", "kept", "reproducible", "relock", "pr"] {
+        assert_eq!(w[check].as_bool(), Some(true), "{check}");
+    }
+    assert_eq!(w["lock_triggers"], serde_json::json!(["schedule", "workflow_dispatch"]));
+    assert_eq!(w["tested_by"], "./.github/workflows/alpine.yml");
+    assert_eq!(w["with"], serde_json::json!({"locks": "new-locks"}));
+    assert_eq!(w["pr_needs"], "test");
+}
+
+/// The boot tests run against any mirror (`HYVE_TEST_MIRROR`): outside comments, they name
+/// the test mirror only as the default mirror and its key, no Alpine branch (the profiles
+/// pin it), and nothing Debian's.
+#[test]
+fn the_boot_tests_name_nothing_only_the_test_mirror_has() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/boot.rs")).unwrap();
+    let code: Vec<&str> = source.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+    let naming = |needle: &str| code.iter().filter(|l| l.to_lowercase().contains(needle)).count();
+    assert_eq!(naming("target/test-mirror"), 1, "the test mirror, named once as the default");
+    assert_eq!(naming("hyve-test-mirror.rsa.pub"), 1, "its key, named once as the default");
+    for stand_in in ["debian", "-linux-gnu", ".deb", "dpkg", "\"v3."] {
+        assert_eq!(naming(stand_in), 0, "tests/boot.rs names {stand_in:?}");
+    }
 }

@@ -214,8 +214,12 @@ pub fn share_tag(i: usize) -> String {
     format!("hyve{i}")
 }
 
-/// QEMU's virtio-fs back end: the virtiofsd QEMU shipped up to 7.2 (Debian's
-/// qemu-system-common), which must run as root (qemu v7.2.0 docs/tools/virtiofsd.rst).
+/// QEMU's virtio-fs back end at the path both kinds are installed to: the C virtiofsd QEMU
+/// shipped up to 7.2 (Debian 12's qemu-system-common; qemu v7.2.0 docs/tools/virtiofsd.rst)
+/// and the Rust virtiofsd that replaced it (its own `virtiofsd` package on Debian 13 and
+/// Ubuntu 24.04, which also installs it here). The Rust one reads the C one's `-o source=`,
+/// `sandbox=` and `cache=` options (virtiofsd v1.10.0 src/main.rs, `parse_compat`); with
+/// `sandbox=chroot` both must run as root.
 pub const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 
 #[derive(Debug, Clone)]

@@ -235,7 +235,7 @@ fn start_daemons(daemons: &[vmm::Daemon], logs: &Path) -> anyhow::Result<Daemons
         let program = Path::new(vmm::VIRTIOFSD);
         anyhow::ensure!(
             program.is_file(),
-            "--share under QEMU needs {} (QEMU's virtiofsd; Debian: apt-get install qemu-system-common)",
+            "--share under QEMU needs {} (QEMU's virtiofsd; Debian 12: apt-get install qemu-system-common; Debian 13, Ubuntu 24.04: apt-get install virtiofsd)",
             program.display()
         );
         // SAFETY: geteuid has no preconditions.
