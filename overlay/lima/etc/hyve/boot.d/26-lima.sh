@@ -3,7 +3,7 @@
 # Lima's mounts. Its boot.sh runs later (85-lima-boot), its guest agent as a service
 # (services/55-lima-guestagent). Runs before dockerd starts, so that the docker group its
 # socket gets exists. Without a cidata volume (not booted by Lima) it does nothing.
-LIMA_CIDATA_MNT=/mnt/lima-cidata
+. /usr/libexec/hyve/lima.sh
 
 # The volume labelled cidata: a disk under vz, there at once; a CD-ROM under QEMU, which
 # the SCSI scan finds a moment after virtio_scsi loads (up to 5 s when a SCSI host exists).
@@ -14,11 +14,6 @@ lima_cidata_device() {
 		sleep 0.1
 		i=$((i + 1))
 	done
-}
-
-# A value of Lima's lima.env (KEY=VALUE lines, read as its boot.sh reads them).
-lima_env() {
-	sed -n "s/^$1=//p" "$LIMA_CIDATA_MNT/lima.env" | head -n 1
 }
 
 # The user's public keys: user-data's `ssh-authorized-keys:` list, one Go-quoted ("%q")

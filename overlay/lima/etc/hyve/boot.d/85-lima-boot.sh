@@ -3,9 +3,11 @@
 # up. In the background: the Docker host does not wait for it. Its output goes where Lima
 # looks for it (`limactl start`'s hints and progress read /var/log/cloud-init-output.log).
 # Its last act writes /run/lima-boot-done, which `limactl start` waits for.
-if grep -q ' /mnt/lima-cidata ' /proc/mounts && [ -x /mnt/lima-cidata/boot.sh ]; then
+. /usr/libexec/hyve/lima.sh
+if grep -q " $LIMA_CIDATA_MNT " /proc/mounts && [ -x "$LIMA_CIDATA_MNT/boot.sh" ]; then
 	(
-		LIMA_CIDATA_MNT=/mnt/lima-cidata /mnt/lima-cidata/boot.sh >>/var/log/cloud-init-output.log 2>&1
+		export LIMA_CIDATA_MNT
+		"$LIMA_CIDATA_MNT/boot.sh" >>/var/log/cloud-init-output.log 2>&1
 		log "lima: boot.sh exited with status $? (/var/log/cloud-init-output.log)"
 	) </dev/null &
 	log "lima: boot.sh started"
