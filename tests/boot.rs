@@ -138,9 +138,12 @@ fn fetch_packages(packages: &[&str], arch: &str, tmp: &Path) -> BTreeMap<String,
     std::fs::write(
         &profile,
         format!(
-            "branch = {:?}\nrepositories = [\"main\", \"community\"]\narches = [{arch:?}]\npackages = [{}]\n",
+            // (The kernel a profile boots is part of its world: here, one of the packages.)
+            "branch = {:?}\nrepositories = [\"main\", \"community\"]\narches = [{arch:?}]\npackages = [{}]\n\
+             [kernel]\npackage = {}\n",
             stock_branch(),
-            names.join(", ")
+            names.join(", "),
+            names[0]
         ),
     )
     .unwrap();
@@ -256,20 +259,45 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One file out of a package (an .apk is a gzip'ed tar stream).
-fn file_from_apk(apk: &Path, member: &str, dest: &Path) {
-    let unpack = dest.parent().unwrap().join(".unpack");
+/// The package unpacked (an .apk is a gzip'ed tar stream) into `dir/.unpack-NAME`.
+fn unpack_apk(apk: &Path, dir: &Path) -> PathBuf {
+    let unpack = dir.join(format!(".unpack-{}", apk.file_name().unwrap().to_string_lossy()));
     std::fs::create_dir_all(&unpack).unwrap();
     let o = Command::new("tar")
         .args(["--warning=no-unknown-keyword", "-xzif"])
         .arg(apk)
         .arg("-C")
         .arg(&unpack)
-        .arg(member)
         .output()
         .unwrap();
-    assert!(o.status.success(), "tar {member} from {}: {}", apk.display(), String::from_utf8_lossy(&o.stderr));
-    std::fs::rename(unpack.join(member), dest).unwrap();
+    assert!(o.status.success(), "tar -x {}: {}", apk.display(), String::from_utf8_lossy(&o.stderr));
+    unpack
+}
+
+/// Where `path` (relative, as the guest names it) is in an unpacked package: at `path`, or
+/// at `usr/path` in a package built for a merged /usr (Alpine from 3.23 on), following
+/// symlinks inside the package (an absolute target is the package's own).
+fn file_in_package(unpacked: &Path, path: &str) -> PathBuf {
+    for start in [path.to_string(), format!("usr/{path}")] {
+        let mut at = PathBuf::from(start);
+        for _ in 0..16 {
+            let Ok(target) = std::fs::read_link(unpacked.join(&at)) else { break };
+            at = match target.strip_prefix("/") {
+                Ok(absolute) => absolute.to_path_buf(),
+                Err(_) => at.parent().unwrap().join(target),
+            };
+        }
+        if unpacked.join(&at).is_file() {
+            return unpacked.join(at);
+        }
+    }
+    panic!("no {path} (nor usr/{path}) in {}", unpacked.display())
+}
+
+/// The file `path` of a package, copied to `dest`.
+fn file_from_apk(apk: &Path, path: &str, dest: &Path) {
+    let unpacked = unpack_apk(apk, dest.parent().unwrap());
+    std::fs::copy(file_in_package(&unpacked, path), dest).unwrap();
 }
 
 /// The docker CLI for the host's arch, from the mirror's docker-cli, as `tmp/docker`. A CLI
@@ -283,12 +311,10 @@ fn host_docker_cli(tmp: &Path) -> PathBuf {
     let cli = tmp.join("docker");
     match interpreter(&std::fs::read(&binary).unwrap()) {
         Some(loader) if !Path::new(&loader).exists() => {
-            let lib = tmp.join("musl-lib");
-            file_from_apk(&apks["musl"], "lib", &lib);
-            let name = Path::new(&loader).file_name().unwrap();
-            assert!(lib.join(name).exists(), "docker-cli asks for {loader}, which neither the host nor musl has");
+            let musl = unpack_apk(&apks["musl"], tmp);
+            let loader = file_in_package(&musl, loader.trim_start_matches('/'));
             // musl's loader runs a program named on its command line, and is its libc too.
-            let script = format!("#!/bin/sh\nexec '{}' '{}' \"$@\"\n", lib.join(name).display(), binary.display());
+            let script = format!("#!/bin/sh\nexec '{}' '{}' \"$@\"\n", loader.display(), binary.display());
             std::fs::write(&cli, script).unwrap();
             std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -343,9 +369,9 @@ fn mirror_is_alpine_where_the_guest_depends_on_it() {
                 assert!(listed.lines().any(|l| l == applet), "{arch}: busybox-static has no {applet}: {listed}");
             }
         }
+        let iptables = unpack_apk(&apks["iptables"], t);
         for tool in ["iptables", "ip6tables"] {
-            file_from_apk(&apks["iptables"], &format!("usr/sbin/{tool}"), &t.join(tool));
-            let target = std::fs::read_link(t.join(tool)).unwrap();
+            let target = std::fs::read_link(iptables.join("usr/sbin").join(tool)).unwrap();
             assert_eq!(target, Path::new("xtables-nft-multi"), "{arch}: {tool}");
         }
     }
