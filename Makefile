@@ -24,13 +24,15 @@ test: lint mirror unit installed
 # (needs network; what .github/workflows/alpine.yml runs on GitHub's runners): for
 # ALPINE_ARCH (default: the host's), from ALPINE_MIRROR, trusting Alpine's keys (and
 # ALPINE_KEY, a public key file, if set); ALPINE_PROFILES narrows the stock profiles built
-# (default: all). See tests/alpine.sh.
+# (default: all); ALPINE_LOCKED=1 builds from profiles/*.lock, --locked. See tests/alpine.sh.
 ALPINE_MIRROR ?= https://dl-cdn.alpinelinux.org/alpine
 ALPINE_ARCH   ?= $(shell uname -m | sed 's/^arm64$$/aarch64/')
 ALPINE_KEY    ?=
 ALPINE_PROFILES ?=
+ALPINE_LOCKED ?=
 test-alpine: build
-	HYVE=$(HYVE) CARGO=$(CARGO) MIRROR=$(ALPINE_MIRROR) ARCH=$(ALPINE_ARCH) KEY=$(ALPINE_KEY) PROFILES="$(ALPINE_PROFILES)" sh tests/alpine.sh
+	HYVE=$(HYVE) CARGO=$(CARGO) MIRROR=$(ALPINE_MIRROR) ARCH=$(ALPINE_ARCH) KEY=$(ALPINE_KEY) PROFILES="$(ALPINE_PROFILES)" \
+		LOCKED=$(ALPINE_LOCKED) sh tests/alpine.sh
 
 # hyve installed with `cargo install` and run from an empty directory (tests/installed.sh).
 installed: mirror

@@ -515,7 +515,7 @@ fn every_workflow_runs_what_the_repository_has() {
     let mut workflows: Vec<PathBuf> = std::fs::read_dir(root.join(".github/workflows"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
         .collect();
     workflows.sort();
     let names: Vec<_> = workflows.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
@@ -535,7 +535,7 @@ fn the_workflow_check_names_what_is_missing() {
         &bad,
         "name: bad\non: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    needs: nope\n    strategy:\n      matrix:\n        profile: [base, nosuch]\n    steps:\n\
          \x20     - uses: actions/checkout\n      - run: make lint no-such-target V=1 && sh tests/nope.sh\n\
-         \x20     - run: |\n          cargo test --release --test nope -- x\n          ./.ci/missing --flag ${{ matrix.profile }}\n\
+         \x20     - run: |\n          cargo test --release --test nope -- x\n          ./.ci/missing --flag ${{ matrix.profile }} ${{ inputs.lock }}\n          make -C elsewhere other-target\n\
          \x20 b:\n    uses: ./.github/workflows/missing.yml\n  c:\n    uses: ./.github/workflows/alpine.yml\n    with:\n      lock: x\n",
     )
     .unwrap();
@@ -552,10 +552,11 @@ fn the_workflow_check_names_what_is_missing() {
         ".ci/missing does not exist",
         "calls ./.github/workflows/missing.yml, which does not exist",
         "passes input 'lock', which ./.github/workflows/alpine.yml does not declare",
+        "uses inputs.lock, which no workflow_call or workflow_dispatch input declares",
     ] {
         assert!(said.contains(problem), "{problem:?} not reported:\n{said}");
     }
-    assert_eq!(said.lines().count(), 9, "{said}");
+    assert_eq!(said.lines().count(), 10, "{said}");
 }
 
 /// alpine.yml builds every profile and runs the boot tests from Alpine's mirror on both

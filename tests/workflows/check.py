@@ -5,7 +5,8 @@ runner with steps, or calls a workflow of this repository that declares `workflo
 the inputs it is given; `needs` name jobs that exist; actions are pinned to a ref; every
 `make TARGET` in a `run` names a target of the Makefile, every repository path a `run` names
 (.ci/, tests/, profiles/, ...) exists, every `cargo test --test NAME` names a test target of
-builder/Cargo.toml, and a matrix `profile` names a profile in profiles/.
+builder/Cargo.toml, a matrix `profile` names a profile in profiles/, and every `inputs.NAME`
+is declared.
 
 usage: check.py ROOT WORKFLOW.yml...   (prints each problem; exits 1 if there is one)
 """
@@ -52,7 +53,10 @@ def check_run(script, where, root, targets, tests, problems):
     for words in commands(script):
         for i, word in enumerate(words):
             if word == "make":
-                for arg in words[i + 1 :]:
+                args = words[i + 1 :]
+                if any(a in ("-C", "-f") or a.startswith(("-C", "-f", "--directory", "--file")) for a in args):
+                    continue  # another directory's or file's targets
+                for arg in args:
                     if arg.startswith("-") or "=" in arg:
                         continue
                     if arg not in targets:
@@ -83,6 +87,13 @@ def check_workflow(path, root, targets, tests):
     jobs = w.get("jobs") or {}
     if not jobs:
         problems.append(f"{name}: no jobs")
+    declared = set()
+    for trigger in ("workflow_call", "workflow_dispatch"):
+        spec = on.get(trigger) if isinstance(on, dict) else None
+        declared.update((spec or {}).get("inputs") or {})
+    for used in sorted(set(re.findall(r"\binputs\.([A-Za-z0-9_-]+)", open(path).read()))):
+        if used not in declared:
+            problems.append(f"{name}: uses inputs.{used}, which no workflow_call or workflow_dispatch input declares")
     profiles = {f[: -len(".toml")] for f in os.listdir(os.path.join(root, "profiles")) if f.endswith(".toml")}
     for job_id, job in jobs.items():
         where = f"{name}: job {job_id}"
