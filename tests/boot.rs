@@ -2,8 +2,8 @@
 //! (Debian's binaries repackaged by `make mirror`, a TEST FIXTURE), or Alpine's own
 //! (`HYVE_TEST_MIRROR`, see `TestMirror`; `make test-alpine`) — and booted with `hyve run`
 //! under QEMU, x86_64 and aarch64. Nothing here may depend on what only the test mirror has:
-//! packages are named as Alpine names them and fetched through hyve. `base` must reach userspace, get a DHCP address and power off cleanly, and reach
-//! userspace again from its EFI disk image alone (OVMF / AAVMF, UKI); `minimal`
+//! packages are named as Alpine names them and fetched through hyve. `base` must reach
+//! userspace, get a DHCP address and power off cleanly, and reach userspace again from its EFI disk image alone (OVMF / AAVMF, UKI); `minimal`
 //! (the docker host) is driven from the host with the docker CLI over TLS or plain TCP,
 //! across two boots with a data disk from `hyve disk create`. Console logs are kept in
 //! target/boot-logs/.
@@ -119,13 +119,26 @@ fn build(profile: &Path, stock: &str, arch: &str, tmp: &Path, out: &Path) {
             std::fs::copy(&seed, &lock).unwrap_or_else(|e| panic!("HYVE_TEST_LOCKS: {}: {e}", seed.display()));
         }
     }
-    let mut args =
-        vec!["build".to_string(), "--profile".to_string(), s(profile), "--arch".to_string(), arch.to_string()];
-    args.extend(TestMirror::from_env().args());
-    args.extend(["--lockfile".to_string(), s(&lock), "--cache-dir".to_string(), s(&tmp.join("cache"))]);
-    args.extend(["--out".to_string(), s(out)]);
-    let o = hyve(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = hyve_on_mirror("build", profile, arch, &lock, &tmp.join("cache"), &["--out", &s(out)]);
     assert!(o.status.success(), "build failed:\n{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `hyve COMMAND --profile PROFILE --arch ARCH` against the mirror with `lock` and `cache`,
+/// then `extra`.
+fn hyve_on_mirror(
+    command: &str,
+    profile: &Path,
+    arch: &str,
+    lock: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args =
+        vec![command.to_string(), "--profile".to_string(), s(profile), "--arch".to_string(), arch.to_string()];
+    args.extend(TestMirror::from_env().args());
+    args.extend(["--lockfile".to_string(), s(lock), "--cache-dir".to_string(), s(cache)]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    hyve(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The named packages for `arch` from the mirror, fetched and verified by `hyve fetch`
@@ -149,11 +162,7 @@ fn fetch_packages(packages: &[&str], arch: &str, tmp: &Path) -> BTreeMap<String,
     .unwrap();
     let cache = tmp.join("cache");
     let lock = dir.join("packages.lock");
-    let mut args =
-        vec!["fetch".to_string(), "--profile".to_string(), s(&profile), "--arch".to_string(), arch.to_string()];
-    args.extend(TestMirror::from_env().args());
-    args.extend(["--lockfile".to_string(), s(&lock), "--cache-dir".to_string(), s(&cache)]);
-    let o = hyve(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = hyve_on_mirror("fetch", &profile, arch, &lock, &cache, &[]);
     assert!(o.status.success(), "hyve fetch {packages:?} for {arch}: {}", String::from_utf8_lossy(&o.stderr));
     let lock = hyve::lock::LockFile::read(&lock).unwrap().unwrap();
     lock.arch[arch]
@@ -919,18 +928,20 @@ const HTTP_REPLY: &str =
     "#!/bin/sh\nwhile read -r line; do case $line in \"$(printf '\\r')\"|'') break ;; esac; done\n\
                           printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 18\\r\\n\\r\\nhyve-published-ok\\n'\n";
 
+/// Appends a regular file to a tar.
+fn append_file(tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, bytes: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(mode);
+    tar.append_data(&mut h, path, bytes).unwrap();
+}
+
 /// A root file system of `busybox` as `bin/busybox`, `TEST_IMAGE_APPLETS` linked to it, and
 /// `bin/http-reply` (`HTTP_REPLY`), as a tar.
 fn busybox_rootfs(busybox: &Path) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(std::fs::metadata(busybox).unwrap().len());
-    h.set_mode(0o755);
-    tar.append_data(&mut h, "bin/busybox", std::fs::File::open(busybox).unwrap()).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(HTTP_REPLY.len() as u64);
-    h.set_mode(0o755);
-    tar.append_data(&mut h, "bin/http-reply", HTTP_REPLY.as_bytes()).unwrap();
+    append_file(&mut tar, "bin/busybox", 0o755, &std::fs::read(busybox).unwrap());
+    append_file(&mut tar, "bin/http-reply", 0o755, HTTP_REPLY.as_bytes());
     for applet in TEST_IMAGE_APPLETS {
         let mut l = tar::Header::new_gnu();
         l.set_entry_type(tar::EntryType::Symlink);
@@ -959,10 +970,7 @@ fn saved_image(name: &str, architecture: &str, layer: &[u8]) -> Vec<u8> {
         ("layer.tar", layer.to_vec()),
         ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
     ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        tar.append_data(&mut h, path, &bytes[..]).unwrap();
+        append_file(&mut tar, path, 0o644, &bytes);
     }
     tar.into_inner().unwrap()
 }
