@@ -34,6 +34,18 @@ def cargo_tests(root):
     return set(re.findall(r'\[\[test\]\]\s*\nname\s*=\s*"([^"]+)"', text))
 
 
+def triggers(workflow):
+    """A workflow's `on` as a mapping of trigger to its settings (None when it has none), in
+    whichever form it is written: a name, a list of names or a mapping. (YAML 1.1 reads a bare
+    `on` as true.)"""
+    on = workflow.get("on", workflow.get(True))
+    if isinstance(on, str):
+        return {on: None}
+    if isinstance(on, list):
+        return dict.fromkeys(on)
+    return on if isinstance(on, dict) else {}
+
+
 def commands(script):
     """Each simple command of a `run` script, as a list of words."""
     script = re.sub(r"\\\n", " ", script)
@@ -54,7 +66,7 @@ def check_run(script, where, root, targets, tests, problems):
         for i, word in enumerate(words):
             if word == "make":
                 args = words[i + 1 :]
-                if any(a in ("-C", "-f") or a.startswith(("-C", "-f", "--directory", "--file")) for a in args):
+                if any(a.startswith(("-C", "-f", "--directory", "--file")) for a in args):
                     continue  # another directory's or file's targets
                 for arg in args:
                     if arg.startswith("-") or "=" in arg:
@@ -81,7 +93,7 @@ def check_workflow(path, root, targets, tests):
         return [f"{name}: not YAML: {e}"]
     if not isinstance(w, dict):
         return [f"{name}: not a mapping"]
-    on = w.get("on", w.get(True))  # YAML 1.1 reads a bare `on` as true
+    on = triggers(w)
     if not on:
         problems.append(f"{name}: no `on` triggers")
     jobs = w.get("jobs") or {}
@@ -89,8 +101,7 @@ def check_workflow(path, root, targets, tests):
         problems.append(f"{name}: no jobs")
     declared = set()
     for trigger in ("workflow_call", "workflow_dispatch"):
-        spec = on.get(trigger) if isinstance(on, dict) else None
-        declared.update((spec or {}).get("inputs") or {})
+        declared.update((on.get(trigger) or {}).get("inputs") or {})
     for used in sorted(set(re.findall(r"\binputs\.([A-Za-z0-9_-]+)", open(path).read()))):
         if used not in declared:
             problems.append(f"{name}: uses inputs.{used}, which no workflow_call or workflow_dispatch input declares")
@@ -117,12 +128,11 @@ def check_workflow(path, root, targets, tests):
                 except yaml.YAMLError as e:
                     problems.append(f"{where}: calls {called}, which is not YAML: {e}")
                     continue
-                callee_on = callee.get("on", callee.get(True)) or {}
-                call = callee_on.get("workflow_call") if isinstance(callee_on, dict) else None
-                if call is None and not (isinstance(callee_on, dict) and "workflow_call" in callee_on):
+                callee_on = triggers(callee)
+                if "workflow_call" not in callee_on:
                     problems.append(f"{where}: calls {called}, which has no workflow_call trigger")
                     continue
-                inputs = (call or {}).get("inputs") or {}
+                inputs = (callee_on["workflow_call"] or {}).get("inputs") or {}
                 for key in job.get("with") or {}:
                     if key not in inputs:
                         problems.append(f"{where}: passes input {key!r}, which {called} does not declare")
