@@ -1,7 +1,7 @@
 # containerd and dockerd start as soon as their data is mounted (25-data-disk.sh), while the
 # clock, network and TLS steps run: on an emulated CPU starting them is most of the time to
-# the Docker API. dockerd waits for containerd's socket and for the TLS material
-# (60-docker-tls.sh marks it done) before it runs; 90-services.sh skips them.
+# the Docker API. dockerd waits for the TLS material (60-docker-tls.sh marks it done), and
+# itself for containerd's socket; 90-services.sh skips them.
 . /etc/hyve/docker.conf
 # A later boot: the server certificate the last one made is still valid for 30 days, so
 # dockerd need not wait for the network. 60-docker-tls.sh replaces it, and restarts dockerd,
