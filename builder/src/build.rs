@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apk::Arch;
 use crate::fsutil;
-use crate::install::{installed_db, Installer, PackageFile};
+use crate::install::{installed_db, unpack, Installer, PackageFile, Unpacked};
 use crate::kernel;
 use crate::output::esp::{self, GuestFiles};
 use crate::output::guestdisk::{self, ImageSpec};
@@ -152,20 +152,24 @@ fn fetch_and_install(
     let reqs = session.locked_requests(arch, section, true)?;
     let mut store = ContentStore::new().map_err(fsutil::at(Path::new("content store")))?;
     let mut tree = Tree::new();
-    let mut installer = Installer::new(&mut tree, &mut store, arch);
-    session.fetcher.packages_each(&reqs, |i, cached| -> Result<()> {
-        if cancel.is_cancelled() {
-            return Err(BuildError::Interrupted);
-        }
-        let locked = &section.packages[i];
-        installer.add(&PackageFile {
-            path: cached.path.clone(),
-            q1: cached.q1,
-            sha256: locked.sha256.clone(),
-            installed_size: locked.installed_size,
-        })?;
-        Ok(())
-    })?;
+    let mut installer = Installer::new(&mut tree, &mut store);
+    session.fetcher.packages_each(
+        &reqs,
+        |i, cached| -> Result<Unpacked> {
+            if cancel.is_cancelled() {
+                return Err(BuildError::Interrupted);
+            }
+            let locked = &section.packages[i];
+            let pkg = PackageFile {
+                path: cached.path.clone(),
+                q1: cached.q1,
+                sha256: locked.sha256.clone(),
+                installed_size: locked.installed_size,
+            };
+            Ok(unpack(&pkg, arch)?)
+        },
+        |_, _, unpacked| Ok(installer.install(unpacked)?),
+    )?;
     let (packages, warnings) = installer.finish()?;
     Ok(Installed { tree, store, packages, warnings })
 }

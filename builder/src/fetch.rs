@@ -515,16 +515,19 @@ impl<'r> Fetcher<'r> {
     /// Fetches every request with `jobs` workers; results in request order. The first
     /// failure (in request order) is returned after in-flight work stops.
     pub fn packages(&self, reqs: &[PackageRequest]) -> Result<Vec<CachedPackage>> {
-        self.packages_each(reqs, |_, _| Ok::<(), FetchError>(()))
+        self.packages_each(reqs, |_, _| Ok::<(), FetchError>(()), |_, _, ()| Ok(()))
     }
 
-    /// Like `packages`, and hands each package to `consume` in request order as soon as it
-    /// and every one before it are in the cache, while the rest are still downloading. A
-    /// failure of either stops the workers; the first one (in request order) is returned.
-    pub fn packages_each<E: From<FetchError>>(
+    /// Like `packages`, and runs `prepare` on each package in the worker that fetched it
+    /// (any order, several at once), then hands its result to `consume` in request order as
+    /// soon as it and every one before it are prepared, while the rest are still
+    /// downloading. A failure of any stops the workers; the first one (in request order) is
+    /// returned.
+    pub fn packages_each<T: Send, E: From<FetchError> + Send>(
         &self,
         reqs: &[PackageRequest],
-        mut consume: impl FnMut(usize, &CachedPackage) -> std::result::Result<(), E>,
+        prepare: impl Fn(usize, &CachedPackage) -> std::result::Result<T, E> + Sync,
+        mut consume: impl FnMut(usize, &CachedPackage, T) -> std::result::Result<(), E>,
     ) -> std::result::Result<Vec<CachedPackage>, E> {
         self.reporter.batch(reqs.len(), reqs.iter().filter_map(|r| r.size).sum());
         let next = AtomicUsize::new(0);
@@ -533,14 +536,14 @@ impl<'r> Fetcher<'r> {
         std::thread::scope(|s| {
             for _ in 0..self.opts.jobs.clamp(1, 64).min(reqs.len().max(1)) {
                 let tx = tx.clone();
-                let (next, stop) = (&next, &stop);
+                let (next, stop, prepare) = (&next, &stop, &prepare);
                 s.spawn(move || loop {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(req) = reqs.get(i) else { break };
-                    let r = self.package(req);
+                    let r = self.package(req).map_err(E::from).and_then(|p| prepare(i, &p).map(|t| (p, t)));
                     if r.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -551,21 +554,22 @@ impl<'r> Fetcher<'r> {
             }
             drop(tx);
             let mut ready: Vec<Option<CachedPackage>> = (0..reqs.len()).map(|_| None).collect();
+            let mut prepared: Vec<Option<T>> = (0..reqs.len()).map(|_| None).collect();
             let mut consumed = 0;
             let mut failure: Option<(usize, E)> = None;
             // Ends when every worker has finished.
             for (i, r) in rx {
                 match r {
-                    Ok(p) => ready[i] = Some(p),
+                    Ok((p, t)) => (ready[i], prepared[i]) = (Some(p), Some(t)),
                     Err(e) => {
                         if failure.as_ref().is_none_or(|(j, _)| i < *j) {
-                            failure = Some((i, e.into()));
+                            failure = Some((i, e));
                         }
                     }
                 }
                 while failure.is_none() && consumed < reqs.len() {
-                    let Some(p) = &ready[consumed] else { break };
-                    if let Err(e) = consume(consumed, p) {
+                    let (Some(p), Some(t)) = (&ready[consumed], prepared[consumed].take()) else { break };
+                    if let Err(e) = consume(consumed, p, t) {
                         stop.store(true, Ordering::Relaxed);
                         failure = Some((consumed, e));
                         break;
@@ -613,5 +617,53 @@ mod tests {
             "file:///srv/mirror/v3.24/community/aarch64/a-1.apk"
         );
         assert!(Mirror::parse("ftp://x").is_err());
+    }
+
+    /// Cached packages, prepared on the workers in whatever order they finish (the first
+    /// ones slowest), reach `consume` in request order; a failed `prepare` is the error, and
+    /// stops the consuming (nothing at or after it is consumed).
+    #[test]
+    fn prepared_packages_are_consumed_in_request_order() {
+        struct Quiet;
+        impl Reporter for Quiet {}
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(FetchOptions { jobs: 4, ..FetchOptions::new(dir.path().into()) }, &Quiet).unwrap();
+        let reqs: Vec<PackageRequest> = (0..6u8)
+            .map(|i| {
+                let body = vec![i; 10];
+                let (sha, _) = crate::fsutil::sha256_of(&body[..]).unwrap();
+                std::fs::write(dir.path().join("blobs/sha256").join(&sha), &body).unwrap();
+                PackageRequest {
+                    name: format!("p{i}"),
+                    version: "1-r0".into(),
+                    url: format!("file:///nowhere/p{i}-1-r0.apk"),
+                    q1: Q1([i; 20]),
+                    size: Some(10),
+                    sha256: Some(sha),
+                    datahash: Some(String::new()),
+                    installed_size: 10,
+                    rehash_cached: false,
+                }
+            })
+            .collect();
+        let prepare = |i: usize, p: &CachedPackage| {
+            std::thread::sleep(Duration::from_millis(20 * (6 - i as u64)));
+            if p.name == "p4" {
+                return Err(FetchError::Offline { what: "p4".into(), cache: String::new() });
+            }
+            Ok(std::fs::read(&p.path).unwrap()[0])
+        };
+        let mut seen = Vec::new();
+        let e = fetcher.packages_each(&reqs, prepare, |i, p, first_byte| {
+            assert_eq!((p.name.clone(), first_byte), (format!("p{i}"), i as u8));
+            seen.push(i);
+            Ok(())
+        });
+        assert!(matches!(e, Err(FetchError::Offline { what, .. }) if what == "p4"));
+        assert!(seen.len() < 4 && seen.iter().enumerate().all(|(k, i)| k == *i), "{seen:?}");
+        let mut seen = Vec::new();
+        let ok = |i, p: &CachedPackage| if p.name == "p4" { Ok(4) } else { prepare(i, p) };
+        fetcher.packages_each(&reqs, ok, |i, _, _| Ok::<(), FetchError>(seen.push(i))).unwrap();
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
     }
 }

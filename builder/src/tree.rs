@@ -12,25 +12,30 @@ use sha1::{Digest, Sha1};
 /// Where a file's bytes are in the content store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blob {
+    /// Which of the store's files holds it (`ContentStore::absorb` renumbers).
+    segment: u32,
     offset: u64,
     pub len: u64,
     pub sha1: [u8; 20],
 }
 
-/// Append-only storage for file contents.
+/// Append-only storage for file contents: temporary files, one per store that was absorbed
+/// into this one (packages are unpacked on several threads, each into a store of its own);
+/// `add` appends to the first.
 pub struct ContentStore {
-    file: File,
+    files: Vec<File>,
     end: u64,
 }
 
 impl ContentStore {
     pub fn new() -> io::Result<Self> {
-        Ok(ContentStore { file: tempfile::tempfile()?, end: 0 })
+        Ok(ContentStore { files: vec![tempfile::tempfile()?], end: 0 })
     }
 
     /// Copies `reader` in; returns where it went and its SHA-1.
     pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
-        self.file.seek(SeekFrom::Start(self.end))?;
+        let file = &mut self.files[0];
+        file.seek(SeekFrom::Start(self.end))?;
         let mut hasher = Sha1::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut len = 0u64;
@@ -40,10 +45,10 @@ impl ContentStore {
                 break;
             }
             hasher.update(&buf[..n]);
-            self.file.write_all(&buf[..n])?;
+            file.write_all(&buf[..n])?;
             len += n as u64;
         }
-        let blob = Blob { offset: self.end, len, sha1: hasher.finalize().into() };
+        let blob = Blob { segment: 0, offset: self.end, len, sha1: hasher.finalize().into() };
         self.end += len;
         Ok(blob)
     }
@@ -52,21 +57,46 @@ impl ContentStore {
         self.add(&mut &bytes[..])
     }
 
+    /// Takes `other`'s contents over without copying them; its blobs are this store's after
+    /// `Absorbed::blob`.
+    pub fn absorb(&mut self, other: ContentStore) -> Absorbed {
+        let first = u32::try_from(self.files.len()).expect("fewer than 2^32 stores");
+        self.files.extend(other.files);
+        Absorbed { first }
+    }
+
+    fn file(&self, blob: Blob) -> &File {
+        &self.files[blob.segment as usize]
+    }
+
     /// A reader over one blob (positioned reads; the store stays shareable).
     pub fn open(&self, blob: Blob) -> BlobReader<'_> {
-        BlobReader { file: &self.file, pos: blob.offset, end: blob.offset + blob.len }
+        BlobReader { file: self.file(blob), pos: blob.offset, end: blob.offset + blob.len }
     }
 
     /// Fills `buf` with `blob`'s bytes from `offset` on (positioned: any thread may read).
     pub fn read_exact_at(&self, blob: Blob, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         assert!(offset + buf.len() as u64 <= blob.len, "a read past the end of a blob");
-        self.file.read_exact_at(buf, blob.offset + offset)
+        self.file(blob).read_exact_at(buf, blob.offset + offset)
     }
 
     pub fn read_all(&self, blob: Blob) -> io::Result<Vec<u8>> {
         let mut v = Vec::with_capacity(blob.len as usize);
         self.open(blob).read_to_end(&mut v)?;
         Ok(v)
+    }
+}
+
+/// Where an absorbed store's files went.
+#[derive(Debug, Clone, Copy)]
+pub struct Absorbed {
+    first: u32,
+}
+
+impl Absorbed {
+    /// A blob of the absorbed store, as a blob of the store that took it in.
+    pub fn blob(self, blob: Blob) -> Blob {
+        Blob { segment: self.first + blob.segment, ..blob }
     }
 }
 
@@ -306,6 +336,23 @@ mod tests {
         let NodeKind::File(blob) = t.get("usr/bin/b").unwrap().kind else { panic!() };
         assert_eq!(store.read_all(blob).unwrap(), b"bbb");
         assert_eq!(t.children_of("usr").count(), 2);
+    }
+
+    #[test]
+    fn absorbed_stores_keep_their_blobs() {
+        let mut main = ContentStore::new().unwrap();
+        let before = main.add_bytes(b"main").unwrap();
+        let mut worker = ContentStore::new().unwrap();
+        let theirs = [worker.add_bytes(b"first").unwrap(), worker.add_bytes(b"second").unwrap()];
+        let moved = main.absorb(worker);
+        let after = main.add_bytes(b"after").unwrap();
+        let read = |b| main.read_all(b).unwrap();
+        assert_eq!(read(moved.blob(theirs[0])), b"first");
+        assert_eq!(read(moved.blob(theirs[1])), b"second");
+        assert_eq!((read(before), read(after)), (b"main".to_vec(), b"after".to_vec()));
+        let mut tail = [0u8; 3];
+        main.read_exact_at(moved.blob(theirs[1]), 3, &mut tail).unwrap();
+        assert_eq!(&tail, b"ond");
     }
 
     #[test]

@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use sha2::Sha256;
 
 use crate::apk::archive::{DataEntry, EntryKind};
-use crate::apk::package::{Limits, PackageReader};
+use crate::apk::package::{Control, Limits, PackageReader};
 use crate::apk::pkginfo::PkgInfo;
 use crate::apk::Q1;
-use crate::tree::{ContentStore, Node, NodeKind, Overwrite, Tree, TreeError};
+use crate::tree::{Blob, ContentStore, Node, NodeKind, Overwrite, Tree, TreeError};
 
 /// A package file to install and the identity it must have.
 #[derive(Debug, Clone)]
@@ -68,79 +68,89 @@ pub enum InstallError {
 
 type Result<T> = std::result::Result<T, InstallError>;
 
-/// Installs packages into a tree one at a time, in install order, as they become available
-/// (the build unpacks each package while later ones are still downloading); `finish` returns
-/// what was installed and warnings about script commands that were not reproduced. (Mtimes
-/// are clamped when the tree is written.)
+/// A package read, checked and unpacked into a content store of its own, not yet in any
+/// tree: the half of installing that needs no tree, so that packages unpack on several
+/// threads while `Installer::install` takes them in install order.
+pub struct Unpacked {
+    control: Control,
+    /// The data entries in archive order, with the blobs of the files (in `store`).
+    entries: Vec<(DataEntry, Option<Blob>)>,
+    store: ContentStore,
+}
+
+/// Reads `pkg` once: its lock pin (trust link 2), Q1, datahash and every file's SHA-1 are
+/// checked in the pass that unpacks it, and it must be built for `arch` (or `noarch`).
+pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch) -> Result<Unpacked> {
+    let origin = pkg.path.display().to_string();
+    let io_error = |source| crate::apk::Error::Io { origin: origin.clone(), source };
+    let file = std::fs::File::open(&pkg.path).map_err(io_error)?;
+    let mut hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
+    let reader = PackageReader::open(
+        std::io::BufReader::new(&mut hashing),
+        &origin,
+        Limits::for_installed_size(pkg.installed_size),
+        Some(pkg.q1),
+    )
+    .map_err(|e| corrupt_or(e, pkg))?;
+    let control = reader.control.clone();
+    if control.info.arch != arch.as_str() && control.info.arch != "noarch" {
+        return Err(InstallError::WrongArch {
+            path: origin,
+            package: control.info.name.clone(),
+            expected: arch.to_string(),
+            actual: control.info.arch.clone(),
+        });
+    }
+    let mut store = ContentStore::new()?;
+    let mut entries = Vec::new();
+    reader
+        .read_data(|entry, content| {
+            let blob = match entry.kind {
+                EntryKind::File => Some(store.add(content).map_err(io_error)?),
+                _ => None,
+            };
+            entries.push((entry.clone(), blob));
+            Ok(())
+        })
+        .map_err(|e| corrupt_or(e, pkg))?;
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io_error)?;
+    let actual = hex::encode(hashing.finish().1);
+    if actual != pkg.sha256 {
+        return Err(cache_corrupt(pkg, actual));
+    }
+    Ok(Unpacked { control, entries, store })
+}
+
+/// Installs unpacked packages into a tree one at a time, in install order, as they become
+/// available (the build unpacks packages on several threads while later ones are still
+/// downloading); `finish` returns what was installed and warnings about script commands that
+/// were not reproduced. (Mtimes are clamped when the tree is written.)
 pub struct Installer<'a> {
     tree: &'a mut Tree,
     store: &'a mut ContentStore,
-    /// Every package must be built for it (or be `noarch`).
-    arch: crate::apk::Arch,
     installed: Vec<InstalledPackage>,
     warnings: Vec<String>,
 }
 
 impl<'a> Installer<'a> {
-    pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore, arch: crate::apk::Arch) -> Self {
-        Installer { tree, store, arch, installed: Vec::new(), warnings: Vec::new() }
+    pub fn new(tree: &'a mut Tree, store: &'a mut ContentStore) -> Self {
+        Installer { tree, store, installed: Vec::new(), warnings: Vec::new() }
     }
 
-    /// Unpacks the next package in install order.
-    pub fn add(&mut self, pkg: &PackageFile) -> Result<()> {
+    /// Installs the next package in install order. Only a package that `unpack` checked
+    /// whole reaches the tree.
+    pub fn install(&mut self, pkg: Unpacked) -> Result<()> {
         let (tree, store, warnings) = (&mut *self.tree, &mut *self.store, &mut self.warnings);
-        let origin = pkg.path.display().to_string();
-        let file = std::fs::File::open(&pkg.path)
-            .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
-        let mut hashing = crate::fsutil::Hashing::<_, Sha256>::new(file);
-        let reader = PackageReader::open(
-            std::io::BufReader::new(&mut hashing),
-            &origin,
-            Limits::for_installed_size(pkg.installed_size),
-            Some(pkg.q1),
-        )
-        .map_err(|e| corrupt_or(e, pkg))?;
-        let control = reader.control.clone();
-        if control.info.arch != self.arch.as_str() && control.info.arch != "noarch" {
-            return Err(InstallError::WrongArch {
-                path: origin,
-                package: control.info.name.clone(),
-                expected: self.arch.to_string(),
-                actual: control.info.arch.clone(),
-            });
-        }
+        let Unpacked { control, entries, store: unpacked } = pkg;
+        let absorbed = store.absorb(unpacked);
         let name = control.info.name.clone();
         let replaces: BTreeSet<String> = control.info.replaces.iter().map(|d| d.name.clone()).collect();
-        let scripts = control.scripts.clone();
-        run_scripts(tree, store, &name, &scripts, &[".pre-install"], warnings)?;
+        run_scripts(tree, store, &name, &control.scripts, &[".pre-install"], warnings)?;
         let mut files = Vec::new();
-        let mut pending: Vec<(DataEntry, Option<crate::tree::Blob>)> = Vec::new();
-        reader
-            .read_data(|entry, content| {
-                let blob = match entry.kind {
-                    EntryKind::File => Some(
-                        store
-                            .add(content)
-                            .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?,
-                    ),
-                    _ => None,
-                };
-                pending.push((entry.clone(), blob));
-                Ok(())
-            })
-            .map_err(|e| corrupt_or(e, pkg))?;
-        std::io::copy(&mut hashing, &mut std::io::sink())
-            .map_err(|source| crate::apk::Error::Io { origin: origin.clone(), source })?;
-        let actual = hex::encode(hashing.finish().1);
-        if actual != pkg.sha256 {
-            return Err(cache_corrupt(pkg, actual));
-        }
-        // Only now, with the file's pin, datahash and every file checked, does anything reach
-        // the tree.
-        for (entry, blob) in pending {
+        for (entry, blob) in entries {
             let (uid, gid) = owner_ids(tree, store, &entry);
             let kind = match &entry.kind {
-                EntryKind::File => NodeKind::File(blob.expect("blob stored for files")),
+                EntryKind::File => NodeKind::File(absorbed.blob(blob.expect("blob stored for files"))),
                 EntryKind::Dir => NodeKind::Dir,
                 EntryKind::Symlink { target } => NodeKind::Symlink(target.clone()),
                 EntryKind::Hardlink { target } => NodeKind::Hardlink(target.clone()),
@@ -163,9 +173,9 @@ impl<'a> Installer<'a> {
             };
             tree.insert(&entry.path, node, overwrite)
                 .map_err(|source| InstallError::Tree { package: name.clone(), source: Box::new(source) })?;
-            files.push((entry.path.clone(), entry.kind.clone(), entry.sha1));
+            files.push((entry.path, entry.kind, entry.sha1));
         }
-        run_scripts(tree, store, &name, &scripts, &[".post-install", ".trigger"], warnings)?;
+        run_scripts(tree, store, &name, &control.scripts, &[".post-install", ".trigger"], warnings)?;
         self.installed.push(InstalledPackage { info: control.info, q1: control.q1, files });
         Ok(())
     }
