@@ -663,7 +663,11 @@ mod tests {
         assert!(seen.len() < 4 && seen.iter().enumerate().all(|(k, i)| k == *i), "{seen:?}");
         let mut seen = Vec::new();
         let ok = |i, p: &CachedPackage| if p.name == "p4" { Ok(4) } else { prepare(i, p) };
-        fetcher.packages_each(&reqs, ok, |i, _, _| Ok::<(), FetchError>(seen.push(i))).unwrap();
+        let consume = |i, _: &CachedPackage, _| {
+            seen.push(i);
+            Ok::<(), FetchError>(())
+        };
+        fetcher.packages_each(&reqs, ok, consume).unwrap();
         assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
     }
 }
