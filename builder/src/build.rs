@@ -4,6 +4,7 @@
 //! and nothing half-written.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -140,9 +141,10 @@ pub struct BuildOptions {
     pub cancel: crate::cancel::Cancel,
 }
 
-/// The locked packages, fetched and installed into a new tree, each unpacked as soon as it
-/// is in the cache while later ones download. Cached copies are not hashed by the fetcher:
-/// the installer checks each file's pin in the same pass that unpacks it.
+/// The locked packages, fetched and installed into a new tree: each is unpacked by the fetch
+/// worker that has it in the cache (into that worker's writer of the content store), while
+/// later ones download, and installed in install order. Cached copies are not hashed by the
+/// fetcher: `install::unpack` checks each file's pin in the same pass that unpacks it.
 fn fetch_and_install(
     session: &Session,
     arch: Arch,
@@ -150,7 +152,10 @@ fn fetch_and_install(
     cancel: &crate::cancel::Cancel,
 ) -> Result<Installed> {
     let reqs = session.locked_requests(arch, section, true)?;
-    let mut store = ContentStore::new().map_err(fsutil::at(Path::new("content store")))?;
+    let store_error = fsutil::at(Path::new("content store"));
+    let mut store = ContentStore::new().map_err(store_error)?;
+    // One writer per fetch worker; a worker holds one while it unpacks.
+    let writers = Mutex::new(store.writers(session.fetcher.workers(reqs.len())).map_err(store_error)?);
     let mut tree = Tree::new();
     let mut installer = Installer::new(&mut tree, &mut store);
     session.fetcher.packages_each(
@@ -166,7 +171,11 @@ fn fetch_and_install(
                 sha256: locked.sha256.clone(),
                 installed_size: locked.installed_size,
             };
-            Ok(unpack(&pkg, arch)?)
+            let take = || writers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut writer = take().pop().expect("a store writer for each fetch worker");
+            let unpacked = unpack(&pkg, arch, &mut writer);
+            take().push(writer);
+            Ok(unpacked?)
         },
         |_, _, unpacked| Ok(installer.install(unpacked)?),
     )?;

@@ -1,7 +1,7 @@
 //! Stopping a long job cleanly: the CLI turns SIGINT/SIGTERM into a `Cancel` flag, and the
-//! build checks it between packages and inside every stream it writes, so an interrupted
-//! build unwinds through the normal error path — temporary directories are removed, the
-//! previous output stays — instead of dying with debris on disk.
+//! build checks it before each package is unpacked and inside every stream it writes, so an
+//! interrupted build unwinds through the normal error path — temporary directories are
+//! removed, the previous output stays — instead of dying with debris on disk.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -518,11 +518,17 @@ impl<'r> Fetcher<'r> {
         self.packages_each(reqs, |_, _| Ok::<(), FetchError>(()), |_, _, ()| Ok(()))
     }
 
+    /// How many workers `packages_each` runs for `requests` packages.
+    pub fn workers(&self, requests: usize) -> usize {
+        self.opts.jobs.clamp(1, 64).min(requests.max(1))
+    }
+
     /// Like `packages`, and runs `prepare` on each package in the worker that fetched it
     /// (any order, several at once), then hands its result to `consume` in request order as
     /// soon as it and every one before it are prepared, while the rest are still
-    /// downloading. A failure of any stops the workers; the first one (in request order) is
-    /// returned.
+    /// downloading. A failure of any stops the workers from starting more; every package
+    /// before it is still consumed, so the error returned is the first in request order
+    /// whatever the timing.
     pub fn packages_each<T: Send, E: From<FetchError> + Send>(
         &self,
         reqs: &[PackageRequest],
@@ -534,7 +540,7 @@ impl<'r> Fetcher<'r> {
         let stop = AtomicBool::new(false);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
-            for _ in 0..self.opts.jobs.clamp(1, 64).min(reqs.len().max(1)) {
+            for _ in 0..self.workers(reqs.len()) {
                 let tx = tx.clone();
                 let (next, stop, prepare) = (&next, &stop, &prepare);
                 s.spawn(move || loop {
@@ -567,7 +573,8 @@ impl<'r> Fetcher<'r> {
                         }
                     }
                 }
-                while failure.is_none() && consumed < reqs.len() {
+                // Workers take requests in order, so every one before a failure arrives.
+                while consumed < reqs.len() && failure.as_ref().is_none_or(|(j, _)| consumed < *j) {
                     let (Some(p), Some(t)) = (&ready[consumed], prepared[consumed].take()) else { break };
                     if let Err(e) = consume(consumed, p, t) {
                         stop.store(true, Ordering::Relaxed);
@@ -620,14 +627,15 @@ mod tests {
     }
 
     /// Cached packages, prepared on the workers in whatever order they finish (the first
-    /// ones slowest), reach `consume` in request order; a failed `prepare` is the error, and
-    /// stops the consuming (nothing at or after it is consumed).
+    /// ones slowest), reach `consume` in request order. The error is the first in request
+    /// order, whichever failed first: every package before it is consumed, none after.
     #[test]
     fn prepared_packages_are_consumed_in_request_order() {
         struct Quiet;
         impl Reporter for Quiet {}
         let dir = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::new(FetchOptions { jobs: 4, ..FetchOptions::new(dir.path().into()) }, &Quiet).unwrap();
+        assert_eq!((fetcher.workers(6), fetcher.workers(2), fetcher.workers(0)), (4, 2, 1));
         let reqs: Vec<PackageRequest> = (0..6u8)
             .map(|i| {
                 let body = vec![i; 10];
@@ -646,28 +654,38 @@ mod tests {
                 }
             })
             .collect();
-        let prepare = |i: usize, p: &CachedPackage| {
-            std::thread::sleep(Duration::from_millis(20 * (6 - i as u64)));
-            if p.name == "p4" {
-                return Err(FetchError::Offline { what: "p4".into(), cache: String::new() });
+        // p2 and p4 fail, p4 first (at once, while p0..p3 sleep).
+        let failing = |fail: &'static [&'static str]| {
+            move |i: usize, p: &CachedPackage| {
+                if fail.contains(&p.name.as_str()) && p.name == "p4" {
+                    return Err(FetchError::Offline { what: p.name.clone(), cache: String::new() });
+                }
+                std::thread::sleep(Duration::from_millis(30 * (6 - i as u64)));
+                if fail.contains(&p.name.as_str()) {
+                    return Err(FetchError::Offline { what: p.name.clone(), cache: String::new() });
+                }
+                Ok(std::fs::read(&p.path).unwrap()[0])
             }
-            Ok(std::fs::read(&p.path).unwrap()[0])
         };
-        let mut seen = Vec::new();
-        let e = fetcher.packages_each(&reqs, prepare, |i, p, first_byte| {
-            assert_eq!((p.name.clone(), first_byte), (format!("p{i}"), i as u8));
-            seen.push(i);
-            Ok(())
-        });
-        assert!(matches!(e, Err(FetchError::Offline { what, .. }) if what == "p4"));
-        assert!(seen.len() < 4 && seen.iter().enumerate().all(|(k, i)| k == *i), "{seen:?}");
-        let mut seen = Vec::new();
-        let ok = |i, p: &CachedPackage| if p.name == "p4" { Ok(4) } else { prepare(i, p) };
-        let consume = |i, _: &CachedPackage, _| {
-            seen.push(i);
-            Ok::<(), FetchError>(())
+        let run = |fail, consume_fails_at: Option<usize>| {
+            let mut seen = Vec::new();
+            let r = fetcher.packages_each(&reqs, failing(fail), |i, p, first_byte| {
+                assert_eq!((p.name.clone(), first_byte), (format!("p{i}"), i as u8));
+                if consume_fails_at == Some(i) {
+                    return Err(FetchError::Offline { what: "consume".into(), cache: String::new() });
+                }
+                seen.push(i);
+                Ok(())
+            });
+            (r.map(|_| ()).map_err(|e| e.to_string()), seen)
         };
-        fetcher.packages_each(&reqs, ok, consume).unwrap();
-        assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+        let (r, seen) = run(&["p2", "p4"], None);
+        assert!(r.as_ref().is_err_and(|e| e.contains("p2") && !e.contains("p4")), "{r:?}");
+        assert_eq!(seen, [0, 1]);
+        let (r, seen) = run(&["p4"], Some(3));
+        assert!(r.as_ref().is_err_and(|e| e.contains("consume")), "{r:?}");
+        assert_eq!(seen, [0, 1, 2]);
+        let (r, seen) = run(&[], None);
+        assert_eq!((r, seen), (Ok(()), vec![0, 1, 2, 3, 4, 5]));
     }
 }

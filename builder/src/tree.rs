@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
 use sha1::{Digest, Sha1};
@@ -12,16 +12,15 @@ use sha1::{Digest, Sha1};
 /// Where a file's bytes are in the content store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blob {
-    /// Which of the store's files holds it (`ContentStore::absorb` renumbers).
+    /// Which of the store's files holds it.
     segment: u32,
     offset: u64,
     pub len: u64,
     pub sha1: [u8; 20],
 }
 
-/// Append-only storage for file contents: temporary files, one per store that was absorbed
-/// into this one (packages are unpacked on several threads, each into a store of its own);
-/// `add` appends to the first.
+/// Append-only storage for file contents, in temporary files: `add` appends to the first,
+/// and each `StoreWriter` (packages unpack on several threads) to one of its own.
 pub struct ContentStore {
     files: Vec<File>,
     end: u64,
@@ -34,35 +33,25 @@ impl ContentStore {
 
     /// Copies `reader` in; returns where it went and its SHA-1.
     pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
-        let file = &mut self.files[0];
-        file.seek(SeekFrom::Start(self.end))?;
-        let mut hasher = Sha1::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut len = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])?;
-            len += n as u64;
-        }
-        let blob = Blob { segment: 0, offset: self.end, len, sha1: hasher.finalize().into() };
-        self.end += len;
-        Ok(blob)
+        append(&self.files[0], 0, &mut self.end, reader)
     }
 
     pub fn add_bytes(&mut self, bytes: &[u8]) -> io::Result<Blob> {
         self.add(&mut &bytes[..])
     }
 
-    /// Takes `other`'s contents over without copying them; its blobs are this store's after
-    /// `Absorbed::blob`.
-    pub fn absorb(&mut self, other: ContentStore) -> Absorbed {
-        let first = u32::try_from(self.files.len()).expect("fewer than 2^32 stores");
-        self.files.extend(other.files);
-        Absorbed { first }
+    /// `n` writers that add to this store from other threads, each into a file of its own
+    /// (so a build holds `n + 1` files, however many packages it has). Their blobs read
+    /// back from this store, also while the writers go on appending.
+    pub fn writers(&mut self, n: usize) -> io::Result<Vec<StoreWriter>> {
+        (0..n)
+            .map(|_| {
+                let file = tempfile::tempfile()?;
+                let segment = u32::try_from(self.files.len()).expect("fewer than 2^32 writers");
+                self.files.push(file.try_clone()?);
+                Ok(StoreWriter { file, segment, end: 0 })
+            })
+            .collect()
     }
 
     fn file(&self, blob: Blob) -> &File {
@@ -87,17 +76,38 @@ impl ContentStore {
     }
 }
 
-/// Where an absorbed store's files went.
-#[derive(Debug, Clone, Copy)]
-pub struct Absorbed {
-    first: u32,
+/// Adds to a `ContentStore` from another thread (`ContentStore::writers`).
+pub struct StoreWriter {
+    file: File,
+    segment: u32,
+    end: u64,
 }
 
-impl Absorbed {
-    /// A blob of the absorbed store, as a blob of the store that took it in.
-    pub fn blob(self, blob: Blob) -> Blob {
-        Blob { segment: self.first + blob.segment, ..blob }
+impl StoreWriter {
+    /// Copies `reader` in; returns where it went and its SHA-1.
+    pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
+        append(&self.file, self.segment, &mut self.end, reader)
     }
+}
+
+/// Copies `reader` to `file` at `*end` (positioned writes: the file's descriptor is shared
+/// with the store's readers) and moves `*end` past it.
+fn append(file: &File, segment: u32, end: &mut u64, reader: &mut dyn Read) -> io::Result<Blob> {
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all_at(&buf[..n], *end + len)?;
+        len += n as u64;
+    }
+    let blob = Blob { segment, offset: *end, len, sha1: hasher.finalize().into() };
+    *end += len;
+    Ok(blob)
 }
 
 pub struct BlobReader<'a> {
@@ -339,20 +349,34 @@ mod tests {
     }
 
     #[test]
-    fn absorbed_stores_keep_their_blobs() {
-        let mut main = ContentStore::new().unwrap();
-        let before = main.add_bytes(b"main").unwrap();
-        let mut worker = ContentStore::new().unwrap();
-        let theirs = [worker.add_bytes(b"first").unwrap(), worker.add_bytes(b"second").unwrap()];
-        let moved = main.absorb(worker);
-        let after = main.add_bytes(b"after").unwrap();
-        let read = |b| main.read_all(b).unwrap();
-        assert_eq!(read(moved.blob(theirs[0])), b"first");
-        assert_eq!(read(moved.blob(theirs[1])), b"second");
-        assert_eq!((read(before), read(after)), (b"main".to_vec(), b"after".to_vec()));
-        let mut tail = [0u8; 3];
-        main.read_exact_at(moved.blob(theirs[1]), 3, &mut tail).unwrap();
-        assert_eq!(&tail, b"ond");
+    fn writers_add_from_other_threads_and_read_back_from_the_store() {
+        let mut store = ContentStore::new().unwrap();
+        let before = store.add_bytes(b"main").unwrap();
+        let writers = store.writers(2).unwrap();
+        let blobs: Vec<Vec<Blob>> = std::thread::scope(|s| {
+            let handles: Vec<_> = writers
+                .into_iter()
+                .enumerate()
+                .map(|(k, mut w)| {
+                    s.spawn(move || {
+                        let text = |i| format!("writer {k}, blob {i}");
+                        (0..3).map(|i| w.add(&mut text(i).as_bytes()).unwrap()).collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let after = store.add_bytes(b"after").unwrap();
+        let read = |b| String::from_utf8(store.read_all(b).unwrap()).unwrap();
+        for (k, written) in blobs.iter().enumerate() {
+            for (i, b) in written.iter().enumerate() {
+                assert_eq!(read(*b), format!("writer {k}, blob {i}"));
+            }
+        }
+        assert_eq!((read(before), read(after)), ("main".to_string(), "after".to_string()));
+        let mut tail = [0u8; 6];
+        store.read_exact_at(blobs[1][2], 10, &mut tail).unwrap();
+        assert_eq!(&tail, b"blob 2");
     }
 
     #[test]

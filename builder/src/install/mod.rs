@@ -20,7 +20,7 @@ use crate::apk::archive::{DataEntry, EntryKind};
 use crate::apk::package::{Control, Limits, PackageReader};
 use crate::apk::pkginfo::PkgInfo;
 use crate::apk::Q1;
-use crate::tree::{Blob, ContentStore, Node, NodeKind, Overwrite, Tree, TreeError};
+use crate::tree::{Blob, ContentStore, Node, NodeKind, Overwrite, StoreWriter, Tree, TreeError};
 
 /// A package file to install and the identity it must have.
 #[derive(Debug, Clone)]
@@ -68,19 +68,19 @@ pub enum InstallError {
 
 type Result<T> = std::result::Result<T, InstallError>;
 
-/// A package read, checked and unpacked into a content store of its own, not yet in any
-/// tree: the half of installing that needs no tree, so that packages unpack on several
-/// threads while `Installer::install` takes them in install order.
+/// A package read, checked and its files' contents stored, not yet in any tree: the half of
+/// installing that needs no tree, so that packages unpack on several threads while
+/// `Installer::install` takes them in install order.
 pub struct Unpacked {
     control: Control,
-    /// The data entries in archive order, with the blobs of the files (in `store`).
+    /// The data entries in archive order, with the blobs of the files.
     entries: Vec<(DataEntry, Option<Blob>)>,
-    store: ContentStore,
 }
 
 /// Reads `pkg` once: its lock pin (trust link 2), Q1, datahash and every file's SHA-1 are
-/// checked in the pass that unpacks it, and it must be built for `arch` (or `noarch`).
-pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch) -> Result<Unpacked> {
+/// checked in the pass that unpacks it, and it must be built for `arch` (or `noarch`). The
+/// contents go to `store` (a writer of the store the tree's blobs are in).
+pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch, store: &mut StoreWriter) -> Result<Unpacked> {
     let origin = pkg.path.display().to_string();
     let io_error = |source| crate::apk::Error::Io { origin: origin.clone(), source };
     let file = std::fs::File::open(&pkg.path).map_err(io_error)?;
@@ -101,7 +101,6 @@ pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch) -> Result<Unpacked> {
             actual: control.info.arch.clone(),
         });
     }
-    let mut store = ContentStore::new()?;
     let mut entries = Vec::new();
     reader
         .read_data(|entry, content| {
@@ -118,7 +117,7 @@ pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch) -> Result<Unpacked> {
     if actual != pkg.sha256 {
         return Err(cache_corrupt(pkg, actual));
     }
-    Ok(Unpacked { control, entries, store })
+    Ok(Unpacked { control, entries })
 }
 
 /// Installs unpacked packages into a tree one at a time, in install order, as they become
@@ -138,11 +137,10 @@ impl<'a> Installer<'a> {
     }
 
     /// Installs the next package in install order. Only a package that `unpack` checked
-    /// whole reaches the tree.
+    /// whole, into one of this store's writers, reaches the tree.
     pub fn install(&mut self, pkg: Unpacked) -> Result<()> {
         let (tree, store, warnings) = (&mut *self.tree, &mut *self.store, &mut self.warnings);
-        let Unpacked { control, entries, store: unpacked } = pkg;
-        let absorbed = store.absorb(unpacked);
+        let Unpacked { control, entries } = pkg;
         let name = control.info.name.clone();
         let replaces: BTreeSet<String> = control.info.replaces.iter().map(|d| d.name.clone()).collect();
         run_scripts(tree, store, &name, &control.scripts, &[".pre-install"], warnings)?;
@@ -150,7 +148,7 @@ impl<'a> Installer<'a> {
         for (entry, blob) in entries {
             let (uid, gid) = owner_ids(tree, store, &entry);
             let kind = match &entry.kind {
-                EntryKind::File => NodeKind::File(absorbed.blob(blob.expect("blob stored for files"))),
+                EntryKind::File => NodeKind::File(blob.expect("blob stored for files")),
                 EntryKind::Dir => NodeKind::Dir,
                 EntryKind::Symlink { target } => NodeKind::Symlink(target.clone()),
                 EntryKind::Hardlink { target } => NodeKind::Hardlink(target.clone()),
