@@ -69,7 +69,22 @@ fn verify_accepts_a_rebuild_and_names_any_changed_byte() {
             stdout(&o)
         );
         assert!(stderr(&o).contains("1 of 6 files do not match"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("made by hyve"), "the same hyve made both: {}", stderr(&o));
     }
+    // Made by another hyve (the manifest says so): a failure names both versions.
+    let other = env.root.join("other-hyve");
+    std::fs::create_dir(&other).unwrap();
+    for f in OUTPUTS {
+        std::fs::copy(published.join(f), other.join(f)).unwrap();
+    }
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(other.join("manifest.json")).unwrap()).unwrap();
+    manifest["hyve_version"] = "0.0.1-old".into();
+    std::fs::write(other.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let o = env.verify(other.to_str().unwrap(), &env.root.join("cache"), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("made by hyve 0.0.1-old"), "{}", stderr(&o));
+    let o = env.verify(other.to_str().unwrap(), &env.root.join("cache"), &["--json"]);
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["published_hyve_version"], "0.0.1-old");
     // Served over HTTP with its (untouched) SHA256SUMS: the bytes are still compared, unless
     // the listed checksums are trusted with --checksums-only.
     let url = format!("{}/tampered-kernel/SHA256SUMS", site.url);

@@ -71,6 +71,8 @@ pub fn run(args: VerifyArgs) -> Outcome {
             "against": args.against,
             "source_date_epoch": result.source_date_epoch,
             "rebuild": args.keep,
+            "hyve_version": env!("CARGO_PKG_VERSION"),
+            "published_hyve_version": manifest.as_ref().map(|m| &m.hyve_version),
             "files": checks,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -94,8 +96,22 @@ pub fn run(args: VerifyArgs) -> Outcome {
             None => "rerun with --keep DIR, then `hyve diff` the two to see what is inside them".into(),
         };
         eprintln!("FAILED: {bad} of {} files do not match {}; {hint}", checks.len(), args.against);
+        if let Some(note) = version_note(manifest.as_ref().map(|m| m.hyve_version.as_str())) {
+            eprintln!("{note}");
+        }
     }
     Ok(identical)
+}
+
+/// Why a rebuild may differ when another hyve made the published build: the same inputs
+/// give the same bytes only through the same writers and compressors.
+fn version_note(published: Option<&str>) -> Option<String> {
+    let ours = env!("CARGO_PKG_VERSION");
+    let theirs = published.filter(|v| *v != ours)?;
+    Some(format!(
+        "note: the published build was made by hyve {theirs}, this is hyve {ours}; outputs are the same \
+         byte for byte only from the same hyve version: verify with hyve {theirs}"
+    ))
 }
 
 fn short(sha: &Option<String>) -> String {
@@ -136,5 +152,19 @@ fn check_line(c: &FileCheck) -> String {
         Verdict::NotRebuilt => {
             format!("  NOT REBUILT    {:<16} published, but this profile's rebuild does not write it", c.name)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_hyve_version_is_named() {
+        let ours = env!("CARGO_PKG_VERSION");
+        assert_eq!(version_note(Some(ours)), None);
+        assert_eq!(version_note(None), None);
+        let note = version_note(Some("0.0.1-old")).unwrap();
+        assert!(note.contains("made by hyve 0.0.1-old") && note.contains(&format!("this is hyve {ours}")), "{note}");
     }
 }
