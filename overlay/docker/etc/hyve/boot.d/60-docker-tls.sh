@@ -8,12 +8,10 @@
 # here, and none is ever shown on a console. Without them the API is not on TCP (the unix
 # socket and vsock still serve). EC P-256 keys: quick to make even on an emulated CPU.
 . /etc/hyve/docker.conf
-export OPENSSL_CONF=/etc/hyve/openssl.cnf
 tls=$HYVE_DATA/tls
 given=$HYVE_DATA/docker-tls
 mkdir -p "$tls" && chmod 700 "$tls"
-# tls_fresh FILE: 27-docker-early.sh.
-tls_key() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>>/var/log/tls.log); }
+# tls_fresh FILE, tls_key FILE, tls_done: 27-docker-early.sh.
 if [ -s "$given/ca.pem" ] && [ -s "$given/server-ca.pem" ] && [ -s "$given/server-ca-key.pem" ]; then
 	# Fresh user data: these replace whatever the disk had.
 	for f in ca.pem server-ca.pem server-ca-key.pem; do mv "$given/$f" "$tls/$f"; done
@@ -38,10 +36,25 @@ tls_server_cert() {
 	tls_fresh "$tls/server-cert.pem" && [ "$(cat "$tls/server.sans" 2>/dev/null)" = "$sans" ] && return 1
 	printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=%s\n' \
 		"$sans" >/run/hyve/tls-ext.cnf
-	if tls_key "$tls/server-key.pem" &&
-		openssl req -new -key "$tls/server-key.pem" -subj "/CN=$(hostname)" 2>>/var/log/tls.log |
-		openssl x509 -req -CA "$tls/server-ca.pem" -CAkey "$tls/server-ca-key.pem" -CAserial "$tls/server-ca.srl" \
-			-CAcreateserial -days 825 -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
+	# The key 27-docker-early.sh started making, once done (it takes a second or two on an
+	# emulated CPU, usually less than the wait for DHCP); else, or when that failed, one now.
+	i=0
+	while [ -e /run/hyve/server-key.making ] && [ $i -lt 300 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	pub=/run/hyve/server-cert-pub.pem
+	rm -f "$pub"
+	if ! { [ -s /run/hyve/server-pub.pem ] && mv /run/hyve/server-key.pem "$tls/server-key.pem" &&
+		mv /run/hyve/server-pub.pem "$pub"; }; then
+		tls_key "$tls/server-key.pem" && openssl pkey -in "$tls/server-key.pem" -pubout -out "$pub" 2>>/var/log/tls.log
+	fi
+	# One process: x509 -new (OpenSSL 3.0 and later) signs a certificate for the public key
+	# without a certificate request.
+	if [ -s "$pub" ] &&
+		openssl x509 -new -subj "/CN=$(hostname)" -force_pubkey "$pub" \
+			-CA "$tls/server-ca.pem" -CAkey "$tls/server-ca-key.pem" -CAserial "$tls/server-ca.srl" -CAcreateserial \
+			-days 825 -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
 		cat /run/hyve/server-cert.pem "$tls/server-ca.pem" >"$tls/server-cert.pem"; then
 		echo "$sans" >"$tls/server.sans"
 		log "TLS: server certificate for $sans, valid 825 days"
@@ -51,9 +64,8 @@ tls_server_cert() {
 		return 1
 	fi
 }
-# dockerd (services/30-dockerd) waits for /run/hyve/tls-done, which says the TLS material is
-# as ready as it gets this boot; containerd and the rest start meanwhile.
-tls_done() { : >/run/hyve/tls-done; }
+# Every case marks the TLS material done (tls_done: 27-docker-early.sh), at once or once the
+# certificate is made; containerd and the rest start meanwhile.
 if [ -z "$DOCKER_TLS_PORT" ]; then
 	tls_done
 elif [ ! -s "$tls/ca.pem" ] || [ ! -s "$tls/server-ca.pem" ] || [ ! -s "$tls/server-ca-key.pem" ]; then
