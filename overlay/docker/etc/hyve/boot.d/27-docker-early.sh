@@ -17,8 +17,10 @@ tls_done() {
 	: >/run/hyve/tls-done
 	echo done 1<>/run/hyve/tls-wake
 }
-if [ -z "$DOCKER_TLS_PORT" ] || { [ ! -s "$tls/server-ca-key.pem" ] && [ ! -s "$HYVE_DATA/docker-tls/server-ca-key.pem" ]; }; then
-	# No TLS, or no server CA to issue a certificate from (60-docker-tls.sh says so).
+if [ -z "$DOCKER_TLS_PORT" ] || { [ ! -s "$tls/server-ca-key.pem" ] &&
+	[ ! -s "$HYVE_DATA/docker-tls/server-ca-key.pem" ] && [ ! -e "$tls/server-cert.pem" ]; }; then
+	# No TLS, or neither a server CA to issue a certificate from (60-docker-tls.sh says so)
+	# nor a certificate dockerd would take (an older hyve's, which 60-docker-tls.sh removes).
 	tls_done
 elif tls_fresh "$tls/server-cert.pem" && [ -s "$tls/server-key.pem" ] && [ ! -d "$HYVE_DATA/docker-tls" ] &&
 	[ ! -e "$tls/ca-key.pem" ]; then
