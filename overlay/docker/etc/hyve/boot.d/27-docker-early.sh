@@ -12,7 +12,7 @@ tls_key() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_cur
 # /run/hyve/tls-done, and is woken by a line on the FIFO tls-wake (instead of polling, which
 # costs a process a tick on an emulated CPU). Opened read-write, the FIFO never blocks its
 # writer, with or without a reader.
-mkfifo /run/hyve/tls-wake
+mkfifo /run/hyve/tls-wake || log "cannot make /run/hyve/tls-wake: dockerd starts without waiting for its TLS certificate"
 tls_done() {
 	: >/run/hyve/tls-done
 	echo done 1<>/run/hyve/tls-wake

@@ -33,7 +33,8 @@ tls_server_cert() {
 	for a in $(ip -o addr show | awk '$2 != "lo" && ($3 == "inet" || $3 == "inet6") {split($4, a, "/"); if (a[1] !~ /^fe80/) print a[1]}'); do
 		sans="$sans,IP:$a"
 	done
-	tls_fresh "$tls/server-cert.pem" && [ "$(cat "$tls/server.sans" 2>/dev/null)" = "$sans" ] && return 1
+	[ -s "$tls/server-key.pem" ] && tls_fresh "$tls/server-cert.pem" && [ "$(cat "$tls/server.sans" 2>/dev/null)" = "$sans" ] &&
+		return 1
 	printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=%s\n' \
 		"$sans" >/run/hyve/tls-ext.cnf
 	# The key 27-docker-early.sh started making, once done (it takes a second or two on an
@@ -43,11 +44,13 @@ tls_server_cert() {
 		sleep 0.1
 		i=$((i + 1))
 	done
+	# The new key and certificate replace the old pair only once both are made (.new beside
+	# them, renamed), so a failure or a power cut never leaves a key that does not fit.
+	key=$tls/server-key.pem.new
 	pub=/run/hyve/server-cert-pub.pem
-	rm -f "$pub"
-	if ! { [ -s /run/hyve/server-pub.pem ] && mv /run/hyve/server-key.pem "$tls/server-key.pem" &&
-		mv /run/hyve/server-pub.pem "$pub"; }; then
-		tls_key "$tls/server-key.pem" && openssl pkey -in "$tls/server-key.pem" -pubout -out "$pub" 2>>/var/log/tls.log
+	rm -f "$key" "$pub"
+	if ! { [ -s /run/hyve/server-pub.pem ] && mv /run/hyve/server-key.pem "$key" && mv /run/hyve/server-pub.pem "$pub"; }; then
+		tls_key "$key" && openssl pkey -in "$key" -pubout -out "$pub" 2>>/var/log/tls.log
 	fi
 	# One process: x509 -new (OpenSSL 3.0 and later) signs a certificate for the public key
 	# without a certificate request.
@@ -55,11 +58,12 @@ tls_server_cert() {
 		openssl x509 -new -subj "/CN=$(hostname)" -force_pubkey "$pub" \
 			-CA "$tls/server-ca.pem" -CAkey "$tls/server-ca-key.pem" -CAserial "$tls/server-ca.srl" -CAcreateserial \
 			-days 825 -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
-		cat /run/hyve/server-cert.pem "$tls/server-ca.pem" >"$tls/server-cert.pem"; then
+		cat /run/hyve/server-cert.pem "$tls/server-ca.pem" >"$tls/server-cert.pem.new" &&
+		mv "$key" "$tls/server-key.pem" && mv "$tls/server-cert.pem.new" "$tls/server-cert.pem"; then
 		echo "$sans" >"$tls/server.sans"
 		log "TLS: server certificate for $sans, valid 825 days"
 	else
-		rm -f "$tls/server-cert.pem"
+		rm -f "$key" "$tls/server-cert.pem.new" "$tls/server-cert.pem"
 		log "TLS: cannot make the server certificate (see /var/log/tls.log)"
 		return 1
 	fi
@@ -85,7 +89,7 @@ elif [ ! -e /run/hyve/clock-set ]; then
 	) &
 else
 	tls_fresh "$tls/server-ca.pem" || log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
-	# In the background: a new key and certificate take seconds on an emulated CPU.
+	# In the background: a new certificate takes seconds on an emulated CPU.
 	if [ -e /run/hyve/tls-done ]; then
 		# dockerd started with the last boot's certificate (27-docker-early.sh): a new one
 		# restarts it.
