@@ -1147,7 +1147,21 @@ fn dev_ssh_on_x86_64() {
         let mut vm = Vm::start(&out, &format!("dev-{arch}-boot{boot}"), &args);
         vm.wait_for("hyve: dockerd ", 600);
         vm.assert_console("the user's key", "hyve: ssh: root login with the 1 key(s) from the user data");
-        let o = ssh(strict, "docker version --format '{{.Server.Version}}' && curl --version >/dev/null && strace -V >/dev/null && echo dev-tools-ok");
+        // sshd starts with the services and may listen a moment after dockerd is ready (without
+        // TLS, dockerd does not wait for the network): retry while the connection itself fails,
+        // as a host would; a refused key or host key fails at once.
+        let command = "docker version --format '{{.Server.Version}}' && curl --version >/dev/null && strace -V >/dev/null && echo dev-tools-ok";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut o = ssh(strict, command);
+        while o.status.code() == Some(255)
+            && ["kex_exchange_identification", "Connection reset", "Connection refused", "Connection closed"]
+                .iter()
+                .any(|e| String::from_utf8_lossy(&o.stderr).contains(e))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            o = ssh(strict, command);
+        }
         let said = String::from_utf8_lossy(&o.stdout);
         assert!(
             o.status.success() && said.contains("dev-tools-ok"),
