@@ -176,6 +176,68 @@ mod tests {
         cmd.arg(cert).output().expect("openssl").status.success()
     }
 
+    /// The guest's `tls_fresh FILE` (boot.d/27-docker-early.sh), run by the host's shell with
+    /// an `openssl` that only records its calls and answers `openssl_says`: true or false, and
+    /// whether openssl was asked.
+    fn guest_tls_fresh(cert: &Path, openssl_says: bool) -> (bool, bool) {
+        let script = String::from_utf8(
+            crate::builtin::file("overlay/docker/etc/hyve/boot.d/27-docker-early.sh").unwrap().to_vec(),
+        )
+        .unwrap();
+        let start = script.find("\ntls_fresh() {\n").expect("tls_fresh in 27-docker-early.sh") + 1;
+        let function = &script[start..start + script[start..].find("\n}\n").unwrap() + 2];
+        let bin = cert.parent().unwrap().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = bin.join("openssl.log");
+        let _ = std::fs::remove_file(&log);
+        let fake = bin.join("openssl");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$*\" >>{}\nexit {}\n", log.display(), u8::from(!openssl_says)),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{function}\ntls_fresh \"$1\""))
+            .arg("sh")
+            .arg(cert)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), log.exists())
+    }
+
+    #[test]
+    fn the_guest_reads_a_certificates_end_from_beside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let cert = d.path().join("server-cert.pem");
+        let expires = d.path().join("server-cert.pem.expires");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let days = |n: u64| (now + n * 86400).to_string();
+        assert_eq!(guest_tls_fresh(&cert, true), (false, false), "no certificate");
+        std::fs::write(&cert, "a certificate").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&cert).unwrap().set_modified(old).unwrap();
+        std::fs::write(&expires, days(40)).unwrap();
+        assert_eq!(guest_tls_fresh(&cert, false), (true, false), "40 days left, written when it was made");
+        std::fs::write(&expires, days(29)).unwrap();
+        assert_eq!(guest_tls_fresh(&cert, true), (false, false), "29 days left: renew");
+        std::fs::write(&expires, "not a number").unwrap();
+        assert_eq!(guest_tls_fresh(&cert, true), (false, false), "an unreadable end: renew");
+        std::fs::write(&expires, days(40)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&cert)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(guest_tls_fresh(&cert, false), (false, true), "a certificate replaced since: openssl reads it");
+        std::fs::remove_file(&expires).unwrap();
+        assert_eq!(guest_tls_fresh(&cert, true), (true, true), "no end beside it: openssl reads it");
+    }
+
     #[test]
     fn made_once_then_reused_and_never_mixed() {
         let d = tempfile::tempdir().unwrap();

@@ -4,8 +4,20 @@
 # socket; 90-services.sh skips them.
 . /etc/hyve/docker.conf
 tls=$HYVE_DATA/tls
-# Whether the certificate in FILE is valid for 30 more days (60-docker-tls.sh uses it too).
-tls_fresh() { [ -s "$1" ] && openssl x509 -in "$1" -noout -checkend 2592000 >/dev/null 2>&1; }
+# Whether the certificate in FILE is valid for 30 more days (60-docker-tls.sh and
+# 95-docker-ready.sh use it too). FILE.expires, written when 60-docker-tls.sh made FILE,
+# holds its end of validity in seconds since the epoch: reading a certificate takes openssl
+# over a second of an emulated CPU (OpenSSL 3.0), `date` a twentieth of that. Without it, or
+# when FILE is newer (replaced since), openssl reads FILE.
+tls_fresh() {
+	[ -s "$1" ] || return 1
+	if [ -s "$1.expires" ] && [ ! "$1" -nt "$1.expires" ]; then
+		read -r expires <"$1.expires"
+		[ "$expires" -gt $(($(date +%s) + 2592000)) ] 2>/dev/null
+		return
+	fi
+	openssl x509 -in "$1" -noout -checkend 2592000 >/dev/null 2>&1
+}
 # tls_key FILE: a new EC P-256 private key (quick to make even on an emulated CPU).
 tls_key() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>>/var/log/tls.log); }
 # The TLS material is as ready as it gets this boot: dockerd (services/30-dockerd) waits for

@@ -53,13 +53,16 @@ tls_server_cert() {
 		tls_key "$key" && openssl pkey -in "$key" -pubout -out "$pub" 2>>/var/log/tls.log
 	fi
 	# One process: x509 -new (OpenSSL 3.0 and later) signs a certificate for the public key
-	# without a certificate request.
+	# without a certificate request. Its end of validity, from a time taken before it (so never
+	# later than the certificate's), goes beside it for tls_fresh.
+	issued=$(date +%s)
 	if [ -s "$pub" ] &&
 		openssl x509 -new -subj "/CN=$(hostname)" -force_pubkey "$pub" \
 			-CA "$tls/server-ca.pem" -CAkey "$tls/server-ca-key.pem" -CAserial "$tls/server-ca.srl" -CAcreateserial \
 			-days 825 -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
 		cat /run/hyve/server-cert.pem "$tls/server-ca.pem" >"$tls/server-cert.pem.new" &&
 		mv "$key" "$tls/server-key.pem" && mv "$tls/server-cert.pem.new" "$tls/server-cert.pem"; then
+		echo $((issued + 825 * 86400)) >"$tls/server-cert.pem.expires"
 		echo "$sans" >"$tls/server.sans"
 		log "TLS: server certificate for $sans, valid 825 days"
 	else
@@ -88,8 +91,8 @@ elif [ ! -e /run/hyve/clock-set ]; then
 		tls_server_cert && kill "$(cat /run/hyve/services/30-dockerd.child 2>/dev/null)" 2>/dev/null
 	) &
 else
-	tls_fresh "$tls/server-ca.pem" || log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
-	# In the background: a new certificate takes seconds on an emulated CPU.
+	# In the background: a new certificate takes seconds on an emulated CPU. (Whether the
+	# server CA itself expires soon is checked once the Docker API is up: 95-docker-ready.sh.)
 	if [ -e /run/hyve/tls-done ]; then
 		# dockerd started with the last boot's certificate (27-docker-early.sh): a new one
 		# restarts it.

@@ -1,20 +1,34 @@
 # In the background, so the console is free at once: wait for the Docker API, say where it
-# listens, check the vsock bridge from inside the guest, then run the user data's
-# bootlocal.sh (as boot2docker did).
+# listens, check the vsock bridge from inside the guest and whether the server CA expires
+# soon, then run the user data's bootlocal.sh (as boot2docker did).
 . /etc/hyve/docker.conf
-docker_api() { # PATH [socat address]
-	printf 'GET %s HTTP/1.0\r\nHost: docker\r\n\r\n' "$1" | socat -t 3 - "${2:-UNIX-CONNECT:/var/run/docker.sock}" 2>/dev/null
+docker_api() { # PATH [socat address [seconds to wait for the answer, default 3]]
+	printf 'GET %s HTTP/1.0\r\nHost: docker\r\n\r\n' "$1" |
+		socat -t "${3:-3}" - "${2:-UNIX-CONNECT:/var/run/docker.sock}" 2>/dev/null
 }
+# now: $now, whole seconds since boot (a builtin read: no process, not even a fork).
+now() { read -r now _ </proc/uptime && now=${now%.*}; }
 (
-	i=0
-	until docker_api /_ping | grep -q '200 OK'; do
-		i=$((i + 1))
-		if [ $i -ge 600 ]; then
+	# Builtins only while dockerd's socket is not there (read -t on a FIFO no one writes is
+	# the tick): a socat, grep and sleep a tick would take a third of a second of an emulated
+	# CPU each round from dockerd's own start. dockerd makes its socket early and answers on
+	# it once initialised, so from then on one request waits for the answer.
+	if mkfifo /run/hyve/docker-ready-tick && exec 4<>/run/hyve/docker-ready-tick; then
+		tick() { read -r -t 0.2 _ <&4; }
+	else
+		tick() { sleep 0.2; }
+	fi
+	now
+	deadline=$((now + 120))
+	until [ -S /var/run/docker.sock ] && docker_api /_ping "" $((deadline - now)) | grep -q '200 OK'; do
+		now
+		if [ "$now" -ge $deadline ]; then
 			log "the Docker API is not up after 2 minutes; see /var/log/30-dockerd.log and /var/log/20-containerd.log"
 			exit 1
 		fi
-		sleep 0.2
+		tick
 	done
+	exec 4<&-
 	version=$(docker_api /version | tr ',' '\n' | sed -n 's/^"Version":"\([^"]*\)"$/\1/p' | head -n 1)
 	where="unix:///var/run/docker.sock"
 	if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$HYVE_DATA/tls/server-cert.pem" ]; then
@@ -35,6 +49,11 @@ docker_api() { # PATH [socat address]
 		else
 			log "Docker API on vsock port $DOCKER_VSOCK_PORT: not answering over vsock loopback (see /var/log/40-docker-vsock.log)"
 		fi
+	fi
+	# tls_fresh: 27-docker-early.sh (openssl reads the CA: seconds of an emulated CPU, which
+	# this check does not take from the boot).
+	if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$HYVE_DATA/tls/server-ca.pem" ] && ! tls_fresh "$HYVE_DATA/tls/server-ca.pem"; then
+		log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
 	fi
 	if [ -f "$HYVE_DATA/bootlocal.sh" ]; then
 		log "running bootlocal.sh from the user data (output in /var/log/bootlocal.log)"
