@@ -193,7 +193,7 @@ mod tests {
         let fake = bin.join("openssl");
         std::fs::write(
             &fake,
-            format!("#!/bin/sh\necho \"$*\" >>{}\nexit {}\n", log.display(), u8::from(!openssl_says)),
+            format!("#!/bin/sh\necho \"$*\" >>'{}'\nexit {}\n", log.display(), u8::from(!openssl_says)),
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -202,11 +202,15 @@ mod tests {
             .arg(format!("{function}\ntls_fresh \"$1\""))
             .arg("sh")
             .arg(cert)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
             .output()
             .unwrap();
         assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
-        (o.status.success(), log.exists())
+        let asked = std::fs::read_to_string(&log).ok();
+        if let Some(args) = &asked {
+            assert_eq!(args.trim(), format!("x509 -in {} -noout -checkend 2592000", cert.display()));
+        }
+        (o.status.success(), asked.is_some())
     }
 
     #[test]

@@ -8,7 +8,7 @@ tls=$HYVE_DATA/tls
 # 95-docker-ready.sh use it too). FILE.expires, written when 60-docker-tls.sh made FILE,
 # holds its end of validity in seconds since the epoch: reading a certificate takes openssl
 # over a second of an emulated CPU (OpenSSL 3.0), `date` a twentieth of that. Without it, or
-# when FILE is newer (replaced since), openssl reads FILE.
+# when FILE is newer (replaced since; by whole seconds in busybox's test), openssl reads FILE.
 tls_fresh() {
 	[ -s "$1" ] || return 1
 	if [ -s "$1.expires" ] && [ ! "$1" -nt "$1.expires" ]; then

@@ -53,18 +53,20 @@ tls_server_cert() {
 		tls_key "$key" && openssl pkey -in "$key" -pubout -out "$pub" 2>>/var/log/tls.log
 	fi
 	# One process: x509 -new (OpenSSL 3.0 and later) signs a certificate for the public key
-	# without a certificate request. Its end of validity, from a time taken before it (so never
-	# later than the certificate's), goes beside it for tls_fresh.
-	issued=$(date +%s)
+	# without a certificate request. Its end of validity, from a time taken before it (so not
+	# later than the certificate's, short of a clock step back in between, which 60 s of
+	# slack covers), goes beside it for tls_fresh.
+	days=825
+	issued=$(($(date +%s) - 60))
 	if [ -s "$pub" ] &&
 		openssl x509 -new -subj "/CN=$(hostname)" -force_pubkey "$pub" \
 			-CA "$tls/server-ca.pem" -CAkey "$tls/server-ca-key.pem" -CAserial "$tls/server-ca.srl" -CAcreateserial \
-			-days 825 -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
+			-days $days -sha256 -extfile /run/hyve/tls-ext.cnf -out /run/hyve/server-cert.pem 2>>/var/log/tls.log &&
 		cat /run/hyve/server-cert.pem "$tls/server-ca.pem" >"$tls/server-cert.pem.new" &&
 		mv "$key" "$tls/server-key.pem" && mv "$tls/server-cert.pem.new" "$tls/server-cert.pem"; then
-		echo $((issued + 825 * 86400)) >"$tls/server-cert.pem.expires"
+		echo $((issued + days * 86400)) >"$tls/server-cert.pem.expires"
 		echo "$sans" >"$tls/server.sans"
-		log "TLS: server certificate for $sans, valid 825 days"
+		log "TLS: server certificate for $sans, valid $days days"
 	else
 		rm -f "$key" "$tls/server-cert.pem.new" "$tls/server-cert.pem"
 		log "TLS: cannot make the server certificate (see /var/log/tls.log)"

@@ -9,22 +9,29 @@ docker_api() { # PATH [socat address [seconds to wait for the answer, default 3]
 # now: $now, whole seconds since boot (a builtin read: no process, not even a fork).
 now() { read -r now _ </proc/uptime && now=${now%.*}; }
 (
-	# Builtins only while dockerd's socket is not there (read -t on a FIFO no one writes is
-	# the tick): a socat, grep and sleep a tick would take a third of a second of an emulated
+	# Builtins only while dockerd's socket is not there (the tick: read -t on a FIFO no one
+	# writes): a socat, grep and sleep a tick would take a third of a second of an emulated
 	# CPU each round from dockerd's own start. dockerd makes its socket early and answers on
-	# it once initialised, so from then on one request waits for the answer.
-	if mkfifo /run/hyve/docker-ready-tick && exec 4<>/run/hyve/docker-ready-tick; then
-		tick() { read -r -t 0.2 _ <&4; }
-	else
-		tick() { sleep 0.2; }
+	# it once initialised, so from then on one request waits for the answer. `sleep` instead
+	# when the FIFO cannot be made or the shell's read takes no fraction of a second (busybox
+	# without FEATURE_SH_READ_FRAC says "invalid timeout": status 2).
+	tick() { sleep 0.2; }
+	if mkfifo /run/hyve/docker-ready-tick && command exec 4<>/run/hyve/docker-ready-tick; then
+		rm -f /run/hyve/docker-ready-tick
+		read -r -t 0.01 _ <&4 2>/dev/null
+		[ $? != 2 ] && tick() { read -r -t 0.2 _ <&4; }
 	fi
 	now
-	deadline=$((now + 120))
+	warn=$((now + 120))
+	deadline=$((now + 600))
 	until [ -S /var/run/docker.sock ] && docker_api /_ping "" $((deadline - now)) | grep -q '200 OK'; do
 		now
 		if [ "$now" -ge $deadline ]; then
-			log "the Docker API is not up after 2 minutes; see /var/log/30-dockerd.log and /var/log/20-containerd.log"
+			log "the Docker API is not up after 10 minutes; see /var/log/30-dockerd.log and /var/log/20-containerd.log"
 			exit 1
+		elif [ -n "$warn" ] && [ "$now" -ge $warn ]; then
+			log "the Docker API is not up after 2 minutes; still waiting (see /var/log/30-dockerd.log and /var/log/20-containerd.log)"
+			warn=
 		fi
 		tick
 	done
@@ -50,10 +57,11 @@ now() { read -r now _ </proc/uptime && now=${now%.*}; }
 			log "Docker API on vsock port $DOCKER_VSOCK_PORT: not answering over vsock loopback (see /var/log/40-docker-vsock.log)"
 		fi
 	fi
-	# tls_fresh: 27-docker-early.sh (openssl reads the CA: seconds of an emulated CPU, which
-	# this check does not take from the boot).
-	if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$HYVE_DATA/tls/server-ca.pem" ] && ! tls_fresh "$HYVE_DATA/tls/server-ca.pem"; then
-		log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`"
+	# tls_fresh: 27-docker-early.sh (openssl reads the CA, a second or more of an emulated
+	# CPU: in the background, after the boot).
+	if [ -n "$DOCKER_TLS_PORT" ] && [ -s "$HYVE_DATA/tls/server-ca.pem" ]; then
+		tls_fresh "$HYVE_DATA/tls/server-ca.pem" ||
+			log "TLS: the server CA expires within 30 days; make a new disk with \`hyve disk create --docker-certs DIR\`" &
 	fi
 	if [ -f "$HYVE_DATA/bootlocal.sh" ]; then
 		log "running bootlocal.sh from the user data (output in /var/log/bootlocal.log)"
