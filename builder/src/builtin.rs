@@ -96,4 +96,42 @@ mod tests {
         let e = export_to(&a).unwrap_err().to_string();
         assert!(e.contains("exists"), "{e}");
     }
+
+    /// The guest's `cmdline_value NAME DEFAULT` (lib.sh), run by the host's shell on `cmdline`
+    /// in place of /proc/cmdline.
+    fn guest_cmdline_value(cmdline: &str, name: &str) -> String {
+        let lib = String::from_utf8(file("overlay/base/usr/libexec/hyve/lib.sh").unwrap().to_vec()).unwrap();
+        let start = lib.find("\ncmdline_value() {\n").expect("cmdline_value in lib.sh") + 1;
+        let function = &lib[start..start + lib[start..].find("\n}\n").unwrap() + 2];
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("cmdline");
+        std::fs::write(&path, format!("{cmdline}\n")).unwrap();
+        assert!(function.contains("</proc/cmdline"), "{function}");
+        let function = function.replace("</proc/cmdline", &format!("<'{}'", path.display()));
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{function}\ncmdline_value \"$1\" default"))
+            .arg("sh")
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(o.status.success() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim_end_matches('\n').to_string()
+    }
+
+    #[test]
+    fn the_guest_reads_the_last_value_of_a_command_line_word() {
+        for (cmdline, expected) in [
+            ("console=ttyS0 hyve.time=5 quiet", "5"),
+            ("hyve.time=5 hyve.poweroff hyve.time=7", "7"),
+            ("xhyve.time=9 hyve.time=5 hyve.timex=3 myhyve.time=8", "5"),
+            ("hyve.time=5 hyve.time=", "default"),
+            ("hyve.timeless quiet", "default"),
+            ("hyve.shares=a:/x,b:/y", "default"),
+        ] {
+            assert_eq!(guest_cmdline_value(cmdline, "hyve.time"), expected, "{cmdline}");
+        }
+        assert_eq!(guest_cmdline_value("quiet hyve.shares=a:/x,b:/y", "hyve.shares"), "a:/x,b:/y");
+        assert_eq!(guest_cmdline_value("hyve.ntp=[::1]:123,pool.example", "hyve.ntp"), "[::1]:123,pool.example");
+    }
 }
