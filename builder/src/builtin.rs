@@ -127,6 +127,7 @@ mod tests {
             ("xhyve.time=9 hyve.time=5 hyve.timex=3 myhyve.time=8", "5"),
             ("hyve.time=5 hyve.time=", "default"),
             ("hyve.timeless quiet", "default"),
+            ("hyveXtime=9", "default"),
             ("hyve.shares=a:/x,b:/y", "default"),
         ] {
             assert_eq!(guest_cmdline_value(cmdline, "hyve.time"), expected, "{cmdline}");

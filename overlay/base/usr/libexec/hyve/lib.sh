@@ -16,6 +16,7 @@ cmdline_has() {
 # The value of the last `$1=value` on the kernel command line, else $2. Builtins only: a
 # process costs an emulated CPU 40-70 ms, and this runs on the way to the Docker API.
 cmdline_value() {
+	v=
 	read -r v </proc/cmdline
 	v=" $v"
 	case $v in

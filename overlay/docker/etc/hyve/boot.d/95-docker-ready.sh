@@ -24,7 +24,8 @@ now() { read -r now _ </proc/uptime && now=${now%.*}; }
 	now
 	warn=$((now + 120))
 	deadline=$((now + 600))
-	until [ -S /var/run/docker.sock ] && docker_api /_ping "" $((deadline - now)) | grep -q '200 OK'; do
+	# The request waits no longer than the next message is due (warn, then deadline).
+	until [ -S /var/run/docker.sock ] && docker_api /_ping "" $((${warn:-$deadline} - now)) | grep -q '200 OK'; do
 		now
 		if [ "$now" -ge $deadline ]; then
 			log "the Docker API is not up after 10 minutes; see /var/log/30-dockerd.log and /var/log/20-containerd.log"
