@@ -31,6 +31,15 @@ pub fn file(path: &str) -> Option<&'static [u8]> {
     FILES.iter().find(|(p, _, _)| *p == path).map(|(_, _, b)| *b)
 }
 
+/// The text of the guest's shell function `name() { ... }` in the built-in file `path`, for
+/// tests that run it with the host's shell.
+#[cfg(test)]
+pub fn shell_function(path: &str, name: &str) -> String {
+    let text = String::from_utf8(file(path).unwrap_or_else(|| panic!("no {path}")).to_vec()).unwrap();
+    let start = text.find(&format!("\n{name}() {{\n")).unwrap_or_else(|| panic!("no {name} in {path}")) + 1;
+    text[start..start + text[start..].find("\n}\n").unwrap() + 2].to_string()
+}
+
 /// The built-in tree under `cache_root/builtin/<digest>/` (`profiles/`, `overlay/`), written
 /// on first use: beside its place, then renamed in, so a reader never sees half of it.
 pub fn materialize(cache_root: &Path) -> io::Result<PathBuf> {
@@ -100,9 +109,7 @@ mod tests {
     /// The guest's `cmdline_value NAME DEFAULT` (lib.sh), run by the host's shell on `cmdline`
     /// in place of /proc/cmdline.
     fn guest_cmdline_value(cmdline: &str, name: &str) -> String {
-        let lib = String::from_utf8(file("overlay/base/usr/libexec/hyve/lib.sh").unwrap().to_vec()).unwrap();
-        let start = lib.find("\ncmdline_value() {\n").expect("cmdline_value in lib.sh") + 1;
-        let function = &lib[start..start + lib[start..].find("\n}\n").unwrap() + 2];
+        let function = shell_function("overlay/base/usr/libexec/hyve/lib.sh", "cmdline_value");
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("cmdline");
         std::fs::write(&path, format!("{cmdline}\n")).unwrap();

@@ -180,12 +180,7 @@ mod tests {
     /// an `openssl` that only records its calls and answers `openssl_says`: true or false, and
     /// whether openssl was asked.
     fn guest_tls_fresh(cert: &Path, openssl_says: bool) -> (bool, bool) {
-        let script = String::from_utf8(
-            crate::builtin::file("overlay/docker/etc/hyve/boot.d/27-docker-early.sh").unwrap().to_vec(),
-        )
-        .unwrap();
-        let start = script.find("\ntls_fresh() {\n").expect("tls_fresh in 27-docker-early.sh") + 1;
-        let function = &script[start..start + script[start..].find("\n}\n").unwrap() + 2];
+        let function = crate::builtin::shell_function("overlay/docker/etc/hyve/boot.d/27-docker-early.sh", "tls_fresh");
         let bin = cert.parent().unwrap().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let log = bin.join("openssl.log");
