@@ -199,6 +199,11 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> std::io::Result<()> {
 /// While it is being filled it is `.NAME.tmp-XXXXXX` beside `NAME`, locked (`flock`) by this
 /// process: a staging directory nobody holds is what a killed run left, and the next
 /// [`StagingDir::beside`] for the same target removes it. Dropping it uncommitted removes it.
+///
+/// What it holds is not synced to disk before the swap (as cargo and mksquashfs leave their
+/// outputs): the swap is what keeps a reader from half an output, and a build's outputs are
+/// derived, so one lost to a power cut is rebuilt byte for byte (and `SHA256SUMS` shows it).
+/// Syncing them cost 0.65 s of a 4.5 s warm build.
 pub struct StagingDir {
     dir: tempfile::TempDir,
     // Held for the lock; closing it releases the lock.

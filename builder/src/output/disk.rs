@@ -446,7 +446,6 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
     let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
     let volume = fat::Volume { start: esp_start, len: esp_len, hidden, serial, label: ESP_LABEL, epoch: spec.epoch };
     fat::write_fat32(&mut disk, &volume, files).map_err(fat_error)?;
-    disk.sync_all().map_err(fsutil::at_named(&shown))?;
     Ok(())
 }
 

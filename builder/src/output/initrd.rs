@@ -69,7 +69,6 @@ pub fn write(
     let entries = cpio::write_tree(tree, store, settings.epoch, &mut input).map_err(fsutil::at(path))?;
     let hashing =
         compressor.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(fsutil::at(path))?;
-    let (file, sha256, size) = hashing.finish();
-    file.sync_all().map_err(fsutil::at(path))?;
+    let (_, sha256, size) = hashing.finish();
     Ok(Written { sha256: hex::encode(sha256), size, entries })
 }
