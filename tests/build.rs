@@ -304,6 +304,27 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
     let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&a).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 
+    // A rebuild with a's cache takes every block of root.squashfs from the block cache, and
+    // gives the same bytes; so does one after a record in the cache was damaged, which
+    // compresses that block again.
+    let warm = env.root.join("warm");
+    let blocks = |o: &std::process::Output| {
+        ok(o);
+        assert_eq!(std::fs::read_to_string(warm.join("SHA256SUMS")).unwrap(), sums, "rebuilt from the block cache");
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let b = &doc["root_blocks"];
+        (b["total"].as_u64().unwrap(), b["cached"].as_u64().unwrap(), b["cache"].as_str().unwrap().to_string())
+    };
+    let (total, cached, pack) =
+        blocks(&env.build(&warm, &env.root.join("cache"), &["--arch", "x86_64", "--json"], &[], "022"));
+    assert!(total > 0 && cached == total, "{cached} of {total} blocks from the cache");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+    let (total, cached, _) =
+        blocks(&env.build(&warm, &env.root.join("cache"), &["--arch", "x86_64", "--json"], &[], "022"));
+    assert_eq!(cached + 1, total, "all but the damaged block from the cache");
+
     // squashfs-tools reads every entry hyve's own reader does, with the same modes and sizes.
     let root = a.join("root.squashfs");
     let o = Command::new("unsquashfs")

@@ -4,7 +4,7 @@
 //! and nothing half-written.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -20,7 +20,7 @@ use crate::overlay::{self, Generated};
 use crate::profile::{OutputFormat, Profile, RootFormat};
 use crate::report::{Phase, PhaseTimes, Phases};
 use crate::session::{LockPolicy, Session};
-use crate::tree::{ContentStore, Tree};
+use crate::tree::{ContentStore, StoreWriter, Tree};
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -104,6 +104,17 @@ pub struct BuildResult {
     pub warnings: Vec<String>,
     /// How long each phase took (not part of any output).
     pub phases: PhaseTimes,
+    /// The root image's blocks, with a squashfs root (not part of any output).
+    pub root_blocks: Option<RootBlocks>,
+}
+
+/// How many blocks the root image has, and how many came from the block cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RootBlocks {
+    pub total: usize,
+    pub cached: usize,
+    /// The block cache's pack (none for `hyve verify`, which compresses every block).
+    pub cache: Option<PathBuf>,
 }
 
 /// The kernel command line: the consoles for the arch first, then the profile's. The last
@@ -139,23 +150,30 @@ pub struct BuildOptions {
     /// Set (by SIGINT/SIGTERM) to stop: the build fails with `Interrupted`, leaving the
     /// previous output and no temporary files.
     pub cancel: crate::cancel::Cancel,
+    /// Take the root image's blocks that the last build of the profile held from the cache
+    /// (`output::blockcache`) rather than compressing them again. `hyve verify` does not:
+    /// its rebuild compresses every block, so it checks the compressor too.
+    pub block_cache: bool,
 }
 
 /// The locked packages, fetched and installed into a new tree: each is unpacked by the fetch
-/// worker that has it in the cache (into that worker's writer of the content store), while
-/// later ones download, and installed in install order. Cached copies are not hashed by the
-/// fetcher: `install::unpack` checks each file's pin in the same pass that unpacks it.
+/// worker that has it in the cache (into a writer of the content store), while later ones
+/// download, and installed in install order. Cached copies are not hashed by the fetcher:
+/// `install::unpack` checks each file's pin in the same pass that unpacks it.
 fn fetch_and_install(
     session: &Session,
     arch: Arch,
     section: &crate::lock::ArchLock,
-    cancel: &crate::cancel::Cancel,
+    opts: &BuildOptions,
 ) -> Result<Installed> {
-    let reqs = session.locked_requests(arch, section, true)?;
+    let (cancel, reqs) = (&opts.cancel, session.locked_requests(arch, section, true)?);
     let store_error = fsutil::at(Path::new("content store"));
     let mut store = ContentStore::new().map_err(store_error)?;
-    // One writer per fetch worker; a worker holds one while it unpacks.
-    let writers = Mutex::new(store.writers(session.fetcher.workers(reqs.len())).map_err(store_error)?);
+    // Unpacking is all CPU: one writer per compression thread, and a worker unpacks only
+    // while it holds one, so the largest package (fetched first) gets a whole CPU instead
+    // of a share among every fetch worker's.
+    let slots = (opts.workers as usize).clamp(1, session.fetcher.workers(reqs.len()));
+    let writers = WriterPool { free: Mutex::new(store.writers(slots).map_err(store_error)?), returned: Condvar::new() };
     let mut tree = Tree::new();
     let mut installer = Installer::new(&mut tree, &mut store);
     session.fetcher.packages_each(
@@ -171,16 +189,55 @@ fn fetch_and_install(
                 sha256: locked.sha256.clone(),
                 installed_size: locked.installed_size,
             };
-            let take = || writers.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut writer = take().pop().expect("a store writer for each fetch worker");
-            let unpacked = unpack(&pkg, arch, &mut writer);
-            take().push(writer);
-            Ok(unpacked?)
+            let mut writer = writers.take();
+            Ok(unpack(&pkg, arch, &mut writer)?)
         },
         |_, _, unpacked| Ok(installer.install(unpacked)?),
     )?;
     let (packages, warnings) = installer.finish()?;
     Ok(Installed { tree, store, packages, warnings })
+}
+
+/// The content store's writers not in use.
+struct WriterPool {
+    free: Mutex<Vec<StoreWriter>>,
+    returned: Condvar,
+}
+
+impl WriterPool {
+    /// A writer, once one is free; it goes back when dropped (also in a panic, so that no
+    /// worker waits for it forever).
+    fn take(&self) -> PooledWriter<'_> {
+        let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = self.returned.wait_while(free, |f| f.is_empty()).unwrap_or_else(PoisonError::into_inner);
+        PooledWriter { pool: self, writer: free.pop() }
+    }
+}
+
+struct PooledWriter<'a> {
+    pool: &'a WriterPool,
+    writer: Option<StoreWriter>,
+}
+
+impl std::ops::Deref for PooledWriter<'_> {
+    type Target = StoreWriter;
+    fn deref(&self) -> &StoreWriter {
+        self.writer.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledWriter<'_> {
+    fn deref_mut(&mut self) -> &mut StoreWriter {
+        self.writer.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for PooledWriter<'_> {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(PoisonError::into_inner);
+        free.extend(self.writer.take());
+        self.pool.returned.notify_one();
+    }
 }
 
 /// A tree with the packages unpacked into it.
@@ -223,7 +280,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     let mut phases = Phases::new(session.fetcher.reporter());
     let (section, _) = session.ensure_lock(arch, opts.policy)?;
     let Installed { mut tree, mut store, packages: installed, mut warnings } =
-        phases.run(Phase::Packages, 0, || install_locked(session, arch, &section, &opts.cancel))?;
+        phases.run(Phase::Packages, 0, || install_locked(session, arch, &section, opts))?;
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
     // A squashfs root needs the modules its boot initramfs loads.
@@ -274,6 +331,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         outputs: written.outputs,
         warnings,
         phases: phases.into_times(),
+        root_blocks: written.root_blocks,
     })
 }
 
@@ -284,16 +342,25 @@ fn install_locked(
     session: &Session,
     arch: Arch,
     section: &crate::lock::ArchLock,
-    cancel: &crate::cancel::Cancel,
+    opts: &BuildOptions,
 ) -> Result<Installed> {
-    match fetch_and_install(session, arch, section, cancel) {
+    match fetch_and_install(session, arch, section, opts) {
         Err(BuildError::Install(crate::install::InstallError::CacheCorrupt { path, .. })) => {
-            let mut again = fetch_and_install(session, arch, section, cancel)?;
+            let mut again = fetch_and_install(session, arch, section, opts)?;
             again.warnings.insert(0, format!("discarded corrupt cache entry {path} and fetched it again"));
             Ok(again)
         }
         other => other,
     }
+}
+
+/// Where the block cache of the profile's root image for `arch` is kept: one pack per
+/// profile and arch, so that building one does not discard another's blocks.
+fn block_cache_path(session: &Session, arch: Arch) -> PathBuf {
+    let name: String = (session.profile.name.chars())
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect();
+    session.fetcher.cache_dir().join("root-blocks").join(format!("{name}-{arch}.pack"))
 }
 
 /// The guest as it is described inside and beside itself.
@@ -418,6 +485,7 @@ struct Written {
     outputs: Vec<Artifact>,
     /// Initramfs entries (0 without one).
     entries: u64,
+    root_blocks: Option<RootBlocks>,
 }
 
 /// Writes the outputs of one build, timing its phases.
@@ -446,7 +514,7 @@ impl OutputWriter<'_, '_> {
         if profile.formats.contains(&OutputFormat::Kernel) {
             outputs.push(write_hashed_artifact(dir, "kernel", &guest.kernel.image, kernel_sha256.clone())?);
         }
-        let mut entries = 0;
+        let (mut entries, mut root_blocks) = (0, None);
         let wants_disk = profile.formats.contains(&OutputFormat::Disk);
         let wants_initrd = profile.formats.contains(&OutputFormat::Initrd);
         if wants_initrd || wants_disk {
@@ -454,18 +522,18 @@ impl OutputWriter<'_, '_> {
             let root_path = dir.join(ROOT_IMAGE);
             let boot_tree;
             let (initrd_tree, root) = if profile.root == RootFormat::Squashfs {
+                let block_cache = opts.block_cache.then(|| block_cache_path(self.session, arch));
                 let written = self.phases.run(Phase::Root, squashfs::input_bytes(tree), || {
-                    squashfs::write(
-                        &root_path,
-                        tree,
-                        store,
-                        squashfs::DEFAULT_LEVEL,
-                        guest.epoch,
-                        &opts.cancel,
-                        reporter,
-                    )
+                    let settings = squashfs::Settings {
+                        level: squashfs::DEFAULT_LEVEL,
+                        epoch: guest.epoch,
+                        cache: block_cache.as_deref(),
+                    };
+                    squashfs::write(&root_path, tree, store, settings, &opts.cancel, reporter)
                 })?;
                 boot_tree = bootinitrd::tree(tree, store, &guest.kernel, &written.superblock, guest.epoch)?;
+                root_blocks =
+                    Some(RootBlocks { total: written.blocks, cached: written.blocks_cached, cache: block_cache });
                 (&boot_tree, Some(Artifact { name: ROOT_IMAGE.into(), sha256: written.sha256, size: written.size }))
             } else {
                 (tree, None)
@@ -521,7 +589,7 @@ impl OutputWriter<'_, '_> {
                 .map_err(fsutil::at(&p))?;
         }
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fsutil::at(dir))?;
-        Ok(Written { outputs, entries })
+        Ok(Written { outputs, entries, root_blocks })
     }
 
     /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`),

@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -524,11 +524,14 @@ impl<'r> Fetcher<'r> {
     }
 
     /// Like `packages`, and runs `prepare` on each package in the worker that fetched it
-    /// (any order, several at once), then hands its result to `consume` in request order as
-    /// soon as it and every one before it are prepared, while the rest are still
-    /// downloading. A failure of any stops the workers from starting more; every package
-    /// before it is still consumed, so the error returned is the first in request order
-    /// whatever the timing.
+    /// (several at once, the largest first), then hands its result to `consume` in request
+    /// order as soon as it and every one before it are prepared, while the rest are still
+    /// downloading. A failure stops the workers from starting any request after it; every
+    /// package before it is still fetched, prepared and consumed, so the error returned is
+    /// the first in request order whatever the timing.
+    ///
+    /// Largest first: the one big package (docker's) takes longer to download and unpack
+    /// than all the small ones together; started last, it would finish alone at the end.
     pub fn packages_each<T: Send, E: From<FetchError> + Send>(
         &self,
         reqs: &[PackageRequest],
@@ -536,25 +539,28 @@ impl<'r> Fetcher<'r> {
         mut consume: impl FnMut(usize, &CachedPackage, T) -> std::result::Result<(), E>,
     ) -> std::result::Result<Vec<CachedPackage>, E> {
         self.reporter.batch(reqs.len(), reqs.iter().filter_map(|r| r.size).sum());
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(reqs[i].size.unwrap_or(0)));
         let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
+        // The first request (in request order) that failed: none after it is started.
+        let first_failed = AtomicUsize::new(usize::MAX);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             for _ in 0..self.workers(reqs.len()) {
                 let tx = tx.clone();
-                let (next, stop, prepare) = (&next, &stop, &prepare);
-                s.spawn(move || loop {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(req) = reqs.get(i) else { break };
-                    let r = self.package(req).map_err(E::from).and_then(|p| prepare(i, &p).map(|t| (p, t)));
-                    if r.is_err() {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    if tx.send((i, r)).is_err() {
-                        break;
+                let (order, next, first_failed, prepare) = (&order, &next, &first_failed, &prepare);
+                s.spawn(move || {
+                    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if i > first_failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let r = self.package(&reqs[i]).map_err(E::from).and_then(|p| prepare(i, &p).map(|t| (p, t)));
+                        if r.is_err() {
+                            first_failed.fetch_min(i, Ordering::Relaxed);
+                        }
+                        if tx.send((i, r)).is_err() {
+                            break;
+                        }
                     }
                 });
             }
@@ -573,11 +579,11 @@ impl<'r> Fetcher<'r> {
                         }
                     }
                 }
-                // Workers take requests in order, so every one before a failure arrives.
+                // Workers start every request before a failure, so each of them arrives.
                 while consumed < reqs.len() && failure.as_ref().is_none_or(|(j, _)| consumed < *j) {
                     let (Some(p), Some(t)) = (&ready[consumed], prepared[consumed].take()) else { break };
                     if let Err(e) = consume(consumed, p, t) {
-                        stop.store(true, Ordering::Relaxed);
+                        first_failed.fetch_min(consumed, Ordering::Relaxed);
                         failure = Some((consumed, e));
                         break;
                     }
@@ -631,29 +637,9 @@ mod tests {
     /// order, whichever failed first: every package before it is consumed, none after.
     #[test]
     fn prepared_packages_are_consumed_in_request_order() {
-        struct Quiet;
-        impl Reporter for Quiet {}
         let dir = tempfile::tempdir().unwrap();
-        let fetcher = Fetcher::new(FetchOptions { jobs: 4, ..FetchOptions::new(dir.path().into()) }, &Quiet).unwrap();
+        let (fetcher, reqs) = cached_packages(dir.path(), 4, &[10; 6]);
         assert_eq!((fetcher.workers(6), fetcher.workers(2), fetcher.workers(0)), (4, 2, 1));
-        let reqs: Vec<PackageRequest> = (0..6u8)
-            .map(|i| {
-                let body = vec![i; 10];
-                let (sha, _) = crate::fsutil::sha256_of(&body[..]).unwrap();
-                std::fs::write(dir.path().join("blobs/sha256").join(&sha), &body).unwrap();
-                PackageRequest {
-                    name: format!("p{i}"),
-                    version: "1-r0".into(),
-                    url: format!("file:///nowhere/p{i}-1-r0.apk"),
-                    q1: Q1([i; 20]),
-                    size: Some(10),
-                    sha256: Some(sha),
-                    datahash: Some(String::new()),
-                    installed_size: 10,
-                    rehash_cached: false,
-                }
-            })
-            .collect();
         // p2 and p4 fail, p4 first (at once, while p0..p3 sleep).
         let failing = |fail: &'static [&'static str]| {
             move |i: usize, p: &CachedPackage| {
@@ -687,5 +673,64 @@ mod tests {
         assert_eq!(seen, [0, 1, 2]);
         let (r, seen) = run(&[], None);
         assert_eq!((r, seen), (Ok(()), vec![0, 1, 2, 3, 4, 5]));
+    }
+
+    struct Quiet;
+    impl Reporter for Quiet {}
+
+    /// A fetcher with `jobs` workers, and packages p0, p1, … of these sizes in its cache.
+    fn cached_packages(dir: &Path, jobs: usize, sizes: &[usize]) -> (Fetcher<'static>, Vec<PackageRequest>) {
+        let fetcher = Fetcher::new(FetchOptions { jobs, ..FetchOptions::new(dir.into()) }, &Quiet).unwrap();
+        let reqs = (0u8..)
+            .zip(sizes)
+            .map(|(i, &size)| {
+                let body = vec![i; size];
+                let (sha, _) = crate::fsutil::sha256_of(&body[..]).unwrap();
+                std::fs::write(dir.join("blobs/sha256").join(&sha), &body).unwrap();
+                PackageRequest {
+                    name: format!("p{i}"),
+                    version: "1-r0".into(),
+                    url: format!("file:///nowhere/p{i}-1-r0.apk"),
+                    q1: Q1([i; 20]),
+                    size: Some(size as u64),
+                    sha256: Some(sha),
+                    datahash: Some(String::new()),
+                    installed_size: size as u64,
+                    rehash_cached: false,
+                }
+            })
+            .collect();
+        (fetcher, reqs)
+    }
+
+    /// The largest package is started first (one worker: one at a time, in the order they
+    /// are claimed); after a failure, only the requests before it are started, so the error
+    /// is still the first in request order.
+    #[test]
+    fn the_largest_packages_are_started_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fetcher, reqs) = cached_packages(dir.path(), 1, &[10, 40, 20, 30]);
+        let run = |fail: &[usize]| {
+            let started = Mutex::new(Vec::new());
+            let r = fetcher.packages_each(
+                &reqs,
+                |i, p| {
+                    started.lock().unwrap().push(i);
+                    match fail.contains(&i) {
+                        true => Err(FetchError::Offline { what: p.name.clone(), cache: String::new() }),
+                        false => Ok(()),
+                    }
+                },
+                |_, _, ()| Ok::<(), FetchError>(()),
+            );
+            (r.map(|_| ()).map_err(|e| e.to_string()), started.into_inner().unwrap())
+        };
+        assert_eq!(run(&[]), (Ok(()), vec![1, 3, 2, 0]));
+        let (r, started) = run(&[3]);
+        assert!(r.is_err_and(|e| e.contains("p3")) && started == [1, 3, 2, 0], "{started:?}");
+        let (r, started) = run(&[1]);
+        assert!(r.is_err_and(|e| e.contains("p1")) && started == [1, 0], "{started:?}");
+        let (r, started) = run(&[1, 0]);
+        assert!(r.is_err_and(|e| e.contains("p0")) && started == [1, 0], "{started:?}");
     }
 }

@@ -41,6 +41,13 @@ pub fn run(args: BuildArgs) -> Outcome {
         for a in &result.outputs {
             println!("  {:<14} {:>12} {}", a.name, a.size, a.sha256);
         }
+        if let Some(blocks) = &result.root_blocks {
+            let cached = match &blocks.cache {
+                Some(pack) => format!("{} from the block cache ({})", blocks.cached, pack.display()),
+                None => "none from a block cache".into(),
+            };
+            println!("  root image: {} blocks, {cached}", blocks.total);
+        }
         println!("  took {}", result.phases.summary());
     }
     Ok(true)

@@ -124,6 +124,7 @@ impl ProfileArgs {
             workers: compression_workers(self.jobs),
             source_date_epoch,
             cancel: on_interrupt(),
+            block_cache: true,
         }
     }
 

@@ -56,6 +56,7 @@ pub fn run(args: VerifyArgs) -> Outcome {
     let epoch = hyve::epoch::source_date_epoch()?.or(manifest.as_ref().map(|m| m.source_date_epoch));
     let mut opts = args.common.build_options(epoch);
     opts.policy = hyve::session::LockPolicy::Locked;
+    opts.block_cache = false;
     // With --keep the rebuild goes straight there (swapped in whole, as every build).
     let rebuilt = args.keep.clone().unwrap_or_else(|| scratch.path().join("rebuilt"));
     let result = hyve::build::build(&session, arch, &opts, &rebuilt)

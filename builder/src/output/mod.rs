@@ -1,5 +1,6 @@
 //! Writers for the build's artifacts.
 
+pub mod blockcache;
 pub mod bootinitrd;
 pub mod compress;
 pub mod cpio;

@@ -12,7 +12,8 @@
 //!
 //! backhand compresses one block at a time on the thread that writes; [`Ahead`] compresses
 //! the files' data blocks on every CPU ahead of it (as mksquashfs does), with the same
-//! compressor, so the bytes are the same as a single thread's.
+//! compressor, so the bytes are the same as a single thread's. With a block cache
+//! ([`super::blockcache`]), a block the last image held is taken from there, checked, instead.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use backhand::compression::{CompressionAction, CompressionOptions, Compressor, D
 use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, InnerNode, NodeHeader, SuperBlock};
 
+use super::blockcache::{self, BlockCache, Packed};
 use super::cpio::{CpioEntry, ReadArchive};
 
 use crate::cancel::Cancel;
@@ -65,6 +67,10 @@ pub struct Written {
     /// Data blocks compressed ahead of the writer: all those backhand compressed, unless the
     /// plan missed its order.
     pub blocks_ahead: usize,
+    /// Blocks (data, fragments, metadata) in the image, and how many of them came from the
+    /// block cache.
+    pub blocks: usize,
+    pub blocks_cached: usize,
 }
 
 /// The bytes of the files `tree` holds, for the phase's progress.
@@ -81,17 +87,27 @@ fn contents(tree: &Tree, node: &crate::tree::Node) -> Option<Blob> {
     }
 }
 
-/// Writes `tree` as a SquashFS image to `path`, compressed with zstd at `level`; the files'
-/// bytes count toward the current phase.
+/// How to write the image.
+pub struct Settings<'a> {
+    /// zstd's level.
+    pub level: u32,
+    /// The image's time, and the newest any inode may have.
+    pub epoch: u64,
+    /// The block cache's pack ([`super::blockcache`]), if the build keeps one.
+    pub cache: Option<&'a Path>,
+}
+
+/// Writes `tree` as a SquashFS image to `path`; the files' bytes count toward the current
+/// phase.
 pub fn write(
     path: &Path,
     tree: &Tree,
     store: &ContentStore,
-    level: u32,
-    epoch: u64,
+    settings: Settings,
     cancel: &Cancel,
     reporter: &dyn Reporter,
 ) -> Result<Written, SquashfsError> {
+    let Settings { level, epoch, cache } = settings;
     let error = |entry: Option<&str>, e: backhand::BackhandError| SquashfsError::Write {
         path: path.display().to_string(),
         entry: entry.map(str::to_string),
@@ -133,7 +149,11 @@ pub fn write(
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(fsutil::at(path))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let ahead = Ahead::plan(tree, compressor);
+    let cache = match cache {
+        Some(pack) => Some(BlockCache::open(pack, compressor, level, BLOCK_SIZE).map_err(fsutil::at(pack))?),
+        None => None,
+    };
+    let ahead = Ahead::plan(tree, compressor, cache);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let blocks_ahead = std::thread::scope(|s| {
         for _ in 0..workers {
@@ -147,13 +167,17 @@ pub fn write(
         other => error(None, other),
     })?;
     let mut file = out.into_inner().map_err(|e| fsutil::at(path)(e.into_error()))?;
-    file.sync_all().map_err(fsutil::at(path))?;
+    if let Some(cache) = &ahead.handoff.cache {
+        cache.commit().map_err(fsutil::at(cache.path()))?;
+    }
+    let (blocks, blocks_cached) =
+        (ahead.handoff.blocks.load(Ordering::Relaxed), ahead.handoff.cached.load(Ordering::Relaxed));
     file.rewind().map_err(fsutil::at(path))?;
     let mut superblock = [0u8; SUPERBLOCK_LEN];
     file.read_exact(&mut superblock).map_err(fsutil::at(path))?;
     file.rewind().map_err(fsutil::at(path))?;
     let (sha256, size) = fsutil::sha256_of(file).map_err(fsutil::at(path))?;
-    Ok(Written { sha256, size, superblock, blocks_ahead })
+    Ok(Written { sha256, size, superblock, blocks_ahead, blocks, blocks_cached })
 }
 
 /// The data blocks of the image's files, compressed on every CPU ahead of backhand's writer.
@@ -164,7 +188,8 @@ pub fn write(
 /// [`Ahead::WINDOW`] blocks ahead of the writer, and the writer takes the next planned block
 /// when it asks for exactly its bytes. Anything else it asks for (fragments, metadata, a block
 /// out of the planned order) is compressed where it is asked: a wrong guess costs time, never
-/// bytes, as each block is compressed by backhand's own compressor either way.
+/// bytes, as each block is compressed by backhand's own compressor either way (or taken from
+/// the block cache, which holds what that compressor made of the same bytes).
 struct Ahead {
     plan: Vec<(Blob, u64, usize)>,
     fc: FilesystemCompressor,
@@ -177,6 +202,10 @@ struct Ahead {
 struct Handoff {
     /// How many blocks the plan has.
     planned: usize,
+    cache: Option<BlockCache>,
+    /// Blocks the writer asked for, and how many of them came from the cache.
+    blocks: AtomicUsize,
+    cached: AtomicUsize,
     state: Mutex<HandoffState>,
     /// A block was compressed.
     filled: Condvar,
@@ -197,7 +226,10 @@ struct HandoffState {
 }
 
 /// A block's bytes and their compressed form.
-type Compressed = (Vec<u8>, Vec<u8>);
+struct Compressed {
+    bytes: Vec<u8>,
+    packed: Packed,
+}
 
 thread_local! {
     /// The handoff of the image being written on this thread, if any.
@@ -208,7 +240,7 @@ impl Ahead {
     /// How many blocks the workers may run ahead of the writer (8 MiB at 128 KiB blocks).
     const WINDOW: usize = 64;
 
-    fn plan(tree: &Tree, fc: FilesystemCompressor) -> Ahead {
+    fn plan(tree: &Tree, fc: FilesystemCompressor, cache: Option<BlockCache>) -> Ahead {
         let block_size = u64::from(BLOCK_SIZE);
         let mut files: Vec<(&Path, Blob)> = tree
             .iter()
@@ -224,7 +256,7 @@ impl Ahead {
                     .map(move |at| (blob, at, (blob.len - at).min(block_size) as usize))
             })
             .collect();
-        let handoff = Arc::new(Handoff { planned: plan.len(), ..Handoff::default() });
+        let handoff = Arc::new(Handoff { planned: plan.len(), cache, ..Handoff::default() });
         Ahead { plan, fc, next: AtomicUsize::new(0), handoff }
     }
 
@@ -248,7 +280,9 @@ impl Ahead {
             }
             let mut bytes = vec![0; len];
             if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
-                fill.block = DefaultCompressor.compress(&bytes, self.fc, BLOCK_SIZE).ok().map(|c| (bytes, c));
+                fill.block = blockcache::compress(self.handoff.cache.as_ref(), &bytes, self.fc, BLOCK_SIZE)
+                    .ok()
+                    .map(|packed| Compressed { bytes, packed });
             }
         }
     }
@@ -291,14 +325,28 @@ impl Handoff {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The compressed bytes of `bytes` if they are the next planned block.
-    fn take(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The writer's block: compressed ahead or here, and kept for the next image's cache.
+    fn writers_block(&self, bytes: &[u8], fc: FilesystemCompressor) -> Result<Vec<u8>, BackhandError> {
+        let packed = match self.take(bytes) {
+            Some(packed) => packed,
+            None => blockcache::compress(self.cache.as_ref(), bytes, fc, BLOCK_SIZE)?,
+        };
+        self.blocks.fetch_add(1, Ordering::Relaxed);
+        self.cached.fetch_add(usize::from(packed.cached), Ordering::Relaxed);
+        if let Some(cache) = &self.cache {
+            cache.keep(&packed);
+        }
+        Ok(packed.compressed)
+    }
+
+    /// The compressed block of `bytes` if they are the next planned block.
+    fn take(&self, bytes: &[u8]) -> Option<Packed> {
         let mut state = self.lock();
         while state.head < self.planned {
             let head = state.head;
             state =
                 self.filled.wait_while(state, |s| !s.ready.contains_key(&head)).unwrap_or_else(PoisonError::into_inner);
-            if matches!(&state.ready[&head], Some((block, _)) if block.as_slice() != bytes) {
+            if matches!(&state.ready[&head], Some(block) if block.bytes != bytes) {
                 return None;
             }
             // The one asked for, or one backhand will not ask for (all zeros) or that was not
@@ -306,9 +354,9 @@ impl Handoff {
             let block = state.ready.remove(&head).expect("waited for it");
             state.head += 1;
             self.taken.notify_all();
-            if let Some((_, compressed)) = block {
+            if let Some(Compressed { packed, .. }) = block {
                 state.taken += 1;
-                return Some(compressed);
+                return Some(packed);
             }
         }
         None
@@ -331,10 +379,10 @@ impl CompressionAction for AheadCompressor {
     }
 
     fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
-        match HANDOFF.with(|h| h.borrow().as_ref().and_then(|h| h.take(bytes))) {
-            Some(compressed) => Ok(compressed),
+        HANDOFF.with(|h| match h.borrow().as_ref() {
+            Some(handoff) => handoff.writers_block(bytes, fc),
             None => DefaultCompressor.compress(bytes, fc, block_size),
-        }
+        })
     }
 
     fn compression_options(
@@ -482,7 +530,15 @@ mod tests {
     fn write_sample(dir: &Path, name: &str) -> (Written, Vec<u8>) {
         let (tree, store) = sample();
         let path = dir.join(name);
-        let written = write(&path, &tree, &store, 3, 1_700_000_000, &Cancel::new(), &Quiet).unwrap();
+        let written = write(
+            &path,
+            &tree,
+            &store,
+            Settings { level: 3, epoch: 1_700_000_000, cache: None },
+            &Cancel::new(),
+            &Quiet,
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         (written, bytes)
     }
@@ -566,7 +622,8 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("ahead.squashfs");
-        let written = write(&path, &tree, &store, 3, 0, &Cancel::new(), &Quiet).unwrap();
+        let written =
+            write(&path, &tree, &store, Settings { level: 3, epoch: 0, cache: None }, &Cancel::new(), &Quiet).unwrap();
         // a/b, a/c (a-b/x's three), a/d, a-b/x, z's first block.
         assert_eq!(written.blocks_ahead, 2 + 3 + 2 + 3 + 1);
         let bytes = std::fs::read(&path).unwrap();

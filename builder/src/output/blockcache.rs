@@ -1,0 +1,263 @@
+//! The root image's block cache: the compressed form of each block the last root image of a
+//! profile and arch held, found by the SHA-256 of the block's bytes, so that a rebuild
+//! compresses only the blocks that changed (zstd is most of a warm build's CPU time).
+//!
+//! It gives the bytes compressing afresh gives, by construction: a pack is used only by the
+//! compressor that wrote it. Its header names the zstd library's version, the level, the
+//! block size and the digest of a fixed sample as this compressor compresses it, so any
+//! change on the compression path (a new zstd, a new backhand) leaves an old pack unused.
+//! A record is checked before it is used: its bytes must decompress to exactly the block's
+//! bytes, or the block is compressed afresh (as a cached package that no longer matches its
+//! pin is fetched again).
+//!
+//! The format is this module's own (a content-addressed pack is a few lines; no crate keeps
+//! one that fits): a header line, then records `[SHA-256 of the block: 32 bytes][compressed
+//! length: u32 LE][compressed bytes]`. Each image written makes a new pack of exactly its
+//! blocks, beside the old one and renamed over it at the end, so the pack never outgrows the
+//! image it describes and a reader never sees half of one; a pack cut short (a crash) is used
+//! up to its last whole record.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::{BackhandError, FilesystemCompressor};
+use sha2::{Digest, Sha256};
+
+/// The SHA-256 of a block's bytes.
+pub type Key = [u8; 32];
+
+/// A block compressed, and how.
+pub struct Packed {
+    pub compressed: Vec<u8>,
+    /// Its key in the cache, if there is one.
+    pub key: Option<Key>,
+    /// Taken from the cache.
+    pub cached: bool,
+}
+
+/// `bytes` compressed: through `cache` when there is one, else afresh.
+pub fn compress(
+    cache: Option<&BlockCache>,
+    bytes: &[u8],
+    fc: FilesystemCompressor,
+    block_size: u32,
+) -> Result<Packed, BackhandError> {
+    match cache {
+        Some(cache) => cache.compress(bytes),
+        None => Ok(Packed { compressed: DefaultCompressor.compress(bytes, fc, block_size)?, key: None, cached: false }),
+    }
+}
+
+/// Compressed blocks of the last image, and the pack of this image's being written.
+pub struct BlockCache {
+    path: PathBuf,
+    fc: FilesystemCompressor,
+    block_size: u32,
+    old: Option<OldPack>,
+    new: Mutex<Option<NewPack>>,
+}
+
+/// The pack found at the cache's path: where each record's compressed bytes are.
+struct OldPack {
+    file: File,
+    records: HashMap<Key, (u64, u32)>,
+}
+
+struct NewPack {
+    out: BufWriter<tempfile::NamedTempFile>,
+    kept: HashSet<Key>,
+    /// The first write that failed, reported by [`BlockCache::commit`].
+    failed: Option<io::Error>,
+}
+
+impl BlockCache {
+    /// The cache at `path` (a pack written by the same compressor, if there is one; anything
+    /// else there is ignored and replaced at [`BlockCache::commit`]).
+    pub fn open(path: &Path, fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<BlockCache> {
+        let header = header(fc, level, block_size)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let old = match File::open(path) {
+            Ok(file) => read_pack(file, &header)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut out =
+            BufWriter::with_capacity(1 << 20, tempfile::Builder::new().prefix(".hyve-tmp-").tempfile_in(dir)?);
+        out.write_all(header.as_bytes())?;
+        let new = NewPack { out, kept: HashSet::new(), failed: None };
+        Ok(BlockCache { path: path.to_path_buf(), fc, block_size, old, new: Mutex::new(Some(new)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `bytes` compressed: the cached record when it decompresses to them, else afresh.
+    fn compress(&self, bytes: &[u8]) -> Result<Packed, BackhandError> {
+        let key = Some(Sha256::digest(bytes).into());
+        if let Some(compressed) = self.cached(key.as_ref().expect("just made"), bytes) {
+            return Ok(Packed { compressed, key, cached: true });
+        }
+        Ok(Packed { compressed: DefaultCompressor.compress(bytes, self.fc, self.block_size)?, key, cached: false })
+    }
+
+    fn cached(&self, key: &Key, bytes: &[u8]) -> Option<Vec<u8>> {
+        let old = self.old.as_ref()?;
+        let &(offset, len) = old.records.get(key)?;
+        let mut compressed = vec![0; len as usize];
+        old.file.read_exact_at(&mut compressed, offset).ok()?;
+        let mut plain = Vec::with_capacity(bytes.len());
+        DefaultCompressor.decompress(&compressed, &mut plain, Compressor::Zstd).ok()?;
+        (plain == bytes).then_some(compressed)
+    }
+
+    /// Puts a block the image holds into the new pack (once per key).
+    pub fn keep(&self, block: &Packed) {
+        let Some(key) = block.key else { return };
+        let mut new = self.new.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(pack) = new.as_mut().filter(|p| p.failed.is_none()) else { return };
+        if !pack.kept.insert(key) {
+            return;
+        }
+        let len = u32::try_from(block.compressed.len()).expect("a compressed block is smaller than 4 GiB");
+        let written = (pack.out.write_all(&key))
+            .and_then(|()| pack.out.write_all(&len.to_le_bytes()))
+            .and_then(|()| pack.out.write_all(&block.compressed));
+        pack.failed = written.err();
+    }
+
+    /// Puts the new pack in place of the old one.
+    pub fn commit(&self) -> io::Result<()> {
+        let pack = self.new.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(NewPack { out, failed, .. }) = pack else { return Ok(()) };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // No sync: a pack lost or cut short by a crash only costs compressing again.
+        out.into_inner().map_err(|e| e.into_error())?.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The pack's first line: everything the compressed bytes depend on besides the block.
+fn header(fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<String> {
+    // Text with repeats at many distances, so the sample exercises the match finder.
+    let sample: Vec<u8> =
+        (0u32..8192).flat_map(|i| format!("{i} {}\n", i.wrapping_mul(i) % 977).into_bytes()).collect();
+    let compressed = DefaultCompressor.compress(&sample, fc, block_size).map_err(io::Error::other)?;
+    Ok(format!(
+        "hyve root blocks 1: zstd {} level {level} block {block_size} sample {}\n",
+        zstd::zstd_safe::version_string(),
+        hex::encode(Sha256::digest(compressed))
+    ))
+}
+
+/// The records of a pack whose header is `header`; `None` for a pack of another compressor.
+fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
+    let mut reader = BufReader::with_capacity(64 << 10, &file);
+    let mut found = vec![0; header.len()];
+    if reader.read_exact(&mut found).is_err() || found != header.as_bytes() {
+        return Ok(None);
+    }
+    let end = file.metadata()?.len();
+    let mut records = HashMap::new();
+    let mut at = header.len() as u64;
+    let mut head = [0u8; 36];
+    while reader.read_exact(&mut head).is_ok() {
+        let key: Key = head[..32].try_into().expect("32 bytes");
+        let len = u32::from_le_bytes(head[32..].try_into().expect("4 bytes"));
+        at += head.len() as u64;
+        if at + u64::from(len) > end {
+            break;
+        }
+        records.insert(key, (at, len));
+        reader.seek_relative(i64::from(len))?;
+        at += u64::from(len);
+    }
+    drop(reader);
+    Ok(Some(OldPack { file, records }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backhand::compression::{CompressionOptions, Zstd};
+
+    fn zstd(level: u32) -> (FilesystemCompressor, u32) {
+        let options = CompressionOptions::Zstd(Zstd { compression_level: level });
+        (FilesystemCompressor::new(Compressor::Zstd, Some(options)).unwrap(), level)
+    }
+
+    fn fresh(bytes: &[u8], level: u32) -> Vec<u8> {
+        DefaultCompressor.compress(bytes, zstd(level).0, 131072).unwrap()
+    }
+
+    fn block(seed: u32) -> Vec<u8> {
+        (0u32..40_000).map(|i| (i.wrapping_mul(seed) % 61) as u8).collect()
+    }
+
+    /// Compresses `blocks` through a cache at `path`, keeps them, commits; how many came
+    /// from the cache.
+    fn pass(path: &Path, (fc, level): (FilesystemCompressor, u32), blocks: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
+        let cache = BlockCache::open(path, fc, level, 131072).unwrap();
+        let mut hits = 0;
+        let out = blocks
+            .iter()
+            .map(|b| {
+                let packed = compress(Some(&cache), b, fc, 131072).unwrap();
+                cache.keep(&packed);
+                hits += usize::from(packed.cached);
+                packed.compressed
+            })
+            .collect();
+        cache.commit().unwrap();
+        (out, hits)
+    }
+
+    #[test]
+    fn a_rebuild_takes_the_same_bytes_from_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sub/x86_64.pack");
+        let fresh: Vec<_> = [block(7), block(13)].iter().map(|b| fresh(b, 6)).collect();
+        assert_eq!(pass(&path, zstd(6), &[block(7), block(13)]), (fresh.clone(), 0));
+        assert_eq!(
+            pass(&path, zstd(6), &[block(7), block(13), block(7)]),
+            (fresh.iter().chain([&fresh[0]]).cloned().collect(), 3)
+        );
+        // The pack holds the last image's blocks only, each once.
+        assert_eq!(pass(&path, zstd(6), &[block(13)]).1, 1);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        assert_eq!(len, header(zstd(6).0, 6, 131072).unwrap().len() + 36 + fresh[1].len());
+        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+    }
+
+    #[test]
+    fn another_compressor_or_a_damaged_record_compresses_afresh() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p");
+        pass(&path, zstd(6), &[block(7), block(13)]);
+        let (out, hits) = pass(&path, zstd(3), &[block(7)]);
+        assert_eq!((out, hits), (vec![fresh(&block(7), 3)], 0));
+        // Flip a byte inside the first record's compressed bytes: that one block is
+        // compressed again, the other still comes from the pack.
+        pass(&path, zstd(6), &[block(7), block(13)]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let first = header(zstd(6).0, 6, 131072).unwrap().len() + 36;
+        bytes[first + 20] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(pass(&path, zstd(6), &[block(7), block(13)]).1, 1);
+        assert_eq!(pass(&path, zstd(6), &[block(7)]), (vec![fresh(&block(7), 6)], 1));
+        // A pack cut short keeps its whole records; garbage is no pack at all.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+        std::fs::write(&path, b"not a pack").unwrap();
+        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+    }
+}
