@@ -157,9 +157,9 @@ pub struct BuildOptions {
 }
 
 /// The locked packages, fetched and installed into a new tree: each is unpacked by the fetch
-/// worker that has it in the cache (into a writer of the content store), while later ones
-/// download, and installed in install order. Cached copies are not hashed by the fetcher:
-/// `install::unpack` checks each file's pin in the same pass that unpacks it.
+/// worker that has it in the cache, once a writer of the content store is free, while the
+/// rest download, and installed in install order. Cached copies are not hashed by the
+/// fetcher: `install::unpack` checks each file's pin in the same pass that unpacks it.
 fn fetch_and_install(
     session: &Session,
     arch: Arch,
@@ -190,6 +190,9 @@ fn fetch_and_install(
                 installed_size: locked.installed_size,
             };
             let mut writer = writers.take();
+            if cancel.is_cancelled() {
+                return Err(BuildError::Interrupted);
+            }
             Ok(unpack(&pkg, arch, &mut writer)?)
         },
         |_, _, unpacked| Ok(installer.install(unpacked)?),
@@ -318,6 +321,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
     let mut writer = OutputWriter { session, arch, opts, phases: &mut phases };
     let written = writer.write_all(staging.path(), &section, &guest, &tree, &mut store)?;
+    warnings.extend(written.warnings);
     if profile.formats.contains(&OutputFormat::Lima) {
         write_lima_template(staging.path(), out, profile, arch, &written.outputs)?;
     }
@@ -486,6 +490,8 @@ struct Written {
     /// Initramfs entries (0 without one).
     entries: u64,
     root_blocks: Option<RootBlocks>,
+    /// About the outputs (the block cache's), for `BuildResult::warnings`.
+    warnings: Vec<String>,
 }
 
 /// Writes the outputs of one build, timing its phases.
@@ -514,7 +520,7 @@ impl OutputWriter<'_, '_> {
         if profile.formats.contains(&OutputFormat::Kernel) {
             outputs.push(write_hashed_artifact(dir, "kernel", &guest.kernel.image, kernel_sha256.clone())?);
         }
-        let (mut entries, mut root_blocks) = (0, None);
+        let (mut entries, mut root_blocks, mut warnings) = (0, None, Vec::new());
         let wants_disk = profile.formats.contains(&OutputFormat::Disk);
         let wants_initrd = profile.formats.contains(&OutputFormat::Initrd);
         if wants_initrd || wants_disk {
@@ -532,8 +538,9 @@ impl OutputWriter<'_, '_> {
                     squashfs::write(&root_path, tree, store, settings, &opts.cancel, reporter)
                 })?;
                 boot_tree = bootinitrd::tree(tree, store, &guest.kernel, &written.superblock, guest.epoch)?;
+                warnings.extend(written.warnings);
                 root_blocks =
-                    Some(RootBlocks { total: written.blocks, cached: written.blocks_cached, cache: block_cache });
+                    Some(RootBlocks { total: written.blocks, cached: written.blocks_cached, cache: written.cache });
                 (&boot_tree, Some(Artifact { name: ROOT_IMAGE.into(), sha256: written.sha256, size: written.size }))
             } else {
                 (tree, None)
@@ -589,7 +596,7 @@ impl OutputWriter<'_, '_> {
                 .map_err(fsutil::at(&p))?;
         }
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fsutil::at(dir))?;
-        Ok(Written { outputs, entries, root_blocks })
+        Ok(Written { outputs, entries, root_blocks, warnings })
     }
 
     /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`),

@@ -63,8 +63,9 @@ pub struct ProfileArgs {
     /// Cache directory (default: $HYVE_CACHE_DIR, else $XDG_CACHE_HOME/hyve)
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Parallel downloads, each package unpacked by the worker that fetched it; also the
-    /// compression threads, at most one per core
+    /// Parallel downloads (the largest package first), each package unpacked by the worker
+    /// that fetched it; also the compression threads and the packages unpacked at once, at
+    /// most one per core
     #[arg(long, default_value_t = 8)]
     pub jobs: usize,
     /// Machine-readable output on stdout

@@ -2,31 +2,35 @@
 //! profile and arch held, found by the SHA-256 of the block's bytes, so that a rebuild
 //! compresses only the blocks that changed (zstd is most of a warm build's CPU time).
 //!
-//! It gives the bytes compressing afresh gives, by construction: a pack is used only by the
-//! compressor that wrote it. Its header names the zstd library's version, the level, the
-//! block size and the digest of a fixed sample as this compressor compresses it, so any
-//! change on the compression path (a new zstd, a new backhand) leaves an old pack unused.
-//! A record is checked before it is used: its bytes must decompress to exactly the block's
-//! bytes, or the block is compressed afresh (as a cached package that no longer matches its
-//! pin is fetched again).
+//! It gives the bytes compressing afresh gives: a pack is used only by the compressor that
+//! wrote it — its header names the zstd library's version, the level, the block size and the
+//! digest of a fixed sample as this compressor compresses it, so a new zstd, or a change in
+//! how backhand drives it that shows on the sample, leaves an old pack unused. A record is
+//! checked before it is used: it must be one zstd frame, exactly the record's length, that
+//! decompresses to exactly the block's bytes; else the block is compressed afresh (as a
+//! cached package that no longer matches its pin is fetched again).
 //!
 //! The format is this module's own (a content-addressed pack is a few lines; no crate keeps
 //! one that fits): a header line, then records `[SHA-256 of the block: 32 bytes][compressed
 //! length: u32 LE][compressed bytes]`. Each image written makes a new pack of exactly its
-//! blocks, beside the old one and renamed over it at the end, so the pack never outgrows the
-//! image it describes and a reader never sees half of one; a pack cut short (a crash) is used
-//! up to its last whole record.
+//! blocks, beside the old one (locked while written; one a killed build left is removed by
+//! the next) and renamed over it at the end, so the pack never outgrows the image it
+//! describes and a reader never sees half of one; a pack cut short (a crash) is used up to
+//! its last whole record. It is a cache: losing it costs compressing again, so the build
+//! goes on without it, with a warning, when it cannot be read or written.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::compression::{CompressionAction, CompressionOptions, Compressor, DefaultCompressor, Zstd};
 use backhand::{BackhandError, FilesystemCompressor};
 use sha2::{Digest, Sha256};
+
+use crate::fsutil;
 
 /// The SHA-256 of a block's bytes.
 pub type Key = [u8; 32];
@@ -40,7 +44,8 @@ pub struct Packed {
     pub cached: bool,
 }
 
-/// `bytes` compressed: through `cache` when there is one, else afresh.
+/// `bytes` compressed with `fc`: through `cache` when there is one (which compresses as `fc`
+/// does: zstd at the image's level and block size), else afresh.
 pub fn compress(
     cache: Option<&BlockCache>,
     bytes: &[u8],
@@ -53,7 +58,7 @@ pub fn compress(
     }
 }
 
-/// Compressed blocks of the last image, and the pack of this image's being written.
+/// Compressed blocks of the last image, and the pack of the image being written.
 pub struct BlockCache {
     path: PathBuf,
     fc: FilesystemCompressor,
@@ -76,19 +81,22 @@ struct NewPack {
 }
 
 impl BlockCache {
-    /// The cache at `path` (a pack written by the same compressor, if there is one; anything
-    /// else there is ignored and replaced at [`BlockCache::commit`]).
-    pub fn open(path: &Path, fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<BlockCache> {
+    /// The cache at `path` for zstd at `level` with blocks of `block_size` (a pack written
+    /// by the same compressor, if there is one; any other file there is ignored, and
+    /// replaced at [`BlockCache::commit`]).
+    pub fn open(path: &Path, level: u32, block_size: u32) -> io::Result<BlockCache> {
+        let options = CompressionOptions::Zstd(Zstd { compression_level: level });
+        let fc = FilesystemCompressor::new(Compressor::Zstd, Some(options)).map_err(io::Error::other)?;
         let header = header(fc, level, block_size)?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let old = match File::open(path) {
             Ok(file) => read_pack(file, &header)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut out =
-            BufWriter::with_capacity(1 << 20, tempfile::Builder::new().prefix(".hyve-tmp-").tempfile_in(dir)?);
+        let mut out = BufWriter::with_capacity(1 << 20, fsutil::locked_temp_beside(path)?);
         out.write_all(header.as_bytes())?;
         let new = NewPack { out, kept: HashSet::new(), failed: None };
         Ok(BlockCache { path: path.to_path_buf(), fc, block_size, old, new: Mutex::new(Some(new)) })
@@ -100,11 +108,12 @@ impl BlockCache {
 
     /// `bytes` compressed: the cached record when it decompresses to them, else afresh.
     fn compress(&self, bytes: &[u8]) -> Result<Packed, BackhandError> {
-        let key = Some(Sha256::digest(bytes).into());
-        if let Some(compressed) = self.cached(key.as_ref().expect("just made"), bytes) {
-            return Ok(Packed { compressed, key, cached: true });
+        let key: Key = Sha256::digest(bytes).into();
+        if let Some(compressed) = self.cached(&key, bytes) {
+            return Ok(Packed { compressed, key: Some(key), cached: true });
         }
-        Ok(Packed { compressed: DefaultCompressor.compress(bytes, self.fc, self.block_size)?, key, cached: false })
+        let compressed = DefaultCompressor.compress(bytes, self.fc, self.block_size)?;
+        Ok(Packed { compressed, key: Some(key), cached: false })
     }
 
     fn cached(&self, key: &Key, bytes: &[u8]) -> Option<Vec<u8>> {
@@ -112,6 +121,10 @@ impl BlockCache {
         let &(offset, len) = old.records.get(key)?;
         let mut compressed = vec![0; len as usize];
         old.file.read_exact_at(&mut compressed, offset).ok()?;
+        // One frame and nothing after it: zstd would also decode a frame followed by others.
+        if zstd::zstd_safe::find_frame_compressed_size(&compressed).ok()? != compressed.len() {
+            return None;
+        }
         let mut plain = Vec::with_capacity(bytes.len());
         DefaultCompressor.decompress(&compressed, &mut plain, Compressor::Zstd).ok()?;
         (plain == bytes).then_some(compressed)
@@ -158,18 +171,18 @@ fn header(fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<S
     ))
 }
 
-/// The records of a pack whose header is `header`; `None` for a pack of another compressor.
+/// The records of a pack whose header is `header` (read record head by record head);
+/// `None` for a pack of another compressor.
 fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
-    let mut reader = BufReader::with_capacity(64 << 10, &file);
     let mut found = vec![0; header.len()];
-    if reader.read_exact(&mut found).is_err() || found != header.as_bytes() {
+    if file.read_exact_at(&mut found, 0).is_err() || found != header.as_bytes() {
         return Ok(None);
     }
     let end = file.metadata()?.len();
     let mut records = HashMap::new();
     let mut at = header.len() as u64;
     let mut head = [0u8; 36];
-    while reader.read_exact(&mut head).is_ok() {
+    while file.read_exact_at(&mut head, at).is_ok() {
         let key: Key = head[..32].try_into().expect("32 bytes");
         let len = u32::from_le_bytes(head[32..].try_into().expect("4 bytes"));
         at += head.len() as u64;
@@ -177,25 +190,22 @@ fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
             break;
         }
         records.insert(key, (at, len));
-        reader.seek_relative(i64::from(len))?;
         at += u64::from(len);
     }
-    drop(reader);
     Ok(Some(OldPack { file, records }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backhand::compression::{CompressionOptions, Zstd};
 
-    fn zstd(level: u32) -> (FilesystemCompressor, u32) {
+    fn zstd(level: u32) -> FilesystemCompressor {
         let options = CompressionOptions::Zstd(Zstd { compression_level: level });
-        (FilesystemCompressor::new(Compressor::Zstd, Some(options)).unwrap(), level)
+        FilesystemCompressor::new(Compressor::Zstd, Some(options)).unwrap()
     }
 
     fn fresh(bytes: &[u8], level: u32) -> Vec<u8> {
-        DefaultCompressor.compress(bytes, zstd(level).0, 131072).unwrap()
+        DefaultCompressor.compress(bytes, zstd(level), 131072).unwrap()
     }
 
     fn block(seed: u32) -> Vec<u8> {
@@ -204,13 +214,13 @@ mod tests {
 
     /// Compresses `blocks` through a cache at `path`, keeps them, commits; how many came
     /// from the cache.
-    fn pass(path: &Path, (fc, level): (FilesystemCompressor, u32), blocks: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
-        let cache = BlockCache::open(path, fc, level, 131072).unwrap();
+    fn pass(path: &Path, level: u32, blocks: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
+        let cache = BlockCache::open(path, level, 131072).unwrap();
         let mut hits = 0;
         let out = blocks
             .iter()
             .map(|b| {
-                let packed = compress(Some(&cache), b, fc, 131072).unwrap();
+                let packed = compress(Some(&cache), b, zstd(level), 131072).unwrap();
                 cache.keep(&packed);
                 hits += usize::from(packed.cached);
                 packed.compressed
@@ -225,39 +235,70 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("sub/x86_64.pack");
         let fresh: Vec<_> = [block(7), block(13)].iter().map(|b| fresh(b, 6)).collect();
-        assert_eq!(pass(&path, zstd(6), &[block(7), block(13)]), (fresh.clone(), 0));
+        assert_eq!(pass(&path, 6, &[block(7), block(13)]), (fresh.clone(), 0));
         assert_eq!(
-            pass(&path, zstd(6), &[block(7), block(13), block(7)]),
+            pass(&path, 6, &[block(7), block(13), block(7)]),
             (fresh.iter().chain([&fresh[0]]).cloned().collect(), 3)
         );
         // The pack holds the last image's blocks only, each once.
-        assert_eq!(pass(&path, zstd(6), &[block(13)]).1, 1);
+        assert_eq!(pass(&path, 6, &[block(13)]).1, 1);
         let len = std::fs::metadata(&path).unwrap().len() as usize;
-        assert_eq!(len, header(zstd(6).0, 6, 131072).unwrap().len() + 36 + fresh[1].len());
-        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+        assert_eq!(len, header(zstd(6), 6, 131072).unwrap().len() + 36 + fresh[1].len());
+        assert_eq!(pass(&path, 6, &[block(7)]).1, 0);
     }
 
     #[test]
     fn another_compressor_or_a_damaged_record_compresses_afresh() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("p");
-        pass(&path, zstd(6), &[block(7), block(13)]);
-        let (out, hits) = pass(&path, zstd(3), &[block(7)]);
+        pass(&path, 6, &[block(7), block(13)]);
+        let (out, hits) = pass(&path, 3, &[block(7)]);
         assert_eq!((out, hits), (vec![fresh(&block(7), 3)], 0));
         // Flip a byte inside the first record's compressed bytes: that one block is
         // compressed again, the other still comes from the pack.
-        pass(&path, zstd(6), &[block(7), block(13)]);
+        pass(&path, 6, &[block(7), block(13)]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let first = header(zstd(6).0, 6, 131072).unwrap().len() + 36;
+        let first = header(zstd(6), 6, 131072).unwrap().len() + 36;
         bytes[first + 20] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(pass(&path, zstd(6), &[block(7), block(13)]).1, 1);
-        assert_eq!(pass(&path, zstd(6), &[block(7)]), (vec![fresh(&block(7), 6)], 1));
+        assert_eq!(pass(&path, 6, &[block(7), block(13)]).1, 1);
+        assert_eq!(pass(&path, 6, &[block(7)]), (vec![fresh(&block(7), 6)], 1));
+        // A record that decodes right but holds more than one frame is not used.
+        let header = header(zstd(6), 6, 131072).unwrap();
+        let mut record = fresh(&block(7), 6);
+        record.extend([0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]);
+        let mut bytes = header.clone().into_bytes();
+        bytes.extend(Sha256::digest(block(7)));
+        bytes.extend((record.len() as u32).to_le_bytes());
+        bytes.extend(&record);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(pass(&path, 6, &[block(7)]), (vec![fresh(&block(7), 6)], 0));
         // A pack cut short keeps its whole records; garbage is no pack at all.
+        pass(&path, 6, &[block(7), block(13)]);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+        assert_eq!(pass(&path, 6, &[block(7), block(13)]).1, 1);
         std::fs::write(&path, b"not a pack").unwrap();
-        assert_eq!(pass(&path, zstd(6), &[block(7)]).1, 0);
+        assert_eq!(pass(&path, 6, &[block(7)]).1, 0);
+    }
+
+    /// The new pack is written beside the old one, locked; one a killed build left behind
+    /// (nobody holds it) is removed when the cache is next opened, one being written is not.
+    #[test]
+    fn a_pack_left_half_written_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.pack");
+        let left = d.path().join(".p.pack.tmp-killed");
+        std::fs::write(&left, b"half").unwrap();
+        let writing = BlockCache::open(&path, 6, 131072).unwrap();
+        assert!(!left.exists());
+        let temps = || std::fs::read_dir(d.path()).unwrap().count();
+        assert_eq!(temps(), 1, "the one being written");
+        let other = BlockCache::open(&path, 6, 131072).unwrap();
+        assert_eq!(temps(), 2, "both being written");
+        writing.commit().unwrap();
+        other.commit().unwrap();
+        assert_eq!(temps(), 1, "the pack alone");
+        assert!(path.exists());
     }
 }

@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
@@ -64,13 +64,18 @@ pub struct Written {
     pub size: u64,
     /// The image's first bytes, by which the boot initramfs finds it among the block devices.
     pub superblock: [u8; SUPERBLOCK_LEN],
-    /// Data blocks compressed ahead of the writer: all those backhand compressed, unless the
-    /// plan missed its order.
+    /// Data blocks made ready (compressed, or taken from the block cache) ahead of the writer:
+    /// all those backhand asked for, unless the plan missed its order.
     pub blocks_ahead: usize,
-    /// Blocks (data, fragments, metadata) in the image, and how many of them came from the
-    /// block cache.
+    /// Blocks (data, fragments, metadata) backhand asked the compressor for, and how many of
+    /// them came from the block cache. (backhand also compresses a duplicate file's blocks
+    /// before it finds the file is one, so a duplicate's blocks count too.)
     pub blocks: usize,
     pub blocks_cached: usize,
+    /// The block cache's pack, if one was used.
+    pub cache: Option<PathBuf>,
+    /// What went wrong with the block cache (the image is whole either way).
+    pub warnings: Vec<String>,
 }
 
 /// The bytes of the files `tree` holds, for the phase's progress.
@@ -149,10 +154,15 @@ pub fn write(
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(fsutil::at(path))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let cache = match cache {
-        Some(pack) => Some(BlockCache::open(pack, compressor, level, BLOCK_SIZE).map_err(fsutil::at(pack))?),
-        None => None,
-    };
+    let mut warnings = Vec::new();
+    let cache = cache.and_then(|pack| {
+        BlockCache::open(pack, level, BLOCK_SIZE)
+            .inspect_err(|e| {
+                let what = "the root image's block cache cannot be used; every block is compressed";
+                warnings.push(format!("{}: {e}: {what}", pack.display()));
+            })
+            .ok()
+    });
     let ahead = Ahead::plan(tree, compressor, cache);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let blocks_ahead = std::thread::scope(|s| {
@@ -167,9 +177,12 @@ pub fn write(
         other => error(None, other),
     })?;
     let mut file = out.into_inner().map_err(|e| fsutil::at(path)(e.into_error()))?;
-    if let Some(cache) = &ahead.handoff.cache {
-        cache.commit().map_err(fsutil::at(cache.path()))?;
-    }
+    let cache = ahead.handoff.cache.as_ref().map(|cache| {
+        if let Err(e) = cache.commit() {
+            warnings.push(format!("{}: {e}: the root image's block cache was not updated", cache.path().display()));
+        }
+        cache.path().to_path_buf()
+    });
     let (blocks, blocks_cached) =
         (ahead.handoff.blocks.load(Ordering::Relaxed), ahead.handoff.cached.load(Ordering::Relaxed));
     file.rewind().map_err(fsutil::at(path))?;
@@ -177,7 +190,7 @@ pub fn write(
     file.read_exact(&mut superblock).map_err(fsutil::at(path))?;
     file.rewind().map_err(fsutil::at(path))?;
     let (sha256, size) = fsutil::sha256_of(file).map_err(fsutil::at(path))?;
-    Ok(Written { sha256, size, superblock, blocks_ahead, blocks, blocks_cached })
+    Ok(Written { sha256, size, superblock, blocks_ahead, blocks, blocks_cached, cache, warnings })
 }
 
 /// The data blocks of the image's files, compressed on every CPU ahead of backhand's writer.
@@ -219,14 +232,14 @@ struct HandoffState {
     head: usize,
     /// Planned blocks ready, by index: their bytes and compressed bytes; `None` for a block
     /// backhand will not ask for (all zeros), or that could not be read here.
-    ready: BTreeMap<usize, Option<Compressed>>,
+    ready: BTreeMap<usize, Option<ReadyBlock>>,
     /// Compressed blocks the writer took.
     taken: usize,
     stopped: bool,
 }
 
-/// A block's bytes and their compressed form.
-struct Compressed {
+/// A planned block's bytes, ready for the writer in their compressed form.
+struct ReadyBlock {
     bytes: Vec<u8>,
     packed: Packed,
 }
@@ -260,8 +273,8 @@ impl Ahead {
         Ahead { plan, fc, next: AtomicUsize::new(0), handoff }
     }
 
-    /// A worker: claims planned blocks in order and compresses them, until all are done or
-    /// the writer stopped.
+    /// A worker: claims planned blocks in order and compresses them (or takes them from the
+    /// block cache), until all are done or the writer stopped.
     fn work(&self, store: &ContentStore) {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +295,7 @@ impl Ahead {
             if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
                 fill.block = blockcache::compress(self.handoff.cache.as_ref(), &bytes, self.fc, BLOCK_SIZE)
                     .ok()
-                    .map(|packed| Compressed { bytes, packed });
+                    .map(|packed| ReadyBlock { bytes, packed });
             }
         }
     }
@@ -308,7 +321,7 @@ impl Ahead {
 struct Fill<'a> {
     handoff: &'a Handoff,
     i: usize,
-    block: Option<Compressed>,
+    block: Option<ReadyBlock>,
 }
 
 impl Drop for Fill<'_> {
@@ -326,10 +339,15 @@ impl Handoff {
     }
 
     /// The writer's block: compressed ahead or here, and kept for the next image's cache.
-    fn writers_block(&self, bytes: &[u8], fc: FilesystemCompressor) -> Result<Vec<u8>, BackhandError> {
+    fn block_for_writer(
+        &self,
+        bytes: &[u8],
+        fc: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
         let packed = match self.take(bytes) {
             Some(packed) => packed,
-            None => blockcache::compress(self.cache.as_ref(), bytes, fc, BLOCK_SIZE)?,
+            None => blockcache::compress(self.cache.as_ref(), bytes, fc, block_size)?,
         };
         self.blocks.fetch_add(1, Ordering::Relaxed);
         self.cached.fetch_add(usize::from(packed.cached), Ordering::Relaxed);
@@ -354,7 +372,7 @@ impl Handoff {
             let block = state.ready.remove(&head).expect("waited for it");
             state.head += 1;
             self.taken.notify_all();
-            if let Some(Compressed { packed, .. }) = block {
+            if let Some(ReadyBlock { packed, .. }) = block {
                 state.taken += 1;
                 return Some(packed);
             }
@@ -380,7 +398,7 @@ impl CompressionAction for AheadCompressor {
 
     fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
         HANDOFF.with(|h| match h.borrow().as_ref() {
-            Some(handoff) => handoff.writers_block(bytes, fc),
+            Some(handoff) => handoff.block_for_writer(bytes, fc, block_size),
             None => DefaultCompressor.compress(bytes, fc, block_size),
         })
     }
