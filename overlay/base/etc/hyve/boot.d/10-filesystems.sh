@@ -16,6 +16,7 @@ log "init reached userspace (HYVE-BOOT-OK)"
 case $(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1) in
 	tmpfs) log "root on tmpfs ($(df -m / | awk 'NR == 2 {print $2}') MiB)" ;;
 	overlay)
+		root_compressed=1
 		log "root: squashfs image ($(df -m /media/root-ro | awk 'NR == 2 {print $2}') MiB, read-only) under a tmpfs overlay"
 		# Docker's overlay2 cannot stack on an overlay: its data (and containerd's) gets a
 		# tmpfs of its own until a data disk is mounted over it (25-data-disk.sh).

@@ -47,11 +47,6 @@ else
 	# public key from a file of its own) now, while the clock and network come up
 	# (server-key.making: not done yet).
 	: >/run/hyve/server-key.making
-	# dockerd, which waits for that certificate, reads its binary from the compressed root when
-	# it starts: its page faults decompress it piecemeal, in series (under TCG: 4.0-4.7 s from
-	# its exec to "Starting up", 2.1 s with the binary read beforehand). Read it now instead,
-	# on a CPU the clock and network steps leave idle, into the page cache it will start from.
-	cat "$(command -v dockerd)" >/dev/null 2>&1 &
 	(
 		tls_key /run/hyve/server-key.pem &&
 			openssl pkey -in /run/hyve/server-key.pem -pubout -out /run/hyve/server-pub.pem 2>>/var/log/tls.log
