@@ -289,10 +289,10 @@ pub fn locked_temp_beside(target: &Path) -> std::io::Result<tempfile::NamedTempF
 fn remove_abandoned(parent: &Path, prefix: &str) -> std::io::Result<()> {
     for entry in std::fs::read_dir(parent)? {
         let entry = entry?;
-        let is_dir = entry.file_type()?.is_dir();
         if !entry.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
+        let is_dir = entry.file_type()?.is_dir();
         let path = entry.path();
         let Ok(held) = std::fs::File::open(&path) else { continue };
         if try_lock(&held)? {

@@ -26,10 +26,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use backhand::compression::{CompressionAction, CompressionOptions, Compressor, DefaultCompressor, Zstd};
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::{BackhandError, FilesystemCompressor};
 use sha2::{Digest, Sha256};
 
+use super::squashfs::compressor;
 use crate::fsutil;
 
 /// The SHA-256 of a block's bytes.
@@ -85,8 +86,7 @@ impl BlockCache {
     /// by the same compressor, if there is one; any other file there is ignored, and
     /// replaced at [`BlockCache::commit`]).
     pub fn open(path: &Path, level: u32, block_size: u32) -> io::Result<BlockCache> {
-        let options = CompressionOptions::Zstd(Zstd { compression_level: level });
-        let fc = FilesystemCompressor::new(Compressor::Zstd, Some(options)).map_err(io::Error::other)?;
+        let fc = compressor(level).map_err(io::Error::other)?;
         let header = header(fc, level, block_size)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -200,8 +200,7 @@ mod tests {
     use super::*;
 
     fn zstd(level: u32) -> FilesystemCompressor {
-        let options = CompressionOptions::Zstd(Zstd { compression_level: level });
-        FilesystemCompressor::new(Compressor::Zstd, Some(options)).unwrap()
+        compressor(level).unwrap()
     }
 
     fn fresh(bytes: &[u8], level: u32) -> Vec<u8> {

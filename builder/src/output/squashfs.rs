@@ -92,6 +92,12 @@ fn contents(tree: &Tree, node: &crate::tree::Node) -> Option<Blob> {
     }
 }
 
+/// The image's compressor: zstd at `level` (also the block cache's).
+pub(super) fn compressor(level: u32) -> Result<FilesystemCompressor, BackhandError> {
+    let options = CompressionOptions::Zstd(backhand::compression::Zstd { compression_level: level });
+    FilesystemCompressor::new(Compressor::Zstd, Some(options))
+}
+
 /// How to write the image.
 pub struct Settings<'a> {
     /// zstd's level.
@@ -120,8 +126,7 @@ pub fn write(
     };
     let clamp = |t: u64| u32::try_from(t.min(epoch)).unwrap_or(u32::MAX);
     let mut fs = FilesystemWriter::default();
-    let options = CompressionOptions::Zstd(backhand::compression::Zstd { compression_level: level });
-    let compressor = FilesystemCompressor::new(Compressor::Zstd, Some(options)).map_err(|e| error(None, e))?;
+    let compressor = compressor(level).map_err(|e| error(None, e))?;
     fs.set_kind(Kind::new_v4(&AheadCompressor));
     fs.set_block_size(BLOCK_SIZE);
     fs.set_compressor(compressor);
