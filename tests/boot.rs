@@ -882,6 +882,25 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     let addresses = in_guest("ip -4 addr show dev eth0");
     assert!(addresses.contains(" 10.0.2.99/24 ") && addresses.contains(" 10.0.2.15/24 "), "{arch}: {addresses}");
     in_guest("ip addr del 10.0.2.99/24 dev eth0");
+    // Under TCG (`hyve run` adds `hyve.emulated`) the boot ran without address-space
+    // randomization, and dockerd still does; the services, udhcpc and containers have it.
+    // With KVM, all of them have it. (A service's `.child` is its daemon: the service script
+    // and setarch exec it.)
+    let emulated = vm.console().contains(", tcg accel)");
+    let said = "hyve: emulated CPU: booting without address-space randomization";
+    assert_eq!(vm.console().contains(said), emulated, "{arch}: {said:?} on the console under TCG only");
+    let personalities = in_guest(
+        "for f in /run/hyve/services/30-dockerd.child /run/hyve/services/20-containerd.child \
+         /run/hyve/services/00-syslogd.child /run/udhcpc.eth0.pid; do cat /proc/$(cat $f)/personality; done",
+    );
+    let dockerd = if emulated { "00040000" } else { "00000000" };
+    assert_eq!(
+        personalities,
+        format!("{dockerd}\n00000000\n00000000\n00000000\n"),
+        "{arch}: dockerd, containerd, syslogd, udhcpc"
+    );
+    let container = api.busybox(Docker::ok, &[], &["cat", "/proc/self/personality"]);
+    assert_eq!(container, "00000000\n", "{arch}: a container's personality");
     container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
     api.busybox(Docker::ok, &["-v", "/var/lib/hyve:/data"], &["sh", "-c", "echo persisted >/data/marker"]);

@@ -108,22 +108,34 @@ mod tests {
 
     /// The guest's `cmdline_value NAME DEFAULT` (lib.sh), run by the host's shell on `cmdline`
     /// in place of /proc/cmdline.
-    fn guest_cmdline_value(cmdline: &str, name: &str) -> String {
-        let function = shell_function("overlay/base/usr/libexec/hyve/lib.sh", "cmdline_value");
+    /// The output of `call` after lib.sh's `function` is defined, with `cmdline` as the kernel
+    /// command line.
+    fn guest_lib_on_cmdline(function: &str, call: &str, cmdline: &str) -> String {
+        let function = shell_function("overlay/base/usr/libexec/hyve/lib.sh", function);
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("cmdline");
         std::fs::write(&path, format!("{cmdline}\n")).unwrap();
         assert!(function.contains("</proc/cmdline"), "{function}");
         let function = function.replace("</proc/cmdline", &format!("<'{}'", path.display()));
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{function}\ncmdline_value \"$1\" default"))
-            .arg("sh")
-            .arg(name)
-            .output()
-            .unwrap();
+        let o = std::process::Command::new("sh").arg("-c").arg(format!("{function}\n{call}")).output().unwrap();
         assert!(o.status.success() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap().trim_end_matches('\n').to_string()
+    }
+
+    fn guest_cmdline_value(cmdline: &str, name: &str) -> String {
+        guest_lib_on_cmdline("cmdline_value", &format!("cmdline_value '{name}' default"), cmdline)
+    }
+
+    #[test]
+    fn the_guest_finds_a_command_line_word_only_whole() {
+        let has = |cmdline: &str| {
+            guest_lib_on_cmdline("cmdline_has", "cmdline_has hyve.emulated && echo yes || echo no", cmdline) == "yes"
+        };
+        assert!(has("hyve.emulated"));
+        assert!(has("console=ttyS0 quiet hyve.emulated hyve.poweroff"));
+        for cmdline in ["", "quiet", "xhyve.emulated", "hyve.emulated=0", "hyve.emulatedx", "hyve-emulated"] {
+            assert!(!has(cmdline), "{cmdline:?}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ declare -A host_pkgs=(
 	[sfdisk]="fdisk"
 	[blkid]="util-linux"
 	[partx]="util-linux"
+	[setarch]="util-linux"
 	[openssh]="openssh-server openssh-client openssh-sftp-server"
 	[sudo]="sudo"
 	[bash]="bash"
@@ -264,6 +265,10 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		partx)
 			# Only util-linux's partx (Alpine's partx package), at /usr/bin.
 			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/partx" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			;;
+		setarch)
+			# Only util-linux's setarch (Alpine's setarch package).
+			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/setarch" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
 			;;
 		blkid)
 			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.

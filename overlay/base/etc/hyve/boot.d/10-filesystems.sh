@@ -1,5 +1,5 @@
-# Kernel filesystems, the unified cgroup hierarchy, and the tmpfs mounts a container host needs.
-mount -t proc -o nosuid,nodev,noexec proc /proc
+# Kernel filesystems (/proc: rc.boot), the unified cgroup hierarchy, and the tmpfs mounts a
+# container host needs.
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
@@ -13,6 +13,11 @@ rm -rf /.hyve-stage1
 mkdir -p /run/hyve/services /var/log /var/lib "$HYVE_DATA"
 [ -e /var/run ] || ln -s /run /var/run
 log "init reached userspace (HYVE-BOOT-OK)"
+if [ -n "$HYVE_NORANDMAPS" ]; then
+	log "emulated CPU: booting without address-space randomization (the services get it back, dockerd does not)"
+elif cmdline_has hyve.emulated; then
+	log "emulated CPU, but no $setarch in the image: booting with address-space randomization (slower)"
+fi
 case $(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1) in
 	tmpfs) log "root on tmpfs ($(df -m / | awk 'NR == 2 {print $2}') MiB)" ;;
 	overlay)

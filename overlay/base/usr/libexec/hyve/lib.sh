@@ -8,9 +8,14 @@ log() {
 	return 0
 }
 
-# True when the kernel command line holds the word $1.
+# True when the kernel command line holds the word $1 (builtins only, like cmdline_value).
 cmdline_has() {
-	grep -qw -- "$1" /proc/cmdline
+	v=
+	read -r v </proc/cmdline
+	case " $v " in
+		*" $1 "*) return 0 ;;
+	esac
+	return 1
 }
 
 # The value of the last `$1=value` on the kernel command line, else $2. Builtins only: a
@@ -29,10 +34,20 @@ cmdline_value() {
 # Where the persistent data lives (the data disk, or RAM without one).
 HYVE_DATA=/var/lib/hyve
 
+# util-linux's setarch (the `setarch` package), by its path: a busybox `setarch` takes no -R.
+setarch=/usr/bin/setarch
+# On an emulated CPU rc.boot runs the boot without address-space randomization and exports
+# HYVE_NORANDMAPS, the machine (`uname -m`). What outlives the boot starts through
+# $randomized, which turns it back on (`setarch MACHINE` sets the plain personality):
+# `HYVE_NORANDMAPS='' $randomized COMMAND...`, one simple command, so that `&` and `$!` mean
+# COMMAND. Empty otherwise.
+randomized=${HYVE_NORANDMAPS:+$setarch $HYVE_NORANDMAPS}
+
 # start_service NAME RUN [GRACE]: RUN under supervise in the background; rc.shutdown stops
 # it (in reverse start order) with GRACE seconds (default 10) before SIGKILL.
 start_service() {
-	/usr/libexec/hyve/supervise "$1" "$2" &
+	# shellcheck disable=SC2086 # $randomized is a command's words
+	HYVE_NORANDMAPS='' $randomized /usr/libexec/hyve/supervise "$1" "$2" &
 	echo $! >"/run/hyve/services/$1.pid"
 	echo "${3:-10}" >"/run/hyve/services/$1.grace"
 }

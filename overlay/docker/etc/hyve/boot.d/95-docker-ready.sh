@@ -66,6 +66,7 @@ now() { read -r now _ </proc/uptime && now=${now%.*}; }
 	fi
 	if [ -f "$HYVE_DATA/bootlocal.sh" ]; then
 		log "running bootlocal.sh from the user data (output in /var/log/bootlocal.log)"
-		sh "$HYVE_DATA/bootlocal.sh" >>/var/log/bootlocal.log 2>&1
+		# shellcheck disable=SC2086 # $randomized is a command's words (lib.sh)
+		HYVE_NORANDMAPS='' $randomized sh "$HYVE_DATA/bootlocal.sh" >>/var/log/bootlocal.log 2>&1
 	fi
 ) &

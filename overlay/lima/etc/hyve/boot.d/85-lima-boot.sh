@@ -7,7 +7,8 @@
 if grep -q " $LIMA_CIDATA_MNT " /proc/mounts && [ -x "$LIMA_CIDATA_MNT/boot.sh" ]; then
 	(
 		export LIMA_CIDATA_MNT
-		"$LIMA_CIDATA_MNT/boot.sh" >>/var/log/cloud-init-output.log 2>&1
+		# shellcheck disable=SC2086 # $randomized is a command's words (lib.sh)
+		HYVE_NORANDMAPS='' $randomized "$LIMA_CIDATA_MNT/boot.sh" >>/var/log/cloud-init-output.log 2>&1
 		log "lima: boot.sh exited with status $? (/var/log/cloud-init-output.log)"
 	) </dev/null &
 	log "lima: boot.sh started"
