@@ -220,6 +220,11 @@ fn boot_base(arch: &str, qemu: &str) {
     check("balloon bound with free page reporting", "hyve: memory balloon: free page reporting on");
     check("shutdown ran", "hyve: shutdown complete");
     check("clean power-off", "reboot: Power down");
+    // Under TCG (`hyve run` adds `hyve.emulated`) an initramfs root boots without
+    // address-space randomization too (overlay/README.md, "Emulated CPU").
+    let unrandomized = "hyve: emulated CPU: booting without address-space randomization";
+    let emulated = clean.contains(", tcg accel)");
+    assert_eq!(clean.contains(unrandomized), emulated, "{arch}: {unrandomized:?} on the console under TCG only");
     assert!(o.status.success(), "{arch}: QEMU exited with {:?} (log: {})", o.status, log_path.display());
     eprintln!("boot test {arch}: powered off cleanly after {:.1} s", elapsed.as_secs_f64());
     // --timeout ends the run with timeout(1)'s status 124, and like every other exit it
@@ -250,6 +255,8 @@ fn boot_base(arch: &str, qemu: &str) {
     vm.wait_for("hyve: init reached userspace (HYVE-BOOT-OK)", 120);
     vm.wait_for("hyve: root: squashfs image", 60);
     vm.wait_for("hyve: eth0 10.0.2.15/24 (DHCP)", 120);
+    // The UKI's command line is its own: no `hyve.emulated`, whatever the accelerator.
+    assert!(!vm.console().contains("hyve: emulated CPU"), "{arch}: the UKI boot heard of an emulated CPU");
     eprintln!("boot test {arch}: EFI disk boot reached userspace after {:.1} s", started.elapsed().as_secs_f64());
 }
 
