@@ -106,30 +106,40 @@ mod tests {
         assert!(e.contains("exists"), "{e}");
     }
 
-    /// The guest's `cmdline_value NAME DEFAULT` (lib.sh), run by the host's shell on `cmdline`
-    /// in place of /proc/cmdline.
-    /// The output of `call` after lib.sh's `function` is defined, with `cmdline` as the kernel
-    /// command line.
-    fn guest_lib_on_cmdline(function: &str, call: &str, cmdline: &str) -> String {
+    /// The output of `call` (a shell command, with `args` as `$1`...) after lib.sh's
+    /// `function` is defined, run by the host's shell on `cmdline` in place of /proc/cmdline.
+    fn guest_lib_on_cmdline(function: &str, call: &str, args: &[&str], cmdline: &str) -> String {
         let function = shell_function("overlay/base/usr/libexec/hyve/lib.sh", function);
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("cmdline");
         std::fs::write(&path, format!("{cmdline}\n")).unwrap();
         assert!(function.contains("</proc/cmdline"), "{function}");
         let function = function.replace("</proc/cmdline", &format!("<'{}'", path.display()));
-        let o = std::process::Command::new("sh").arg("-c").arg(format!("{function}\n{call}")).output().unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{function}\n{call}"))
+            .arg("sh")
+            .args(args)
+            .output()
+            .unwrap();
         assert!(o.status.success() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap().trim_end_matches('\n').to_string()
     }
 
+    /// The guest's `cmdline_value NAME DEFAULT` on `cmdline`.
     fn guest_cmdline_value(cmdline: &str, name: &str) -> String {
-        guest_lib_on_cmdline("cmdline_value", &format!("cmdline_value '{name}' default"), cmdline)
+        guest_lib_on_cmdline("cmdline_value", "cmdline_value \"$1\" default", &[name], cmdline)
     }
 
     #[test]
     fn the_guest_finds_a_command_line_word_only_whole() {
         let has = |cmdline: &str| {
-            guest_lib_on_cmdline("cmdline_has", "cmdline_has hyve.emulated && echo yes || echo no", cmdline) == "yes"
+            guest_lib_on_cmdline(
+                "cmdline_has",
+                "cmdline_has \"$1\" && echo yes || echo no",
+                &["hyve.emulated"],
+                cmdline,
+            ) == "yes"
         };
         assert!(has("hyve.emulated"));
         assert!(has("console=ttyS0 quiet hyve.emulated hyve.poweroff"));
