@@ -199,6 +199,12 @@ cp -a "$here/baselayout/." "$ldir/etc/"
 chmod 640 "$ldir/etc/shadow"
 pack alpine-baselayout-data 3.6.8-r1 "$ldir"
 
+# keep_only DIR PATH: delete every file and symlink of DIR but DIR/PATH and the libraries
+# (lib/, usr/lib/), for a package Alpine splits out of a bigger Debian one.
+keep_only() {
+	find "$1" \( -type f -o -type l \) ! -path "$1/$2" ! -path "$1/lib/*" ! -path "$1/usr/lib/*" -delete
+}
+
 # The docker host: Debian's binaries and their libraries under Alpine's names.
 for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 	dir="$work/$name"
@@ -226,7 +232,7 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 		docker-engine) extra=(--depends "containerd runc iptables") ;;
 		docker-cli)
 			# Only the client out of docker.io (Alpine splits it the same way).
-			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/docker" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			keep_only "$dir" usr/bin/docker
 			;;
 		openssh)
 			# Debian's postinst makes the privilege separation user; Alpine's pre-install does.
@@ -254,7 +260,7 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			rm -f "$dir/sbin/resize2fs" "$dir/sbin/tune2fs" "$dir/sbin/e2label" "$dir/sbin/dumpe2fs" "$dir/sbin/debugfs"
 			;;
 		e2fsprogs-extra)
-			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/resize2fs" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			keep_only "$dir" sbin/resize2fs
 			extra=(--depends "e2fsprogs")
 			;;
 		qemu-x86_64)
@@ -264,15 +270,15 @@ for name in $(printf '%s\n' "${!host_pkgs[@]}" | LC_ALL=C sort); do
 			;;
 		partx)
 			# Only util-linux's partx (Alpine's partx package), at /usr/bin.
-			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/partx" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			keep_only "$dir" usr/bin/partx
 			;;
 		setarch)
 			# Only util-linux's setarch (Alpine's setarch package).
-			find "$dir" \( -type f -o -type l \) ! -path "$dir/usr/bin/setarch" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			keep_only "$dir" usr/bin/setarch
 			;;
 		blkid)
 			# Only util-linux's blkid (Alpine splits util-linux the same way), at /sbin.
-			find "$dir" \( -type f -o -type l \) ! -path "$dir/sbin/blkid" ! -path "$dir/lib/*" ! -path "$dir/usr/lib/*" -delete
+			keep_only "$dir" sbin/blkid
 			;;
 		chrony)
 			# chronyd drops to the user it was built with (Debian: _chrony; Alpine's package
