@@ -42,6 +42,9 @@ setarch=/usr/bin/setarch
 # `HYVE_NORANDMAPS='' $randomized COMMAND...`, one simple command, so that `&` and `$!` mean
 # COMMAND. Empty otherwise.
 randomized=${HYVE_NORANDMAPS:+$setarch $HYVE_NORANDMAPS}
+# Whether the boot (rc.boot) and dockerd (services/30-dockerd) run without it: an emulated
+# CPU, and util-linux's setarch to do it with.
+wants_norandmaps() { cmdline_has hyve.emulated && [ -x "$setarch" ]; }
 
 # start_service NAME RUN [GRACE]: RUN under supervise in the background; rc.shutdown stops
 # it (in reverse start order) with GRACE seconds (default 10) before SIGKILL.

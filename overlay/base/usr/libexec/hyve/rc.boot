@@ -12,7 +12,7 @@
 # ($randomized in lib.sh: the services, udhcpc, bootlocal.sh, Lima's boot.sh); dockerd alone
 # keeps running without it (services/30-dockerd in overlay/docker).
 # 10-filesystems says which, once the console is there.
-if cmdline_has hyve.emulated && [ -z "$HYVE_NORANDMAPS" ] && [ -x "$setarch" ]; then
+if [ -z "$HYVE_NORANDMAPS" ] && wants_norandmaps; then
 	HYVE_NORANDMAPS=$(uname -m) && [ -n "$HYVE_NORANDMAPS" ] && export HYVE_NORANDMAPS &&
 		exec "$setarch" -R "$0"
 	HYVE_NORANDMAPS=
