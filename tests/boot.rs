@@ -462,6 +462,9 @@ struct Vm {
     name: String,
     /// Set when the VM is dropped: its stall watcher ends.
     gone: Arc<AtomicBool>,
+    /// `hyve run` as a pidfd, which no signal sent through it can miss for another process
+    /// once this one has been reaped (None where the kernel has no pidfd_open).
+    pidfd: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// The guest kernel's words for CPUs that stopped making progress (RCU's stall detector in
@@ -548,6 +551,26 @@ fn note_guest_stall(console: &str, log: &Path) -> bool {
     true
 }
 
+/// Stops `hyve run` at once, as a user would: SIGTERM asks the guest to power off, a second
+/// one makes hyve stop QEMU now and remove its runtime directory (SIGKILL would leave that in
+/// TMPDIR).
+fn stop_at_once(pidfd: &std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    for _ in 0..2 {
+        // SAFETY: a pidfd, a signal number, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGTERM,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 /// A console log as text, whatever bytes firmware or the serial line put in it.
 fn read_console(log: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).replace('\r', "")
@@ -567,33 +590,20 @@ impl Vm {
             .stderr(file)
             .spawn()
             .unwrap();
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+        let pidfd = (fd >= 0).then(|| Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }));
         let gone = Arc::new(AtomicBool::new(false));
-        Self::watch_for_stalls(&child, log.clone(), gone.clone());
-        Vm { child, log, name: name.to_string(), gone }
+        Self::watch_for_stalls(pidfd.clone(), log.clone(), gone.clone());
+        Vm { child, log, name: name.to_string(), gone, pidfd }
     }
 
     /// Stops the VM when its kernel stalls under TCG for good (`GUEST_STALLS`, reported twice),
     /// so that a test waiting on it (a docker command has no time limit) fails then, not at its
-    /// timeouts. `hyve run` is signalled through a pidfd, which cannot reach another process
-    /// once this one has been reaped: SIGTERM twice stops QEMU at once (and hyve cleans up).
-    fn watch_for_stalls(child: &std::process::Child, log: PathBuf, gone: Arc<AtomicBool>) {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
-        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        let signal = move |pidfd: &OwnedFd, sig: libc::c_int| {
-            // SAFETY: a pidfd this thread owns, a signal number, no siginfo, no flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    sig,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-        };
+    /// timeouts.
+    fn watch_for_stalls(pidfd: Option<Arc<std::os::fd::OwnedFd>>, log: PathBuf, gone: Arc<AtomicBool>) {
         let flag = STALLED.with(|s| s.borrow().clone());
         std::thread::spawn(move || {
             while !gone.load(Ordering::SeqCst) {
@@ -602,9 +612,7 @@ impl Vm {
                     STALLED.with(|s| *s.borrow_mut() = flag);
                     if note_guest_stall(&console, &log) {
                         if let Some(pidfd) = &pidfd {
-                            signal(pidfd, libc::SIGTERM);
-                            std::thread::sleep(std::time::Duration::from_secs(1));
-                            signal(pidfd, libc::SIGTERM);
+                            stop_at_once(pidfd);
                         }
                     }
                     return;
@@ -692,14 +700,8 @@ impl Drop for Vm {
         if std::thread::panicking() {
             note_guest_stall(&self.console(), &self.log);
         }
-        // SIGTERM twice, as a user would stop it: `hyve run` stops QEMU at once and removes
-        // its runtime directory, which SIGKILL would leave in TMPDIR. (Not yet reaped, the pid
-        // is still this child's.)
-        if let Ok(None) = self.child.try_wait() {
-            for _ in 0..2 {
-                let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-                std::thread::sleep(std::time::Duration::from_millis(300));
-            }
+        if let (Ok(None), Some(pidfd)) = (self.child.try_wait(), &self.pidfd) {
+            stop_at_once(pidfd);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(100));
