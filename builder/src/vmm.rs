@@ -472,12 +472,16 @@ pub fn invocation(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocati
 
 /// QEMU (started by `hyve run`, or printed): direct kernel boot or UEFI firmware.
 fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
+    // x86_64: q35, the machine Lima picks (v2.2.0, pkg/driver/qemu/qemu.go `qemuMachine`).
+    // Under `pc` (i440fx) and TCG the guest's first probe of each virtio device took about
+    // 300 ms (initcall_debug: virtio_pci's init 1.6 s for five devices, the root found 2 s
+    // later); under q35, 6 ms each.
     let (machine, cpu) = match (guest.arch, opts.accel) {
-        (Arch::X86_64, Accel::Tcg) => ("pc", "qemu64"),
+        (Arch::X86_64, Accel::Tcg) => ("q35", "qemu64"),
         // Intel Macs: QEMU 8's firmware crashes on 1 GiB pages and AVX-512 under hvf (Lima
         // passes the same, lima-vm/lima#1485; pkg/driver/qemu/qemu.go `defaultCPUType`).
-        (Arch::X86_64, Accel::Hvf) => ("pc", "host,-avx512vl,-pdpe1gb"),
-        (Arch::X86_64, _) => ("pc", "host"),
+        (Arch::X86_64, Accel::Hvf) => ("q35", "host,-avx512vl,-pdpe1gb"),
+        (Arch::X86_64, _) => ("q35", "host"),
         // cortex-a57 under TCG: `-cpu max` is about 4x slower to boot.
         (Arch::Aarch64, Accel::Tcg) => ("virt", "cortex-a57"),
         (Arch::Aarch64, _) => ("virt", "host"),
@@ -1006,7 +1010,7 @@ mod tests {
     #[test]
     fn qemu_lines() {
         let a = invocation(Vmm::Qemu, &guest(Arch::X86_64), &opts()).unwrap().argv;
-        assert_eq!(shell_line(&a), "qemu-system-x86_64 -M pc -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=ttyS0 quiet hyve.emulated hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci -drive file=/d/data.img,format=raw,if=virtio -device virtio-balloon-pci,free-page-reporting=on");
+        assert_eq!(shell_line(&a), "qemu-system-x86_64 -M q35 -accel tcg -cpu qemu64 -m 1024 -smp 2 -kernel /o/kernel -initrd /o/initrd.img -append 'console=ttyS0 quiet hyve.emulated hyve.poweroff' -nographic -no-reboot -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2376-:2376 -device virtio-rng-pci -drive file=/d/data.img,format=raw,if=virtio -device virtio-balloon-pci,free-page-reporting=on");
         let a = invocation(Vmm::Qemu, &guest(Arch::Aarch64), &opts()).unwrap().argv;
         assert!(shell_line(&a).starts_with("qemu-system-aarch64 -M virt -accel tcg -cpu cortex-a57"), "{a:?}");
         // virt's UART is the PL011.
