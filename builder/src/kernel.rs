@@ -134,7 +134,7 @@ pub fn unwrap_arm64(bytes: &[u8], path: &str) -> Result<Vec<u8>> {
     Ok(image)
 }
 
-/// The UART console of the machine each arch's VMMs emulate: the PC's 16550 (QEMU `pc`,
+/// The UART console of the machine each arch's VMMs emulate: the PC's 16550 (QEMU `q35`,
 /// hyperkit's and xhyve's LPC com1) or the Arm `virt` machine's PL011.
 pub fn serial_console(arch: Arch) -> &'static str {
     match arch {

@@ -472,10 +472,11 @@ pub fn invocation(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invocati
 
 /// QEMU (started by `hyve run`, or printed): direct kernel boot or UEFI firmware.
 fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
-    // x86_64: q35, the machine Lima picks (v2.2.0, pkg/driver/qemu/qemu.go `qemuMachine`).
-    // Under `pc` (i440fx) and TCG the guest's first probe of each virtio device took about
-    // 300 ms (initcall_debug: virtio_pci's init 1.6 s for five devices, the root found 2 s
-    // later); under q35, 6 ms each.
+    // x86_64: q35, the machine Lima passes under every accelerator (lima-vm/lima 183a60d,
+    // pkg/driver/qemu/qemu.go `Cmdline`, its "Machine" block). Under `pc` (i440fx) and TCG
+    // the guest's first probe of each virtio device took about 300 ms (initcall_debug:
+    // virtio_pci's init 1.6 s for five devices, the root found ~2 s later than under q35);
+    // under q35, 6 ms each.
     let (machine, cpu) = match (guest.arch, opts.accel) {
         (Arch::X86_64, Accel::Tcg) => ("q35", "qemu64"),
         // Intel Macs: QEMU 8's firmware crashes on 1 GiB pages and AVX-512 under hvf (Lima
