@@ -477,15 +477,18 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     // the guest's first probe of each virtio device took about 300 ms (initcall_debug:
     // virtio_pci's init 1.6 s for five devices, the root found ~2 s later than under q35);
     // under q35, 6 ms each.
-    let (machine, cpu) = match (guest.arch, opts.accel) {
-        (Arch::X86_64, Accel::Tcg) => ("q35", "qemu64"),
+    let machine = match guest.arch {
+        Arch::X86_64 => "q35",
+        Arch::Aarch64 => "virt",
+    };
+    let cpu = match (guest.arch, opts.accel) {
+        (Arch::X86_64, Accel::Tcg) => "qemu64",
         // Intel Macs: QEMU 8's firmware crashes on 1 GiB pages and AVX-512 under hvf (Lima
         // passes the same, lima-vm/lima#1485; pkg/driver/qemu/qemu.go `defaultCPUType`).
-        (Arch::X86_64, Accel::Hvf) => ("q35", "host,-avx512vl,-pdpe1gb"),
-        (Arch::X86_64, _) => ("q35", "host"),
+        (Arch::X86_64, Accel::Hvf) => "host,-avx512vl,-pdpe1gb",
         // cortex-a57 under TCG: `-cpu max` is about 4x slower to boot.
-        (Arch::Aarch64, Accel::Tcg) => ("virt", "cortex-a57"),
-        (Arch::Aarch64, _) => ("virt", "host"),
+        (Arch::Aarch64, Accel::Tcg) => "cortex-a57",
+        _ => "host",
     };
     let nic = std::iter::once("user,model=virtio-net-pci".to_string())
         .chain(opts.ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest)))
