@@ -1074,13 +1074,16 @@ fn boot_docker_host(arch: &str, qemu: &str, plain_tcp: bool, partitioned: bool, 
     );
     let container = api.busybox(Docker::ok, &[], &["cat", "/proc/self/personality"]);
     assert_eq!(container, "00000000\n", "{arch}: a container's personality");
-    // containerd runs without its CRI plugin (overlay/docker's /etc/containerd/config.toml).
+    // containerd runs without its CRI plugins (overlay/docker's /etc/containerd/config.toml).
     // It logs every plugin it loads, the id in the message (1.x) or in an `id` field (2.x);
-    // a disabled plugin is not named at all.
-    let plugins = in_guest("grep -o \"io\\.containerd\\.grpc\\.v1\\.[a-z]*\" /var/log/20-containerd.log | sort -u");
+    // a disabled plugin is not named at all (one that failed to load is).
+    let named = in_guest("grep -o \"io\\.containerd\\.[a-z0-9.-]*\" /var/log/20-containerd.log | sort -u");
+    let named: Vec<&str> = named.lines().collect();
+    let cri = ["grpc.v1.cri", "cri.v1.images", "cri.v1.runtime", "podsandbox.controller.v1.podsandbox"]
+        .map(|p| format!("io.containerd.{p}"));
     assert!(
-        plugins.contains("io.containerd.grpc.v1.tasks\n") && !plugins.contains("io.containerd.grpc.v1.cri\n"),
-        "{arch}: containerd's gRPC plugins, expected tasks and no cri: {plugins}"
+        named.contains(&"io.containerd.grpc.v1.tasks") && !named.iter().any(|id| cri.iter().any(|c| c == id)),
+        "{arch}: containerd's plugins, expected tasks and none of {cri:?}: {named:?}"
     );
     container_networking(arch, &vm, api, web_port);
     api.ok(&["create", "--name", "keeper", "hyve-test:1", "/bin/busybox", "true"]);
