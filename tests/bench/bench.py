@@ -28,6 +28,8 @@ README quotes a real run.
                   ("dockerd ... ready"), the guest's memory in use after boot (MemTotal -
                   MemAvailable, and tmpfs, from its "memory after boot" line), and the
                   console timeline: seconds from the VMM's start to each `hyve:` line
+  aarch64 boots   `minimal` (squashfs) built for aarch64 and booted the same way, under
+                  QEMU's aarch64 system emulator (TCG on an x86_64 host)
 """
 
 import json
@@ -82,9 +84,9 @@ def timed(cmd, cwd=None, shell=False):
     return float(secs), int(rss)
 
 
-def build(work, profile, mirror_url, cache, lock, out):
+def build(work, profile, mirror_url, cache, lock, out, arch="x86_64"):
     return timed([
-        str(HYVE), "build", "--profile", str(profile), "--arch", "x86_64", "--mirror", mirror_url,
+        str(HYVE), "build", "--profile", str(profile), "--arch", arch, "--mirror", mirror_url,
         "--key", str(KEY), "--lockfile", str(lock), "--cache-dir", str(cache), "--out", str(out),
     ], cwd=work)
 
@@ -160,12 +162,34 @@ def boot(out, disk, log):
     }
 
 
+def boot_pairs(out, work, label):
+    """BOOTS fresh data disks, each booted twice with `out`: the medians of the first and of
+    the second boots, and the first one's console timeline."""
+    runs = {"first": [], "second": []}
+    for i in range(BOOTS):
+        disk = work / f"data-{label}-{i}.img"
+        run([str(HYVE), "disk", "create", str(disk), "--size", "4G", "--docker-certs", str(work / f"certs-{label}-{i}")])
+        for which in runs:
+            runs[which].append(boot(out, disk, work / f"boot-{label}-{which}-{i}.log"))
+        disk.unlink()
+    summaries = {}
+    for which, boots in runs.items():
+        pick = lambda k: [b[k] for b in boots if b[k] is not None]
+        summary = {k: statistics.median(pick(k)) if pick(k) else None
+                   for k in ["userspace_s", "docker_api_s", "memory_in_use_mib", "tmpfs_mib"]}
+        summary["timeline"] = boots[0]["timeline"]
+        summary["accel"] = boots[0]["accel"]
+        summaries[f"{which}_boot"] = summary
+    return summaries
+
+
 def main():
     need(HYVE, "run `make build`")
     need(MIRROR / "v3.24/main/x86_64/APKINDEX.tar.gz", "run `make mirror`")
     need("/usr/bin/time", "apt-get install time")
     for tool, pkg in [("cpio", "cpio"), ("zstd", "zstd"), ("mksquashfs", "squashfs-tools"),
-                      ("unsquashfs", "squashfs-tools"), ("qemu-system-x86_64", "qemu-system-x86")]:
+                      ("unsquashfs", "squashfs-tools"), ("qemu-system-x86_64", "qemu-system-x86"),
+                      ("qemu-system-aarch64", "qemu-system-arm")]:
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing; apt-get install {pkg}")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -232,27 +256,24 @@ def main():
     results.update({"cold_build_s": med([c[0] for c in cold]), "cold_peak_rss_kib": max(c[1] for c in cold),
                     "tree_bytes": tree_bytes})
 
-    # Boots: a fresh data disk, then the same disk again.
+    # Boots: a fresh data disk, then the same disk again; then the same for aarch64.
     for mode in modes:
-        runs = {"first": [], "second": []}
-        for i in range(BOOTS):
-            disk = work / f"data-{mode}-{i}.img"
-            run([str(HYVE), "disk", "create", str(disk), "--size", "4G", "--docker-certs", str(work / f"certs-{mode}-{i}")])
-            for which in runs:
-                runs[which].append(boot(outs[mode], disk, work / f"boot-{mode}-{which}-{i}.log"))
-            disk.unlink()
-        for which, boots in runs.items():
-            pick = lambda k: [b[k] for b in boots if b[k] is not None]
-            summary = {k: med(pick(k)) if pick(k) else None
-                       for k in ["userspace_s", "docker_api_s", "memory_in_use_mib", "tmpfs_mib"]}
-            summary["timeline"] = boots[0]["timeline"]
-            results["modes"][mode][f"{which}_boot"] = summary
-            results["boot_accel"] = boots[0]["accel"]
+        results["modes"][mode].update(boot_pairs(outs[mode], work, mode))
+    results["boot_accel"] = results["modes"]["squashfs"]["first_boot"]["accel"]
+    out_arm = work / "out-aarch64"
+    build(work, PROFILE, file_url, cache, lock, out_arm, arch="aarch64")
+    results["aarch64_squashfs"] = boot_pairs(out_arm, work, "aarch64")
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     mib = lambda n: f"{n / 2**20:.1f} MiB"
     secs = lambda s: f"{s:.1f} s" if s is not None else "n/a"
     rows = []
+    boot_rows = lambda label, r: [
+        row for which in ["first", "second"] for b in [r[f"{which}_boot"]] for row in [
+            (f"{label}: {which} boot to userspace", secs(b["userspace_s"]), ""),
+            (f"{label}: {which} boot to Docker API", secs(b["docker_api_s"]),
+             f"memory in use {b['memory_in_use_mib']} MiB, tmpfs {b['tmpfs_mib']} MiB" if b["memory_in_use_mib"] is not None else ""),
+        ]]
     for mode, r in results["modes"].items():
         tool = "find|sort|cpio|zstd" if mode == "initramfs" else "mksquashfs"
         rows += [
@@ -262,13 +283,7 @@ def main():
         if "uncached_build_s" in r:
             rows.append((f"{mode}: warm build, block cache emptied", f"{r['uncached_build_s']:.2f} s",
                          f"hyve/baseline {r['ratio_uncached_vs_baseline']:.2f} (every block compressed again)"))
-        for which in ["first", "second"]:
-            b = r[f"{which}_boot"]
-            rows += [
-                (f"{mode}: {which} boot to userspace", secs(b["userspace_s"]), ""),
-                (f"{mode}: {which} boot to Docker API", secs(b["docker_api_s"]),
-                 f"memory in use {b['memory_in_use_mib']} MiB, tmpfs {b['tmpfs_mib']} MiB" if b["memory_in_use_mib"] is not None else ""),
-            ]
+        rows += boot_rows(mode, r)
         rows += [(f"{mode}: size of {k}", mib(v), "") for k, v in r["sizes"].items()]
     sq = results["modes"]["squashfs"]
     rows += [
@@ -279,13 +294,17 @@ def main():
          f"peak RSS {mib(results['cold_peak_rss_kib'] * 1024)}"),
         ("uncompressed tree", mib(tree_bytes), ""),
     ]
+    arm = results["aarch64_squashfs"]
+    rows += boot_rows(f"squashfs, aarch64 ({arm['first_boot']['accel']})", arm)
     width = max(len(r[0]) for r in rows)
     print(f"hyve bench — {os.cpu_count()} CPUs, median of {RUNS} builds and {BOOTS} boot(s) per mode, QEMU accel {results['boot_accel']}")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>10}  {note}")
-    for mode in modes:
-        print(f"console timeline, {mode}, first boot (seconds since the VMM started):")
-        for t, line in results["modes"][mode]["first_boot"]["timeline"]:
+    timelines = {mode: results["modes"][mode]["first_boot"] for mode in modes}
+    timelines["squashfs, aarch64"] = arm["first_boot"]
+    for label, b in timelines.items():
+        print(f"console timeline, {label}, first boot (seconds since the VMM started):")
+        for t, line in b["timeline"]:
             print(f"  {t:7.2f}  {line}")
     print(f"results: {OUT / 'results.json'}")
     shutil.rmtree(work)
