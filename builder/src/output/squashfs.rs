@@ -6,8 +6,9 @@
 //! The same tree gives the same bytes: entries go in in the tree's sorted order, which is the
 //! order backhand numbers inodes and lays out directories in; the image's time is the epoch
 //! and every inode's mtime is clamped to it (as in the initramfs); owners and modes are the
-//! tree's; identical files share their data blocks (backhand's duplicate check, keyed on the
-//! bytes). Like the newc initramfs, the image carries no xattrs; backhand writes no hardlinks,
+//! tree's; identical files share their data blocks (backhand's duplicate check, which matches
+//! files by length and xxh64 alone; [`duplicate_check_is_sound`] compares the bytes of those
+//! it would match, and turns it off for an image where two differ). Like the newc initramfs, the image carries no xattrs; backhand writes no hardlinks,
 //! so a hardlink becomes a file of its own whose data is shared with its target.
 //!
 //! backhand compresses one block at a time on the thread that writes; [`Ahead`] compresses
@@ -17,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -74,8 +75,72 @@ pub struct Written {
     pub blocks_cached: usize,
     /// The block cache's pack, if one was used.
     pub cache: Option<PathBuf>,
-    /// What went wrong with the block cache (the image is whole either way).
+    /// What went wrong with the block cache, or why identical files do not share their
+    /// blocks (the image is whole either way).
     pub warnings: Vec<String>,
+}
+
+/// Whether backhand's duplicate check may stay on for `tree`. backhand (0.25.5, v4/data.rs
+/// `DataWriter::add_bytes`) gives a file the data blocks of an earlier one of the same length
+/// and xxh64 (`key` here) without comparing their bytes, and xxh64 is no cryptographic hash:
+/// two different files made to match (in a package, a local repository or an overlay) would
+/// both read as the first. So files of one length are keyed, and those that share a key
+/// compared byte by byte. Files of a length no other file has, most of them, are not read.
+fn duplicate_check_is_sound(
+    tree: &Tree,
+    store: &ContentStore,
+    key: impl Fn(&mut dyn Read) -> io::Result<u64>,
+) -> io::Result<bool> {
+    let mut by_len: BTreeMap<u64, Vec<Blob>> = BTreeMap::new();
+    for blob in tree.iter().filter_map(|(_, node)| contents(tree, node)) {
+        let same_len = by_len.entry(blob.len).or_default();
+        if !same_len.contains(&blob) {
+            same_len.push(blob);
+        }
+    }
+    for blobs in by_len.values().filter(|blobs| blobs.len() > 1) {
+        let mut by_key: BTreeMap<u64, Blob> = BTreeMap::new();
+        for blob in blobs {
+            match by_key.entry(key(&mut store.open(*blob))?) {
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(*blob);
+                }
+                std::collections::btree_map::Entry::Occupied(first) => {
+                    if !same_bytes(store.open(*first.get()), store.open(*blob))? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// backhand's key for a file's data: xxh64 with seed 0 over all its bytes.
+fn xxh64(reader: &mut dyn Read) -> io::Result<u64> {
+    let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match reader.read(&mut buf)? {
+            0 => return Ok(hasher.digest()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
+/// Whether two readers of the same length give the same bytes.
+fn same_bytes(mut a: impl Read, mut b: impl Read) -> io::Result<bool> {
+    let (mut buf_a, mut buf_b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = a.read(&mut buf_a)?;
+        if n == 0 {
+            return Ok(b.read(&mut buf_b[..1])? == 0);
+        }
+        b.read_exact(&mut buf_b[..n])?;
+        if buf_a[..n] != buf_b[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// The bytes of the files `tree` holds, for the phase's progress.
@@ -134,6 +199,16 @@ pub fn write(
     fs.set_root_mode(0o755);
     fs.set_root_uid(0);
     fs.set_root_gid(0);
+    let mut warnings = Vec::new();
+    if !duplicate_check_is_sound(tree, store, xxh64).map_err(fsutil::at(path))? {
+        fs.set_no_duplicate_files(false);
+        warnings.push(format!(
+            "{}: two different files of the same length have the same xxh64, by which backhand \
+             would take one for a copy of the other: identical files do not share their blocks in \
+             this image (it is larger, and holds every file's own bytes)",
+            path.display()
+        ));
+    }
     for (name, node) in tree.iter() {
         // A hardlink is its target's file under another name: its bytes and its metadata.
         let node = match &node.kind {
@@ -159,7 +234,6 @@ pub fn write(
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(fsutil::at(path))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut warnings = Vec::new();
     let cache = cache.and_then(|pack| {
         BlockCache::open(pack, level, BLOCK_SIZE)
             .inspect_err(|e| {
@@ -574,6 +648,9 @@ mod tests {
         assert_eq!(written.superblock[..], bytes[..SUPERBLOCK_LEN]);
         assert_eq!(&bytes[..4], MAGIC);
         assert_eq!(bytes.len() % 4096, 0, "padded to 4 KiB for block devices");
+        // The superblock's flags: backhand's duplicate check stayed on (nothing collides here).
+        assert_ne!(u16::from_le_bytes([bytes[24], bytes[25]]) & 0x40, 0);
+        assert!(written.warnings.is_empty(), "{:?}", written.warnings);
         let (again, bytes_again) = write_sample(d.path(), "b.squashfs");
         assert_eq!((again.sha256, bytes_again), (written.sha256, bytes.clone()));
 
@@ -595,6 +672,39 @@ mod tests {
         assert_eq!((big.size, big.uid, big.gid, big.mtime), (300_000, 100, 100, 1_700_000_000), "clamped");
         assert_eq!(by_name["srv"].mode, 0o040750);
         assert_eq!((by_name["srv/empty"].size, &by_name["srv/empty"].sha256), (0, &None));
+    }
+
+    /// backhand would share the blocks of files that match by length and xxh64 alone; with a
+    /// key under which any two files of one length match, the check sees different bytes.
+    #[test]
+    fn files_that_share_backhands_key_are_compared_byte_by_byte() {
+        let block = BLOCK_SIZE as usize;
+        let mut store = ContentStore::new().unwrap();
+        let one = vec![1u8; block + 3];
+        let (a, copy_of_a) = (store.add_bytes(&one).unwrap(), store.add_bytes(&one).unwrap());
+        let mut two = one.clone();
+        two[block + 1] = 2;
+        let b = store.add_bytes(&two).unwrap();
+        let other_len = store.add_bytes(&[3u8; 10]).unwrap();
+        let tree_of = |files: &[(&str, NodeKind)]| {
+            let mut tree = Tree::new();
+            for (path, kind) in files {
+                tree.insert(path, node(kind.clone(), 0o644, 0, 0), Overwrite::Never).unwrap();
+            }
+            tree
+        };
+        let any_two_match = |_: &mut dyn Read| Ok(0);
+        let copies = tree_of(&[
+            ("a", NodeKind::File(a)),
+            ("a-copy", NodeKind::File(copy_of_a)),
+            ("a-link", NodeKind::Hardlink("a".into())),
+            ("c", NodeKind::File(other_len)),
+        ]);
+        assert!(duplicate_check_is_sound(&copies, &store, any_two_match).unwrap());
+        let different =
+            tree_of(&[("a", NodeKind::File(a)), ("b", NodeKind::File(b)), ("c", NodeKind::File(other_len))]);
+        assert!(!duplicate_check_is_sound(&different, &store, any_two_match).unwrap());
+        assert!(duplicate_check_is_sound(&different, &store, xxh64).unwrap(), "xxh64 tells these two apart");
     }
 
     #[test]
