@@ -75,6 +75,11 @@ pub enum VmmError {
     NoFirmware { arch: Arch },
     #[error("--rosetta: {why}")]
     Rosetta { why: String },
+    /// A disk image whose path this VMM cannot take.
+    #[error(
+        "{path}: {vmm} splits its device options on commas, with no escape, and this path has one; move or rename it"
+    )]
+    CommaInDiskPath { path: String, vmm: &'static str },
     /// A folder share this VMM or boot path cannot carry.
     #[error("--share {share}: {why}")]
     Share { share: String, why: String },
@@ -107,8 +112,22 @@ impl Guest {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| bad("manifest.json has no arch".into()))?;
         let cmdline = std::fs::read_to_string(dir.join("cmdline")).map_err(|e| bad(e.to_string()))?.trim().to_string();
-        let root = dir.join(crate::build::ROOT_IMAGE);
-        let root = root.is_file().then_some(root);
+        // The root image, when the build made one: without it the guest would wait for its root
+        // and stop in its boot initramfs, so a missing or cut-short copy is refused here.
+        let root = match manifest["outputs"][crate::build::ROOT_IMAGE]["size"].as_u64() {
+            None => None,
+            Some(expected) => {
+                let (name, root) = (crate::build::ROOT_IMAGE, dir.join(crate::build::ROOT_IMAGE));
+                let found = std::fs::metadata(&root).ok().filter(|m| m.is_file()).map(|m| m.len());
+                if found != Some(expected) {
+                    return Err(bad(match found {
+                        Some(len) => format!("{name} is {len} bytes, manifest.json says {expected}: copy it again"),
+                        None => format!("no {name}, which manifest.json lists: copy it beside kernel and initrd.img"),
+                    }));
+                }
+                Some(root)
+            }
+        };
         Ok(Guest { dir: dir.to_path_buf(), arch, cmdline, root })
     }
 
@@ -498,20 +517,21 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     a.extend(strings(&["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]));
     if opts.efi {
         let fw = opts.firmware.as_ref().ok_or(VmmError::NoFirmware { arch: guest.arch })?;
-        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", fw.code.display())]));
-        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,file={}", fw.vars.display())]));
-        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", guest.file("disk.img"))]));
+        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", qemu_file(&fw.code))]));
+        a.extend(strings(&["-drive", &format!("if=pflash,format=raw,file={}", qemu_file(&fw.vars))]));
+        let disk = guest.dir.join("disk.img");
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", qemu_file(&disk))]));
     } else {
         let cmd = cmdline(Vmm::Qemu, guest, opts);
         a.extend(strings(&["-kernel", &guest.file("kernel"), "-initrd", &guest.file("initrd.img"), "-append", &cmd]));
     }
     a.extend(strings(&["-nographic", "-no-reboot", "-nic", &nic, "-device", "virtio-rng-pci"]));
     for d in &opts.disks {
-        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", d.display())]));
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio", qemu_file(d))]));
     }
     // The root image after the user's disks, which keep their names (vda, ...).
     if let (Some(root), false) = (&guest.root, opts.efi) {
-        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", root.display())]));
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", qemu_file(root))]));
     }
     // The memory balloon with free page reporting: the pages the guest frees go back to the
     // host (QEMU v5.1.0+ hw/virtio/virtio-balloon.c, property `free-page-reporting`:
@@ -576,6 +596,22 @@ fn share_error(share: &Share, why: &str) -> VmmError {
 
 /// Shares reach the guest on the kernel command line, which an EFI boot takes from the UKI;
 /// and every VMM's option list splits on commas.
+/// A path inside a QEMU option string (`-drive file=...`): its commas doubled, QEMU's escape
+/// (qemu v7.2.0 qemu-options.hx, `-drive` `file=`: "If the filename contains comma, you must
+/// double it").
+fn qemu_file(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// The disk images a VMM that splits its device options on commas, with no escape (vfkit,
+/// hyperkit, xhyve), is given: refused when a path has a comma, which would cut it short.
+fn check_disk_paths<'a>(paths: impl IntoIterator<Item = &'a Path>, vmm: &'static str) -> Result<(), VmmError> {
+    match paths.into_iter().find(|p| p.to_string_lossy().contains(',')) {
+        Some(p) => Err(VmmError::CommaInDiskPath { path: p.display().to_string(), vmm }),
+        None => Ok(()),
+    }
+}
+
 fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
     for share in &opts.shares {
         if opts.efi {
@@ -594,6 +630,9 @@ fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
 
 /// vfkit (crc-org/vfkit v0.6.4, doc/usage.md and pkg/cmdline, pkg/config): Virtualization.framework.
 fn vfkit(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
+    let disk_img = guest.dir.join("disk.img");
+    let booted = if opts.efi { Some(disk_img.as_path()) } else { guest.root.as_deref() };
+    check_disk_paths(booted.into_iter().chain(opts.disks.iter().map(PathBuf::as_path)), "vfkit")?;
     let state = &opts.state_dir;
     let socket = state.join("docker.sock");
     let mut inv = Invocation::new(strings(&[
@@ -700,6 +739,7 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     if opts.efi {
         return Err(VmmError::NoEfi { vmm: name });
     }
+    check_disk_paths(guest.root.as_deref().into_iter().chain(opts.disks.iter().map(PathBuf::as_path)), name)?;
     if let Some(share) = opts.shares.first() {
         return Err(share_error(
             share,
@@ -789,6 +829,31 @@ mod tests {
 
     fn guest(arch: Arch) -> Guest {
         Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=ttyS0 console=hvc0 quiet".into(), root: None }
+    }
+
+    /// An output whose manifest lists root.squashfs boots only with that file, whole; one that
+    /// does not list it ignores a stray file of that name.
+    #[test]
+    fn the_root_image_the_manifest_lists_must_be_there_whole() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["kernel", "initrd.img", "cmdline"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let manifest = |outputs: &str| {
+            std::fs::write(d.path().join("manifest.json"), format!(r#"{{"arch":"x86_64","outputs":{{{outputs}}}}}"#))
+                .unwrap()
+        };
+        let root = d.path().join("root.squashfs");
+        manifest(r#""root.squashfs":{"size":4096}"#);
+        let e = Guest::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("no root.squashfs, which manifest.json lists"), "{e}");
+        std::fs::write(&root, [0u8; 100]).unwrap();
+        let e = Guest::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("root.squashfs is 100 bytes, manifest.json says 4096"), "{e}");
+        std::fs::write(&root, [0u8; 4096]).unwrap();
+        assert_eq!(Guest::open(d.path()).unwrap().root, Some(root));
+        manifest(r#""kernel":{"size":1}"#);
+        assert_eq!(Guest::open(d.path()).unwrap().root, None);
     }
 
     fn opts() -> RunOptions {
@@ -1034,6 +1099,30 @@ mod tests {
             let a = invocation(Vmm::Qemu, &guest(Arch::X86_64), &RunOptions { accel, ..opts() }).unwrap().argv;
             assert_eq!(values(&a, "-append"), ["console=ttyS0 quiet hyve.poweroff"], "{accel}");
         }
+    }
+
+    /// A comma in a disk image's path: QEMU takes it doubled; vfkit, hyperkit and xhyve have no
+    /// escape, so hyve refuses rather than cut the path short.
+    #[test]
+    fn commas_in_disk_paths_are_escaped_or_refused() {
+        let with_root = Guest { root: Some("/o,1/root.squashfs".into()), ..guest(Arch::X86_64) };
+        let comma = RunOptions { disks: vec!["/d/a,b.img".into()], ..opts() };
+        let a = invocation(Vmm::Qemu, &with_root, &comma).unwrap().argv;
+        let drives = values(&a, "-drive");
+        assert_eq!(
+            drives,
+            ["file=/d/a,,b.img,format=raw,if=virtio", "file=/o,,1/root.squashfs,format=raw,if=virtio,readonly=on"]
+        );
+        for vmm in [Vmm::Vfkit, Vmm::Hyperkit, Vmm::Xhyve] {
+            for (g, o) in [(&with_root, &opts()), (&guest(Arch::X86_64), &comma)] {
+                let e = invocation(vmm, g, o).unwrap_err().to_string();
+                assert!(e.contains("splits its device options on commas, with no escape"), "{vmm:?}: {e}");
+            }
+        }
+        let efi = RunOptions { efi: true, ..opts() };
+        let in_comma_dir = Guest { dir: "/o,1".into(), ..guest(Arch::X86_64) };
+        let e = invocation(Vmm::Vfkit, &in_comma_dir, &efi).unwrap_err().to_string();
+        assert!(e.starts_with("/o,1/disk.img: vfkit splits"), "{e}");
     }
 
     #[test]
