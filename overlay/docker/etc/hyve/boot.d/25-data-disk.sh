@@ -19,7 +19,9 @@ disk_text() { # DEV OFFSET COUNT
 # blkid probes for every signature libblkid knows (file systems, LUKS, RAID and LVM members,
 # partition tables) without its cache: a TYPE or PTTYPE is data; exit 2 means it found
 # nothing, 8 several signatures (a partition alone gives only its PART_ENTRY_ values, exit
-# 0). Without it (a busybox blkid has no -p) nothing is formatted.
+# 0). Exit 2 is also what a device blkid cannot open gives, with a warning (util-linux
+# misc-utils/blkid.c `lowprobe_device`): only a silent 2 is an empty disk. Without it (a
+# busybox blkid has no -p) nothing is formatted.
 disk_holds_data() {
 	name=${1#/dev/}
 	if ls -d "/sys/block/$name/$name"* >/dev/null 2>&1; then
@@ -31,7 +33,7 @@ disk_holds_data() {
 	signatures=$(echo "$found" | grep -E '^(TYPE|PTTYPE)=' | tr '\n' ' ')
 	case $status in
 		0) [ -z "$signatures" ] || echo "blkid -p finds ${signatures}on it" ;;
-		2) ;;
+		2) [ -z "$found" ] || echo "blkid -p cannot probe it ($found)" ;;
 		8) echo "blkid -p finds several signatures on it" ;;
 		*) echo "blkid -p cannot probe it (${found:-no output}; util-linux's blkid is needed)" ;;
 	esac
