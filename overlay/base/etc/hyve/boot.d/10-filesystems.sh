@@ -23,9 +23,12 @@ case $(awk '$2 == "/" {print $3}' /proc/mounts | tail -n 1) in
 	overlay)
 		root_compressed=1
 		log "root: squashfs image ($(df -m /media/root-ro | awk 'NR == 2 {print $2}') MiB, read-only) under a tmpfs overlay"
-		# Docker's overlay2 cannot stack on an overlay: its data (and containerd's) gets a
-		# tmpfs of its own until a data disk is mounted over it (25-data-disk.sh).
-		mount -t tmpfs -o mode=0755,size=90% hyve-data "$HYVE_DATA"
+		# Docker's overlay2 cannot stack on an overlay: its data (and containerd's) goes to a
+		# directory of the overlay's own tmpfs, beside its upper layer (stage 1 keeps it at
+		# /media/root-rw), until a data disk is mounted over it (25-data-disk.sh). So all the
+		# guest keeps in RAM shares one limit: a write past it fails, rather than two tmpfs
+		# of 90% each filling the RAM between them and waking the OOM killer.
+		mkdir -p /media/root-rw/data && mount --bind /media/root-rw/data "$HYVE_DATA"
 		;;
 	*) log "WARNING: root is neither a tmpfs nor an overlay (stage 1 did not switch_root); runc's pivot_root will fail" ;;
 esac
