@@ -75,11 +75,9 @@ pub enum VmmError {
     NoFirmware { arch: Arch },
     #[error("--rosetta: {why}")]
     Rosetta { why: String },
-    /// A disk image whose path this VMM cannot take.
-    #[error(
-        "{path}: {vmm} splits its device options on commas, with no escape, and this path has one; move or rename it"
-    )]
-    CommaInDiskPath { path: String, vmm: &'static str },
+    /// A path (the output, a disk image, the state directory) this VMM cannot take.
+    #[error("{path}: {vmm} splits its options on commas, with no escape, and this path has one; move or rename it")]
+    CommaInPath { path: String, vmm: &'static str },
     /// A folder share this VMM or boot path cannot carry.
     #[error("--share {share}: {why}")]
     Share { share: String, why: String },
@@ -603,11 +601,12 @@ fn qemu_file(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
-/// The disk images a VMM that splits its device options on commas, with no escape (vfkit,
-/// hyperkit, xhyve), is given: refused when a path has a comma, which would cut it short.
-fn check_disk_paths<'a>(paths: impl IntoIterator<Item = &'a Path>, vmm: &'static str) -> Result<(), VmmError> {
+/// The paths a VMM that splits its device and boot options on commas, with no escape (vfkit,
+/// hyperkit, xhyve), is given (the output's files, disk images, sockets in the state
+/// directory): refused when one has a comma, which would cut it short.
+fn check_option_paths<'a>(paths: impl IntoIterator<Item = &'a Path>, vmm: &'static str) -> Result<(), VmmError> {
     match paths.into_iter().find(|p| p.to_string_lossy().contains(',')) {
-        Some(p) => Err(VmmError::CommaInDiskPath { path: p.display().to_string(), vmm }),
+        Some(p) => Err(VmmError::CommaInPath { path: p.display().to_string(), vmm }),
         None => Ok(()),
     }
 }
@@ -630,9 +629,8 @@ fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
 
 /// vfkit (crc-org/vfkit v0.6.4, doc/usage.md and pkg/cmdline, pkg/config): Virtualization.framework.
 fn vfkit(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
-    let disk_img = guest.dir.join("disk.img");
-    let booted = if opts.efi { Some(disk_img.as_path()) } else { guest.root.as_deref() };
-    check_disk_paths(booted.into_iter().chain(opts.disks.iter().map(PathBuf::as_path)), "vfkit")?;
+    let dirs = [guest.dir.as_path(), opts.state_dir.as_path()];
+    check_option_paths(dirs.into_iter().chain(opts.disks.iter().map(PathBuf::as_path)), "vfkit")?;
     let state = &opts.state_dir;
     let socket = state.join("docker.sock");
     let mut inv = Invocation::new(strings(&[
@@ -739,7 +737,10 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     if opts.efi {
         return Err(VmmError::NoEfi { vmm: name });
     }
-    check_disk_paths(guest.root.as_deref().into_iter().chain(opts.disks.iter().map(PathBuf::as_path)), name)?;
+    // hyperkit's vsock socket is in the state directory; xhyve has none.
+    let state = (vmm == Vmm::Hyperkit).then_some(opts.state_dir.as_path());
+    let dirs = std::iter::once(guest.dir.as_path()).chain(state);
+    check_option_paths(dirs.chain(opts.disks.iter().map(PathBuf::as_path)), name)?;
     if let Some(share) = opts.shares.first() {
         return Err(share_error(
             share,
@@ -1104,25 +1105,30 @@ mod tests {
     /// A comma in a disk image's path: QEMU takes it doubled; vfkit, hyperkit and xhyve have no
     /// escape, so hyve refuses rather than cut the path short.
     #[test]
-    fn commas_in_disk_paths_are_escaped_or_refused() {
-        let with_root = Guest { root: Some("/o,1/root.squashfs".into()), ..guest(Arch::X86_64) };
+    fn commas_in_paths_are_escaped_or_refused() {
+        let in_comma_dir = Guest { dir: "/o,1".into(), root: Some("/o,1/root.squashfs".into()), ..guest(Arch::X86_64) };
         let comma = RunOptions { disks: vec!["/d/a,b.img".into()], ..opts() };
-        let a = invocation(Vmm::Qemu, &with_root, &comma).unwrap().argv;
+        let a = invocation(Vmm::Qemu, &in_comma_dir, &comma).unwrap().argv;
         let drives = values(&a, "-drive");
         assert_eq!(
             drives,
             ["file=/d/a,,b.img,format=raw,if=virtio", "file=/o,,1/root.squashfs,format=raw,if=virtio,readonly=on"]
         );
+        assert_eq!(values(&a, "-kernel"), ["/o,1/kernel"], "its own argument: no escape");
+        let refused = |vmm, g: &Guest, o: &RunOptions| {
+            let e = invocation(vmm, g, o).unwrap_err().to_string();
+            assert!(e.contains("splits its options on commas, with no escape"), "{vmm:?}: {e}");
+            e
+        };
         for vmm in [Vmm::Vfkit, Vmm::Hyperkit, Vmm::Xhyve] {
-            for (g, o) in [(&with_root, &opts()), (&guest(Arch::X86_64), &comma)] {
-                let e = invocation(vmm, g, o).unwrap_err().to_string();
-                assert!(e.contains("splits its device options on commas, with no escape"), "{vmm:?}: {e}");
-            }
+            assert!(refused(vmm, &in_comma_dir, &opts()).starts_with("/o,1: "));
+            assert!(refused(vmm, &guest(Arch::X86_64), &comma).starts_with("/d/a,b.img: "));
         }
-        let efi = RunOptions { efi: true, ..opts() };
-        let in_comma_dir = Guest { dir: "/o,1".into(), ..guest(Arch::X86_64) };
-        let e = invocation(Vmm::Vfkit, &in_comma_dir, &efi).unwrap_err().to_string();
-        assert!(e.starts_with("/o,1/disk.img: vfkit splits"), "{e}");
+        // The state directory holds vfkit's and hyperkit's sockets; xhyve has none.
+        let comma_state = RunOptions { state_dir: "/s,1".into(), ..opts() };
+        refused(Vmm::Vfkit, &guest(Arch::X86_64), &comma_state);
+        refused(Vmm::Hyperkit, &guest(Arch::X86_64), &comma_state);
+        assert!(invocation(Vmm::Xhyve, &guest(Arch::X86_64), &comma_state).is_ok());
     }
 
     #[test]

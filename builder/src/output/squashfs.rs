@@ -81,18 +81,20 @@ pub struct Written {
 }
 
 /// Whether backhand's duplicate check may stay on for `tree`. backhand (0.25.5, v4/data.rs
-/// `DataWriter::add_bytes`) gives a file the data blocks of an earlier one of the same length
-/// and xxh64 (`key` here) without comparing their bytes, and xxh64 is no cryptographic hash:
-/// two different files made to match (in a package, a local repository or an overlay) would
-/// both read as the first. So files of one length are keyed, and those that share a key
-/// compared byte by byte. Files of a length no other file has, most of them, are not read.
+/// `DataWriter::add_bytes`) gives a file of a block or more (shorter ones go into fragments,
+/// unchecked) the data blocks of an earlier one of the same length and xxh64 (`key` here)
+/// without comparing their bytes, and xxh64 is no cryptographic hash: two different files
+/// made to match (in a package, a local repository or an overlay) would both read as the
+/// first. So those files, where another has their length, are keyed, and those that share a
+/// key compared byte by byte; the others are not read.
 fn duplicate_check_is_sound(
     tree: &Tree,
     store: &ContentStore,
     key: impl Fn(&mut dyn Read) -> io::Result<u64>,
 ) -> io::Result<bool> {
     let mut by_len: BTreeMap<u64, Vec<Blob>> = BTreeMap::new();
-    for blob in tree.iter().filter_map(|(_, node)| contents(tree, node)) {
+    let shared = tree.iter().filter_map(|(_, node)| contents(tree, node)).filter(|b| b.len >= u64::from(BLOCK_SIZE));
+    for blob in shared {
         let same_len = by_len.entry(blob.len).or_default();
         if !same_len.contains(&blob) {
             same_len.push(blob);
@@ -674,8 +676,9 @@ mod tests {
         assert_eq!((by_name["srv/empty"].size, &by_name["srv/empty"].sha256), (0, &None));
     }
 
-    /// backhand would share the blocks of files that match by length and xxh64 alone; with a
-    /// key under which any two files of one length match, the check sees different bytes.
+    /// backhand would share the blocks of files of a block or more that match by length and
+    /// xxh64 alone; with a key under which any two files of one length match, the check sees
+    /// different bytes there, and leaves shorter files alone.
     #[test]
     fn files_that_share_backhands_key_are_compared_byte_by_byte() {
         let block = BLOCK_SIZE as usize;
@@ -686,6 +689,8 @@ mod tests {
         two[block + 1] = 2;
         let b = store.add_bytes(&two).unwrap();
         let other_len = store.add_bytes(&[3u8; 10]).unwrap();
+        // Shorter than a block: a fragment, which backhand never takes for a copy.
+        let small_too = store.add_bytes(&[4u8; 10]).unwrap();
         let tree_of = |files: &[(&str, NodeKind)]| {
             let mut tree = Tree::new();
             for (path, kind) in files {
@@ -699,6 +704,7 @@ mod tests {
             ("a-copy", NodeKind::File(copy_of_a)),
             ("a-link", NodeKind::Hardlink("a".into())),
             ("c", NodeKind::File(other_len)),
+            ("d", NodeKind::File(small_too)),
         ]);
         assert!(duplicate_check_is_sound(&copies, &store, any_two_match).unwrap());
         let different =

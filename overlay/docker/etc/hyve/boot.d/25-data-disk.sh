@@ -20,8 +20,10 @@ disk_text() { # DEV OFFSET COUNT
 # partition tables) without its cache: a TYPE or PTTYPE is data; exit 2 means it found
 # nothing, 8 several signatures (a partition alone gives only its PART_ENTRY_ values, exit
 # 0). Exit 2 is also what a device blkid cannot open gives, with a warning (util-linux
-# misc-utils/blkid.c `lowprobe_device`): only a silent 2 is an empty disk. Without it (a
-# busybox blkid has no -p) nothing is formatted.
+# misc-utils/blkid.c `lowprobe_device`), so a 2 with a message is not taken for an empty
+# disk (a read error while probing may still exit 2 silently: the format-me header, read
+# just before, is the other check). Without it (a busybox blkid has no -p) nothing is
+# formatted.
 disk_holds_data() {
 	name=${1#/dev/}
 	if ls -d "/sys/block/$name/$name"* >/dev/null 2>&1; then
