@@ -91,7 +91,15 @@ pub struct Guest {
     pub cmdline: String,
     /// `root.squashfs`, when the guest's root is that image: direct kernel boot attaches it as
     /// a read-only disk (disk.img carries it as a partition).
-    pub root: Option<PathBuf>,
+    pub root: Option<RootImage>,
+}
+
+/// The root image an output's manifest lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootImage {
+    pub path: PathBuf,
+    /// Its size in the manifest.
+    pub size: u64,
 }
 
 impl Guest {
@@ -110,27 +118,29 @@ impl Guest {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| bad("manifest.json has no arch".into()))?;
         let cmdline = std::fs::read_to_string(dir.join("cmdline")).map_err(|e| bad(e.to_string()))?.trim().to_string();
-        // The root image, when the build made one: without it the guest would wait for its root
-        // and stop in its boot initramfs, so a missing or cut-short copy is refused here.
-        let root = match manifest["outputs"][crate::build::ROOT_IMAGE]["size"].as_u64() {
-            None => None,
-            Some(expected) => {
-                let (name, root) = (crate::build::ROOT_IMAGE, dir.join(crate::build::ROOT_IMAGE));
-                let found = std::fs::metadata(&root).ok().filter(|m| m.is_file()).map(|m| m.len());
-                if found != Some(expected) {
-                    return Err(bad(match found {
-                        Some(len) => format!("{name} is {len} bytes, manifest.json says {expected}: copy it again"),
-                        None => format!("no {name}, which manifest.json lists: copy it beside kernel and initrd.img"),
-                    }));
-                }
-                Some(root)
-            }
-        };
+        let root = manifest["outputs"][crate::build::ROOT_IMAGE]["size"]
+            .as_u64()
+            .map(|size| RootImage { path: dir.join(crate::build::ROOT_IMAGE), size });
         Ok(Guest { dir: dir.to_path_buf(), arch, cmdline, root })
     }
 
     fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    /// For a direct kernel boot: the root image the manifest lists must be there, whole, or the
+    /// guest would wait for its root and stop in its boot initramfs. (An EFI boot reads the
+    /// root from disk.img's partition.)
+    pub fn check_root(&self) -> Result<(), VmmError> {
+        let Some(RootImage { path, size }) = &self.root else { return Ok(()) };
+        let name = crate::build::ROOT_IMAGE;
+        let found = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len());
+        let detail = match found {
+            Some(len) if len == *size => return Ok(()),
+            Some(len) => format!("{name} is {len} bytes, manifest.json says {size}: copy it again"),
+            None => format!("no {name}, which manifest.json lists: copy it beside kernel and initrd.img"),
+        };
+        Err(VmmError::NotAnOutput { dir: self.dir.display().to_string(), detail })
     }
 }
 
@@ -529,7 +539,7 @@ fn qemu(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     }
     // The root image after the user's disks, which keep their names (vda, ...).
     if let (Some(root), false) = (&guest.root, opts.efi) {
-        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", qemu_file(root))]));
+        a.extend(strings(&["-drive", &format!("file={},format=raw,if=virtio,readonly=on", qemu_file(&root.path))]));
     }
     // The memory balloon with free page reporting: the pages the guest frees go back to the
     // host (QEMU v5.1.0+ hw/virtio/virtio-balloon.c, property `free-page-reporting`:
@@ -678,7 +688,7 @@ fn vfkit(guest: &Guest, opts: &RunOptions) -> Result<Invocation, VmmError> {
     // The root image after the user's disks; `readonly` is a bare flag (v0.6.4
     // pkg/config/virtio.go `DiskStorageConfig.FromOptions` rejects a value; since v0.6.0).
     if let (Some(root), false) = (&guest.root, opts.efi) {
-        inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={},readonly", root.display())]));
+        inv.argv.extend(strings(&["--device", &format!("virtio-blk,path={},readonly", root.path.display())]));
     }
     // virtio-fs shares by tag (pkg/config/virtio.go `VirtioFs`: sharedDir, mountTag).
     check_shares(opts, "vfkit")?;
@@ -779,7 +789,7 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     // The root image read-only, after the user's disks: `ro` after the path (hyperkit
     // src/lib/block_if.c and xhyve src/block_if.c `blockif_open`: the host opens it
     // O_RDONLY; the guest is not told, and mounts it read-only anyway).
-    let root = guest.root.iter().map(|r| format!("{},ro", r.display()));
+    let root = guest.root.iter().map(|r| format!("{},ro", r.path.display()));
     let disks = opts.disks.iter().map(|d| d.display().to_string()).chain(root);
     for (slot, d) in (5..).zip(disks) {
         inv.argv.extend(strings(&["-s", &format!("{slot}:0,virtio-blk,{d}")]));
@@ -832,8 +842,8 @@ mod tests {
         Guest { dir: PathBuf::from("/o"), arch, cmdline: "console=ttyS0 console=hvc0 quiet".into(), root: None }
     }
 
-    /// An output whose manifest lists root.squashfs boots only with that file, whole; one that
-    /// does not list it ignores a stray file of that name.
+    /// An output whose manifest lists root.squashfs boots directly only with that file, whole;
+    /// one that does not list it ignores a stray file of that name.
     #[test]
     fn the_root_image_the_manifest_lists_must_be_there_whole() {
         let d = tempfile::tempdir().unwrap();
@@ -846,13 +856,15 @@ mod tests {
         };
         let root = d.path().join("root.squashfs");
         manifest(r#""root.squashfs":{"size":4096}"#);
-        let e = Guest::open(d.path()).unwrap_err().to_string();
+        let guest = Guest::open(d.path()).unwrap();
+        assert_eq!(guest.root, Some(RootImage { path: root.clone(), size: 4096 }));
+        let e = guest.check_root().unwrap_err().to_string();
         assert!(e.contains("no root.squashfs, which manifest.json lists"), "{e}");
         std::fs::write(&root, [0u8; 100]).unwrap();
-        let e = Guest::open(d.path()).unwrap_err().to_string();
+        let e = guest.check_root().unwrap_err().to_string();
         assert!(e.contains("root.squashfs is 100 bytes, manifest.json says 4096"), "{e}");
         std::fs::write(&root, [0u8; 4096]).unwrap();
-        assert_eq!(Guest::open(d.path()).unwrap().root, Some(root));
+        guest.check_root().unwrap();
         manifest(r#""kernel":{"size":1}"#);
         assert_eq!(Guest::open(d.path()).unwrap().root, None);
     }
@@ -1106,7 +1118,11 @@ mod tests {
     /// escape, so hyve refuses rather than cut the path short.
     #[test]
     fn commas_in_paths_are_escaped_or_refused() {
-        let in_comma_dir = Guest { dir: "/o,1".into(), root: Some("/o,1/root.squashfs".into()), ..guest(Arch::X86_64) };
+        let in_comma_dir = Guest {
+            dir: "/o,1".into(),
+            root: Some(RootImage { path: "/o,1/root.squashfs".into(), size: 1 }),
+            ..guest(Arch::X86_64)
+        };
         let comma = RunOptions { disks: vec!["/d/a,b.img".into()], ..opts() };
         let a = invocation(Vmm::Qemu, &in_comma_dir, &comma).unwrap().argv;
         let drives = values(&a, "-drive");
@@ -1236,7 +1252,8 @@ mod tests {
     /// when disk.img (which carries it) boots.
     #[test]
     fn root_image_is_attached_read_only() {
-        let with_root = Guest { root: Some("/o/root.squashfs".into()), ..guest(Arch::X86_64) };
+        let with_root =
+            Guest { root: Some(RootImage { path: "/o/root.squashfs".into(), size: 1 }), ..guest(Arch::X86_64) };
         let a = invocation(Vmm::Qemu, &with_root, &opts()).unwrap().argv;
         assert_eq!(
             values(&a, "-drive"),

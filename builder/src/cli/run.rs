@@ -77,6 +77,9 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Outcome {
     let guest = Guest::open(&a.dir)?;
+    if !a.efi {
+        guest.check_root()?;
+    }
     anyhow::ensure!(
         !(a.efi && a.append.is_some()),
         "--append does not reach an EFI boot: the command line is the UKI's .cmdline section (change `cmdline` in the profile and build again)"
