@@ -602,8 +602,6 @@ fn share_error(share: &Share, why: &str) -> VmmError {
     VmmError::Share { share: share.host.display().to_string(), why: why.into() }
 }
 
-/// Shares reach the guest on the kernel command line, which an EFI boot takes from the UKI;
-/// and every VMM's option list splits on commas.
 /// A path inside a QEMU option string (`-drive file=...`): its commas doubled, QEMU's escape
 /// (qemu v7.2.0 qemu-options.hx, `-drive` `file=`: "If the filename contains comma, you must
 /// double it").
@@ -621,6 +619,8 @@ fn check_option_paths<'a>(paths: impl IntoIterator<Item = &'a Path>, vmm: &'stat
     }
 }
 
+/// Shares reach the guest on the kernel command line, which an EFI boot takes from the UKI;
+/// and every VMM's option list splits on commas.
 fn check_shares(opts: &RunOptions, vmm: &str) -> Result<(), VmmError> {
     for share in &opts.shares {
         if opts.efi {
@@ -1114,8 +1114,8 @@ mod tests {
         }
     }
 
-    /// A comma in a disk image's path: QEMU takes it doubled; vfkit, hyperkit and xhyve have no
-    /// escape, so hyve refuses rather than cut the path short.
+    /// A comma in a path inside a VMM's option string: QEMU takes it doubled; vfkit, hyperkit
+    /// and xhyve have no escape, so hyve refuses rather than cut the path short.
     #[test]
     fn commas_in_paths_are_escaped_or_refused() {
         let in_comma_dir = Guest {

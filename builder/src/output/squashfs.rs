@@ -8,8 +8,9 @@
 //! and every inode's mtime is clamped to it (as in the initramfs); owners and modes are the
 //! tree's; identical files share their data blocks (backhand's duplicate check, which matches
 //! files by length and xxh64 alone; [`duplicate_check_is_sound`] compares the bytes of those
-//! it would match, and turns it off for an image where two differ). Like the newc initramfs, the image carries no xattrs; backhand writes no hardlinks,
-//! so a hardlink becomes a file of its own whose data is shared with its target.
+//! it would match, and turns it off for an image where two differ). Like the newc initramfs,
+//! the image carries no xattrs; backhand writes no hardlinks, so a hardlink becomes a file of
+//! its own whose data is shared with its target.
 //!
 //! backhand compresses one block at a time on the thread that writes; [`Ahead`] compresses
 //! the files' data blocks on every CPU ahead of it (as mksquashfs does), with the same
@@ -17,7 +18,7 @@
 //! ([`super::blockcache`]), a block the last image held is taken from there, checked, instead.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,10 +105,10 @@ fn duplicate_check_is_sound(
         let mut by_key: BTreeMap<u64, Blob> = BTreeMap::new();
         for blob in blobs {
             match by_key.entry(key(&mut store.open(*blob))?) {
-                std::collections::btree_map::Entry::Vacant(entry) => {
+                btree_map::Entry::Vacant(entry) => {
                     entry.insert(*blob);
                 }
-                std::collections::btree_map::Entry::Occupied(first) => {
+                btree_map::Entry::Occupied(first) => {
                     if !same_bytes(store.open(*first.get()), store.open(*blob))? {
                         return Ok(false);
                     }
