@@ -206,7 +206,7 @@ impl<R: BufRead> PackageReader<R> {
             }
             classify_io(&origin, member, e)
         };
-        let mut limited = LimitedReader::new(flate2::bufread::GzDecoder::new(&mut self.input), self.limits.data_bytes);
+        let mut limited = LimitedReader::new(stream::GzipMember::new(&mut self.input), self.limits.data_bytes);
         let mut entries = 0u64;
         let mut content_bytes = 0u64;
         {

@@ -1,6 +1,9 @@
 //! The root image's block cache: the compressed form of each block the last root image of a
-//! profile and arch held, found by the SHA-256 of the block's bytes, so that a rebuild
-//! compresses only the blocks that changed (zstd is most of a warm build's CPU time).
+//! profile and arch held, found by the XXH3-128 of the block's bytes, so that a rebuild
+//! compresses only the blocks that changed (zstd is most of a warm build's CPU time). The key
+//! only finds a record; the check below is what makes it safe to use, so it need not resist
+//! collisions: a block whose key another block shares is compressed afresh. (SHA-256 took
+//! a third of a warm root image's CPU time.)
 //!
 //! It gives the bytes compressing afresh gives: a pack is used only by the compressor that
 //! wrote it — its header names the zstd library's version, the level, the block size and the
@@ -11,7 +14,7 @@
 //! cached package that no longer matches its pin is fetched again).
 //!
 //! The format is this module's own (a content-addressed pack is a few lines; no crate keeps
-//! one that fits): a header line, then records `[SHA-256 of the block: 32 bytes][compressed
+//! one that fits): a header line, then records `[XXH3-128 of the block: 16 bytes, LE][compressed
 //! length: u32 LE][compressed bytes]`. Each image written makes a new pack of exactly its
 //! blocks, beside the old one (locked while written; one a killed build left is removed by
 //! the next) and renamed over it at the end, so the pack never outgrows the image it
@@ -33,8 +36,12 @@ use sha2::{Digest, Sha256};
 use super::squashfs::compressor;
 use crate::fsutil;
 
-/// The SHA-256 of a block's bytes.
-pub type Key = [u8; 32];
+/// The XXH3-128 of a block's bytes (little-endian).
+pub type Key = [u8; 16];
+
+fn key_of(bytes: &[u8]) -> Key {
+    xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
+}
 
 /// A block compressed, and how.
 pub struct Packed {
@@ -108,7 +115,7 @@ impl BlockCache {
 
     /// `bytes` compressed: the cached record when it decompresses to them, else afresh.
     fn compress(&self, bytes: &[u8]) -> Result<Packed, BackhandError> {
-        let key: Key = Sha256::digest(bytes).into();
+        let key = key_of(bytes);
         if let Some(compressed) = self.cached(&key, bytes) {
             return Ok(Packed { compressed, key: Some(key), cached: true });
         }
@@ -158,6 +165,9 @@ impl BlockCache {
     }
 }
 
+/// A record's key and compressed length.
+const RECORD_HEAD: usize = 20;
+
 /// The pack's first line: everything the compressed bytes depend on besides the block.
 fn header(fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<String> {
     // Text with repeats at many distances, so the sample exercises the match finder.
@@ -165,7 +175,7 @@ fn header(fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<S
         (0u32..8192).flat_map(|i| format!("{i} {}\n", i.wrapping_mul(i) % 977).into_bytes()).collect();
     let compressed = DefaultCompressor.compress(&sample, fc, block_size).map_err(io::Error::other)?;
     Ok(format!(
-        "hyve root blocks 1: zstd {} level {level} block {block_size} sample {}\n",
+        "hyve root blocks 2: zstd {} level {level} block {block_size} sample {}\n",
         zstd::zstd_safe::version_string(),
         hex::encode(Sha256::digest(compressed))
     ))
@@ -181,10 +191,10 @@ fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
     let end = file.metadata()?.len();
     let mut records = HashMap::new();
     let mut at = header.len() as u64;
-    let mut head = [0u8; 36];
+    let mut head = [0u8; RECORD_HEAD];
     while file.read_exact_at(&mut head, at).is_ok() {
-        let key: Key = head[..32].try_into().expect("32 bytes");
-        let len = u32::from_le_bytes(head[32..].try_into().expect("4 bytes"));
+        let key: Key = head[..16].try_into().expect("16 bytes");
+        let len = u32::from_le_bytes(head[16..].try_into().expect("4 bytes"));
         at += head.len() as u64;
         if at + u64::from(len) > end {
             break;
@@ -242,7 +252,7 @@ mod tests {
         // The pack holds the last image's blocks only, each once.
         assert_eq!(pass(&path, 6, &[block(13)]).1, 1);
         let len = std::fs::metadata(&path).unwrap().len() as usize;
-        assert_eq!(len, header(zstd(6), 6, 131072).unwrap().len() + 36 + fresh[1].len());
+        assert_eq!(len, header(zstd(6), 6, 131072).unwrap().len() + RECORD_HEAD + fresh[1].len());
         assert_eq!(pass(&path, 6, &[block(7)]).1, 0);
     }
 
@@ -257,7 +267,7 @@ mod tests {
         // compressed again, the other still comes from the pack.
         pass(&path, 6, &[block(7), block(13)]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let first = header(zstd(6), 6, 131072).unwrap().len() + 36;
+        let first = header(zstd(6), 6, 131072).unwrap().len() + RECORD_HEAD;
         bytes[first + 20] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(pass(&path, 6, &[block(7), block(13)]).1, 1);
@@ -267,7 +277,7 @@ mod tests {
         let mut record = fresh(&block(7), 6);
         record.extend([0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]);
         let mut bytes = header.clone().into_bytes();
-        bytes.extend(Sha256::digest(block(7)));
+        bytes.extend(key_of(&block(7)));
         bytes.extend((record.len() as u32).to_le_bytes());
         bytes.extend(&record);
         std::fs::write(&path, &bytes).unwrap();
