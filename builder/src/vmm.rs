@@ -151,7 +151,8 @@ pub const KERNEL_RESERVE_MIB: u64 = 128;
 /// What a guest's initramfs costs in RAM while it boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryNeeded {
-    /// The unpacked tree: the root lives on a tmpfs for the life of the VM.
+    /// The unpacked initramfs: an initramfs root lives on a tmpfs for the life of the VM (a
+    /// root image's boot initramfs is a few MiB).
     pub root_mib: u64,
     /// The compressed image, which the kernel holds while it unpacks it.
     pub initrd_mib: u64,

@@ -98,9 +98,11 @@ pub fn run(a: RunArgs) -> Outcome {
         hyve::apk::Arch::host().map_or("?".to_string(), |h| h.to_string())
     );
     let needed = vmm::memory_needed(&guest)?;
+    // A root image stays on disk; only the boot initramfs unpacks into RAM.
+    let unpacked = if guest.root.is_some() { "its boot initramfs (the root image stays on disk)" } else { "its root" };
     anyhow::ensure!(
         u64::from(a.memory) >= needed.total_mib(),
-        "--memory {} MiB cannot hold this guest: its root unpacks to {} MiB of RAM, the {} MiB initrd is held while it unpacks, and the kernel and services need about {} MiB; give --memory {} or more",
+        "--memory {} MiB cannot hold this guest: {unpacked} unpacks to {} MiB of RAM, the {} MiB initrd is held while it unpacks, and the kernel and services need about {} MiB; give --memory {} or more",
         a.memory,
         needed.root_mib,
         needed.initrd_mib,
