@@ -578,18 +578,17 @@ fn read_console(log: &Path) -> String {
 
 impl Vm {
     fn start(out: &Path, name: &str, args: &[String]) -> Vm {
+        let mut run = Command::new(env!("CARGO_BIN_EXE_hyve"));
+        run.arg("run").arg(out).args(["--accel", "auto", "--memory", "2048", "--timeout", "900"]).args(args);
+        Self::start_command(run, name)
+    }
+
+    /// `command` (a VMM with its console on stdout) as the VM.
+    fn start_command(mut command: Command, name: &str) -> Vm {
         let log = log_path(name);
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hyve"))
-            .arg("run")
-            .arg(out)
-            .args(["--accel", "auto", "--memory", "2048", "--timeout", "900"])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        let child =
+            command.stdin(std::process::Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap();
         use std::os::fd::FromRawFd;
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
@@ -1296,14 +1295,19 @@ fn no_way_in_without_a_key(out: &Path) {
     assert!(text("etc/hyve/docker.conf").lines().any(|l| l == "DOCKER_PLAIN_TCP_PORT="), "plain TCP must be off");
 }
 
-/// The `dev` additions (x86_64): sshd takes root's key from the user data and keeps its host
-/// keys on the data disk, so the second boot presents the same host key; the in-guest docker
-/// CLI and curl work. (The real `dev` profile also has docker-cli-compose, which the test
+/// The `dev` additions, on both arches: sshd takes root's key from the user data and keeps its
+/// host keys on the data disk, so the second boot presents the same host key; the in-guest
+/// docker CLI and curl work; then a third boot finds the root on a virtio-scsi disk. (The real `dev` profile also has docker-cli-compose, which the test
 /// mirror cannot provide from Debian; this test profile is `dev` without it, on either mirror.
 /// `make test-alpine` builds the real `dev` too.)
 #[test]
 fn dev_ssh_on_x86_64() {
     retry_on_guest_stall(|| boot_dev_ssh("x86_64", "qemu-system-x86_64"));
+}
+
+#[test]
+fn dev_ssh_on_aarch64() {
+    retry_on_guest_stall(|| boot_dev_ssh("aarch64", "qemu-system-aarch64"));
 }
 
 fn boot_dev_ssh(arch: &str, qemu: &str) {
@@ -1387,6 +1391,30 @@ fn boot_dev_ssh(arch: &str, qemu: &str) {
         power_off(&vm);
         vm.wait_powered_off(180);
     }
+    root_on_virtio_scsi(&out, arch);
+}
+
+/// The root image on another disk controller than virtio-blk, as UTM or QEMU set up by hand
+/// may attach it: virtio-scsi, whose drivers (virtio_scsi, sd_mod, scsi_mod) are modules in
+/// Alpine's linux-virt and in the test mirror's kernel alike, so the boot initramfs must find
+/// the controller and load them itself. QEMU runs the line `hyve run --print` gives, with the
+/// root image's virtio-blk drive swapped for a virtio-scsi disk; the guest powers off once booted.
+fn root_on_virtio_scsi(out: &Path, arch: &str) {
+    let o = hyve(&["run", &s(out), "--print", "--accel", "auto", "--memory", "1024", "--append", "hyve.poweroff"]);
+    assert!(o.status.success(), "hyve run --print: {}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8(o.stdout).unwrap();
+    let root = s(&out.join("root.squashfs"));
+    let virtio_blk = format!("-drive file={root},format=raw,if=virtio,readonly=on");
+    assert!(line.contains(&virtio_blk), "the root image is not a virtio-blk drive: {line}");
+    let scsi = format!(
+        "-device virtio-scsi-pci,id=scsi0 -drive file={root},format=raw,if=none,id=root,readonly=on -device scsi-hd,drive=root,bus=scsi0.0"
+    );
+    let mut qemu = Command::new("sh");
+    qemu.arg("-c").arg(format!("exec {}", line.trim().replace(&virtio_blk, &scsi)));
+    let mut vm = Vm::start_command(qemu, &format!("dev-{arch}-root-on-virtio-scsi"));
+    vm.wait_for("reboot: Power down", 600);
+    vm.assert_console("root found on the SCSI disk", "hyve: root /dev/sda (squashfs, read-only) under a tmpfs overlay");
+    vm.assert_console("booted", "HYVE-BOOT-OK");
 }
 
 /// The files of a Lima cidata volume for one boot, as lima v2.2.0 renders its templates

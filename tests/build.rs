@@ -394,7 +394,8 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
     );
 
     // The initrd: busybox.static as /bin/busybox, base's stage 1 as /init, the modules
-    // decompressed in load order, and the root image's superblock.
+    // decompressed in load order, the drivers of other disk controllers the kernel has as
+    // modules (NVMe is built in here), and the root image's superblock.
     let initrd = a.join("initrd.img");
     let names: Vec<String> = gnu_cpio_listing(&initrd).into_keys().collect();
     assert_eq!(
@@ -408,12 +409,16 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
             "etc/hyve",
             "etc/hyve/root-modules",
             "etc/hyve/root.superblock",
+            "etc/hyve/storage-modules",
             "init",
             "lib",
             "lib/modules",
             "lib/modules/overlay.ko",
+            "lib/modules/scsi_mod.ko",
+            "lib/modules/sd_mod.ko",
             "lib/modules/squashfs.ko",
             "lib/modules/virtio_blk.ko",
+            "lib/modules/virtio_scsi.ko",
             "proc",
             "sys"
         ]
@@ -425,6 +430,10 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
     .unwrap();
     assert_eq!(cpio_extract(&initrd, "init"), stage1);
     assert_eq!(cpio_extract(&initrd, "etc/hyve/root-modules"), "virtio_blk\nsquashfs\noverlay\n");
+    assert_eq!(
+        cpio_extract(&initrd, "etc/hyve/storage-modules"),
+        "ahci scsi_mod sd_mod\nvirtio-scsi scsi_mod virtio_scsi sd_mod\n"
+    );
     assert!(cpio_extract(&initrd, "lib/modules/squashfs.ko").starts_with("\x7fELF fake module"), "decompressed");
     let o = Command::new("sh")
         .arg("-c")

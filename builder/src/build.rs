@@ -286,21 +286,21 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         phases.run(Phase::Packages, 0, || install_locked(session, arch, &section, opts))?;
     let epoch =
         opts.source_date_epoch.unwrap_or_else(|| installed.iter().map(|p| p.info.build_date).max().unwrap_or(0));
-    // A squashfs root needs the modules its boot initramfs loads.
+    // A squashfs root needs the modules its boot initramfs loads, and may load the drivers of
+    // other disk controllers the kernel has.
     let mut modules = profile.kernel_modules.clone();
+    let mut optional = profile.kernel_optional_modules.clone();
     if profile.root == RootFormat::Squashfs {
         let missing = bootinitrd::ROOT_MODULES.iter().filter(|m| !modules.iter().any(|n| n == *m)).collect::<Vec<_>>();
         modules.extend(missing.into_iter().map(|m| m.to_string()));
+        for m in bootinitrd::storage_modules() {
+            if !optional.contains(&m) {
+                optional.push(m);
+            }
+        }
     }
     let kernel = phases.run(Phase::Modules, 0, || {
-        kernel::prepare(
-            &mut tree,
-            &mut store,
-            arch,
-            &profile.kernel_package,
-            &modules,
-            &profile.kernel_optional_modules,
-        )
+        kernel::prepare(&mut tree, &mut store, arch, &profile.kernel_package, &modules, &optional)
     })?;
     for m in kernel.builtin.iter().filter(|m| profile.kernel_modules.contains(m)) {
         warnings.push(format!("kernel module {m} is built into {}; nothing to include", profile.kernel_package));
@@ -423,7 +423,13 @@ fn describe(
             version: kernel_pkg.info.version.to_string(),
             release: kernel.release.clone(),
             modules: kernel.modules(),
-            optional_modules_missing: kernel.skipped.clone(),
+            // The profile's own; the boot initramfs's storage drivers are the kernel's to have.
+            optional_modules_missing: kernel
+                .skipped
+                .iter()
+                .filter(|m| profile.kernel_optional_modules.iter().any(|o| o.replace('-', "_") == **m))
+                .cloned()
+                .collect(),
         },
         cmdline: cmdline(arch, &profile.cmdline),
         packages,

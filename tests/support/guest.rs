@@ -79,7 +79,14 @@ pub fn packages(arch: &str) -> Vec<Pkg> {
             .file("lib/modules/6.6.1-0-virt/kernel/fs/squashfs/squashfs.ko.gz", &hyve::apk::archive::gzip_best(&module("")))
             .file("lib/modules/6.6.1-0-virt/kernel/fs/overlayfs/overlay.ko", &module(""))
             .file("lib/modules/6.6.1-0-virt/kernel/sound/unrelated.ko", &module(""))
-            .file("lib/modules/6.6.1-0-virt/modules.builtin", b"kernel/drivers/virtio/virtio_pci.ko\n")
+            // Disk drivers the squashfs boot initramfs may load: SCSI as modules, NVMe built in.
+            .file("lib/modules/6.6.1-0-virt/kernel/drivers/scsi/scsi_mod.ko", &module(""))
+            .file("lib/modules/6.6.1-0-virt/kernel/drivers/scsi/sd_mod.ko", &module("scsi_mod"))
+            .file("lib/modules/6.6.1-0-virt/kernel/drivers/scsi/virtio_scsi.ko", &module("scsi_mod"))
+            .file(
+                "lib/modules/6.6.1-0-virt/modules.builtin",
+                b"kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/nvme/host/nvme.ko\n",
+            )
             .file("lib/modules/6.6.1-0-virt/modules.alias", b"alias stale unrelated\n"),
     ]
 }

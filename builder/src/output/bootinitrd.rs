@@ -13,13 +13,31 @@ use crate::tree::{ContentStore, Tree};
 /// as modules: the PCI transport (built into Alpine's linux-virt), the disk, the image's file
 /// system and the overlay.
 pub const ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "squashfs", "overlay"];
+/// Drivers for disks on other controllers than virtio-blk (UTM, or QEMU set up by hand, may
+/// attach `disk.img` or the root image to NVMe, SATA or virtio-scsi), where the kernel has them
+/// as modules: in Alpine's linux-virt (aports main/linux-lts/virt.x86_64.config and
+/// virt.aarch64.config at 0130e7ac) `nvme`, `sd_mod` and `virtio_scsi` are modules on both
+/// arches and `ahci` on aarch64 (built in on x86_64). `/init` loads a controller's drivers only
+/// when the PCI bus has such a controller (by PCI class, or virtio device id, in INIT_SCRIPT).
+pub const STORAGE_MODULES: [(&str, &[&str]); 3] =
+    [("nvme", &["nvme"]), ("ahci", &["ahci", "sd_mod"]), ("virtio-scsi", &["virtio_scsi", "sd_mod"])];
 /// The stage-1 script in the full tree that becomes `/init`.
 pub const INIT_SCRIPT: &str = "usr/libexec/hyve/init-squashfs";
 /// Alpine's busybox-static: the boot initramfs has no libc.
 pub const BUSYBOX_STATIC: &str = "bin/busybox.static";
-/// Where `/init` reads the root image's superblock and its module list.
+/// Where `/init` reads the root image's superblock, its module list and, a line per controller,
+/// the storage drivers to load when it finds that controller ("nvme nvme_core nvme").
 const SUPERBLOCK_FILE: &str = "etc/hyve/root.superblock";
 const MODULES_FILE: &str = "etc/hyve/root-modules";
+const STORAGE_MODULES_FILE: &str = "etc/hyve/storage-modules";
+
+/// Every module `STORAGE_MODULES` names, for `kernel::prepare` to include where it can.
+pub fn storage_modules() -> Vec<String> {
+    let mut all: Vec<String> = STORAGE_MODULES.iter().flat_map(|(_, m)| m.iter().map(|m| m.to_string())).collect();
+    all.sort();
+    all.dedup();
+    all
+}
 
 #[derive(Debug, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -54,6 +72,22 @@ pub fn tree(
     let busybox =
         blob_of(BUSYBOX_STATIC, "the boot initramfs has no libc", "add the busybox-static package to the profile")?;
     let order = kernel.load_order(&ROOT_MODULES);
+    // A controller's drivers and what they need, less what the root's own modules bring.
+    let storage: Vec<(&str, Vec<String>)> = STORAGE_MODULES
+        .iter()
+        .map(|(controller, names)| {
+            (*controller, kernel.load_order(names).into_iter().filter(|m| !order.contains(m)).collect::<Vec<_>>())
+        })
+        .filter(|(_, modules)| !modules.is_empty())
+        .collect();
+    let mut included = order.clone();
+    for (_, modules) in &storage {
+        for m in modules {
+            if !included.contains(m) {
+                included.push(m.clone());
+            }
+        }
+    }
     let mut boot = Tree::new();
     let dirs = ["bin", "dev", "etc", "etc/hyve", "lib", "lib/modules", "proc", "sys"];
     for dir in dirs {
@@ -61,7 +95,7 @@ pub fn tree(
         overlay::put(&mut boot, store, dir, Generated::Dir, mode, epoch)?;
     }
     let release = kernel.release.as_deref().unwrap_or_default();
-    for name in &order {
+    for name in &included {
         let path = format!("lib/modules/{release}/{}", kernel.graph[name].path);
         let blob = full.file(&path).expect("an included module is a file in the tree");
         let compressed = store.read_all(blob).map_err(crate::fsutil::at_named(&path))?;
@@ -73,6 +107,11 @@ pub fn tree(
         ("bin/busybox", Generated::Blob(busybox), 0o755),
         ("dev/console", Generated::CharDevice(5, 1), 0o600),
         (MODULES_FILE, Generated::Text(order.iter().map(|m| format!("{m}\n")).collect()), 0o644),
+        (
+            STORAGE_MODULES_FILE,
+            Generated::Text(storage.iter().map(|(c, modules)| format!("{c} {}\n", modules.join(" "))).collect()),
+            0o644,
+        ),
         (SUPERBLOCK_FILE, Generated::Bytes(superblock.to_vec()), 0o644),
     ];
     for (path, kind, mode) in files {
