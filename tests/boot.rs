@@ -1412,7 +1412,23 @@ fn root_on_virtio_scsi(out: &Path, arch: &str) {
     let mut qemu = Command::new("sh");
     qemu.arg("-c").arg(format!("exec {}", line.trim().replace(&virtio_blk, &scsi)));
     let mut vm = Vm::start_command(qemu, &format!("dev-{arch}-root-on-virtio-scsi"));
-    vm.wait_for("reboot: Power down", 600);
+    // Stage 1 that finds no root says so after 30 s and waits in a shell: fail then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        // Whether QEMU had exited before the console is read: then the console is complete.
+        let exited = vm.child.try_wait().unwrap().is_some();
+        let console = vm.console();
+        if console.contains("reboot: Power down") {
+            break;
+        }
+        assert!(
+            !console.contains("hyve: stage 1:") && !exited && std::time::Instant::now() < deadline,
+            "{}: the guest did not boot from the root on virtio-scsi (log: {})",
+            vm.name,
+            vm.log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     vm.assert_console("root found on the SCSI disk", "hyve: root /dev/sda (squashfs, read-only) under a tmpfs overlay");
     vm.assert_console("booted", "HYVE-BOOT-OK");
 }
