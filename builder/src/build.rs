@@ -325,7 +325,11 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     if profile.formats.contains(&OutputFormat::Lima) {
         write_lima_template(staging.path(), out, profile, arch, &written.outputs)?;
     }
+    // The tree and the store (files of hundreds of MB in the page cache) are freed while the
+    // outputs are swapped in and the old ones removed.
+    let freeing = std::thread::spawn(move || drop((tree, store)));
     staging.commit().map_err(fsutil::at(out))?;
+    let _ = freeing.join();
     Ok(BuildResult {
         dir: out.to_path_buf(),
         arch,

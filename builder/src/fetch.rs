@@ -188,7 +188,9 @@ struct IndexMeta {
 /// Downloads and caches; shareable across threads.
 pub struct Fetcher<'r> {
     opts: FetchOptions,
-    client: reqwest::blocking::Client,
+    /// Made at the first download: reqwest's blocking client runs a thread of its own, which
+    /// a build from the cache or a file:// mirror does not need to start and stop.
+    client: std::sync::OnceLock<reqwest::blocking::Client>,
     reporter: &'r dyn Reporter,
 }
 
@@ -204,13 +206,20 @@ impl<'r> Fetcher<'r> {
             let d = opts.cache_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(fsutil::at(&d))?;
         }
+        Ok(Fetcher { opts, client: std::sync::OnceLock::new(), reporter })
+    }
+
+    fn client(&self, url: &str) -> Result<&reqwest::blocking::Client> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         let client = reqwest::blocking::Client::builder()
-            .timeout(opts.timeout)
-            .connect_timeout(opts.timeout)
+            .timeout(self.opts.timeout)
+            .connect_timeout(self.opts.timeout)
             .user_agent(concat!("hyve/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| FetchError::Network { url: String::new(), detail: e.to_string(), attempts: 0 })?;
-        Ok(Fetcher { opts, client, reporter })
+            .map_err(|e| FetchError::Network { url: url.to_string(), detail: e.to_string(), attempts: 0 })?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Where this fetcher's work, and a build's using it, is reported.
@@ -274,8 +283,9 @@ impl<'r> Fetcher<'r> {
             })?;
             return Ok(FetchedIndex { bytes, from_cache: false });
         }
+        let client = self.client(url)?;
         let fetched = self.with_retries(url, |attempt| {
-            let mut req = self.client.get(url);
+            let mut req = client.get(url);
             if cached.is_some() && meta.url == url {
                 if let Some(etag) = &meta.etag {
                     req = req.header(reqwest::header::IF_NONE_MATCH, etag);
@@ -471,13 +481,14 @@ impl<'r> Fetcher<'r> {
             return Ok((out, hex::encode(sha), n));
         }
         let tmp = Mutex::new(tmp);
+        let client = self.client(url)?;
         let (sha, n) = self.with_retries(url, |attempt| {
             let mut guard = tmp.lock().expect("not poisoned");
             let file = guard.as_file_mut();
             if let Err(e) = file.set_len(0).and_then(|_| io::Seek::rewind(file)) {
                 return Attempt::Fail(crate::fsutil::at_named("cache tmp")(e).into());
             }
-            let resp = match self.client.get(url).send() {
+            let resp = match client.get(url).send() {
                 Ok(r) => r,
                 Err(e) => return Self::classify(url, e, attempt).map_retry(),
             };
