@@ -14,7 +14,8 @@ README quotes a real run.
                   of the root image compressed again (packages still from the cache)
   baseline        the very same final tree packed by the raw tool: `find . | sort | cpio -o -H
                   newc | zstd -12 -T0` (the initramfs) and `mksquashfs -comp zstd
-                  -Xcompression-level 6` on every CPU (the root image)
+                  -Xcompression-level 6` on every CPU (the root image), run right after each
+                  warm (and uncached) build: hyve/baseline is the median of those pairs' ratios
   classic         the same packages (the lock's, from the cache) unpacked by GNU tar, one after
                   another in the lock's order, then that tree packed by mksquashfs as above: the
                   job done the classic way, without any of hyve's checks (no signature, pin, Q1,
@@ -73,7 +74,10 @@ def run(cmd, **kw):
 
 
 def timed(cmd, cwd=None, shell=False):
-    """Wall seconds and peak RSS (KiB) of one command, via GNU time."""
+    """Wall seconds and peak RSS (KiB) of one command, via GNU time. Dirty pages are written out
+    first (not timed): the kernel's writeback of what earlier steps wrote (trees, images) would
+    otherwise take a share of the two CPUs during whichever run it happens to fall in."""
+    os.sync()
     fmt = "BENCH %e %M"
     argv = ["/usr/bin/time", "-f", fmt] + (["sh", "-c", cmd] if shell else cmd)
     p = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -202,45 +206,51 @@ def main():
     results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "runs": RUNS, "modes": {}}
     med = statistics.median
 
-    # Warm: fill cache and lock once, then measure each mode.
+    # Warm: fill cache and lock once, and build each mode once for the trees the raw tools pack.
     build(work, PROFILE, file_url, cache, lock, work / "warmup")
     outs = {m: work / f"out-{m}" for m in modes}
     for mode, profile in modes.items():
-        warm = [build(work, profile, file_url, cache, lock, outs[mode]) for _ in range(RUNS)]
-        sizes = {f: (outs[mode] / f).stat().st_size
-                 for f in ["kernel", "initrd.img", "root.squashfs", "disk.img"] if (outs[mode] / f).exists()}
-        results["modes"][mode] = {"warm_build_s": med([w[0] for w in warm]),
-                                  "warm_peak_rss_kib": max(w[1] for w in warm), "sizes": sizes}
-        if mode == "squashfs":
-            uncached = []
-            for _ in range(RUNS):
-                shutil.rmtree(cache / "root-blocks", ignore_errors=True)
-                uncached.append(build(work, profile, file_url, cache, lock, outs[mode]))
-            results["modes"][mode]["uncached_build_s"] = med([u[0] for u in uncached])
-
-    # The same final tree, packed by the raw tools.
+        build(work, profile, file_url, cache, lock, outs[mode])
     tree = work / "tree"
     tree.mkdir()
     run(f"zstd -dc {outs['initramfs']}/initrd.img | cpio -idm --quiet", shell=True, cwd=tree)
     tree_bytes = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
-    cpio = [timed(f"find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -{INITRD_ZSTD_LEVEL} -T0 -q >/dev/null",
-                  cwd=tree, shell=True) for _ in range(RUNS)]
     squash_tree = work / "squash-tree"
     run(["unsquashfs", "-q", "-n", "-d", str(squash_tree), str(outs["squashfs"] / "root.squashfs")])
-    mksquashfs = []
-    for _ in range(RUNS):
-        image = work / "baseline.squashfs"
-        mksquashfs.append(timed(["mksquashfs", str(squash_tree), str(image), "-noappend", "-quiet", "-no-progress",
-                                 "-comp", "zstd", "-Xcompression-level", str(ROOT_ZSTD_LEVEL),
-                                 "-processors", str(os.cpu_count())]))
-        baseline_size = image.stat().st_size
-        image.unlink()
-    baselines = {"initramfs": med([c[0] for c in cpio]), "squashfs": med([m[0] for m in mksquashfs])}
-    for mode in modes:
-        results["modes"][mode]["baseline_s"] = baselines[mode]
-        results["modes"][mode]["ratio_warm_vs_baseline"] = results["modes"][mode]["warm_build_s"] / baselines[mode]
-    results["modes"]["squashfs"]["baseline_size"] = baseline_size
-    results["modes"]["squashfs"]["ratio_uncached_vs_baseline"] = results["modes"]["squashfs"]["uncached_build_s"] / baselines["squashfs"]
+    image = work / "baseline.squashfs"
+    # The same final tree, packed by the raw tools.
+    tools = {
+        "initramfs": lambda: timed(f"find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -{INITRD_ZSTD_LEVEL} -T0 -q >/dev/null",
+                                   cwd=tree, shell=True),
+        "squashfs": lambda: timed(["mksquashfs", str(squash_tree), str(image), "-noappend", "-quiet", "-no-progress",
+                                   "-comp", "zstd", "-Xcompression-level", str(ROOT_ZSTD_LEVEL),
+                                   "-processors", str(os.cpu_count())]),
+    }
+    # Each warm build right before its raw tool, so that the ratio compares runs a moment apart
+    # (this machine's speed drifts between runs by more than the difference measured); the
+    # ratio is the median of each pair's.
+    for mode, profile in modes.items():
+        warm, baseline = [], []
+        for _ in range(RUNS):
+            warm.append(build(work, profile, file_url, cache, lock, outs[mode]))
+            baseline.append(tools[mode]())
+        sizes = {f: (outs[mode] / f).stat().st_size
+                 for f in ["kernel", "initrd.img", "root.squashfs", "disk.img"] if (outs[mode] / f).exists()}
+        results["modes"][mode] = {"warm_build_s": med([w[0] for w in warm]),
+                                  "warm_peak_rss_kib": max(w[1] for w in warm), "sizes": sizes,
+                                  "baseline_s": med([b[0] for b in baseline]),
+                                  "ratio_warm_vs_baseline": med([w[0] / b[0] for w, b in zip(warm, baseline)])}
+        if mode == "squashfs":
+            results["modes"][mode]["baseline_size"] = image.stat().st_size
+            image.unlink()
+            uncached, baseline = [], []
+            for _ in range(RUNS):
+                shutil.rmtree(cache / "root-blocks", ignore_errors=True)
+                uncached.append(build(work, profile, file_url, cache, lock, outs[mode]))
+                baseline.append(tools[mode]())
+            image.unlink()
+            results["modes"][mode]["uncached_build_s"] = med([u[0] for u in uncached])
+            results["modes"][mode]["ratio_uncached_vs_baseline"] = med([u[0] / b[0] for u, b in zip(uncached, baseline)])
     classic = [classic_build(work, cache, lock) for _ in range(RUNS)]
     results["modes"]["squashfs"]["classic_s"] = med(classic)
     results["modes"]["squashfs"]["ratio_warm_vs_classic"] = results["modes"]["squashfs"]["warm_build_s"] / med(classic)
