@@ -294,7 +294,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         let missing = bootinitrd::ROOT_MODULES.iter().filter(|m| !modules.iter().any(|n| n == *m)).collect::<Vec<_>>();
         modules.extend(missing.into_iter().map(|m| m.to_string()));
         for m in bootinitrd::storage_modules() {
-            if !optional.contains(&m) {
+            if !optional.iter().any(|o| o.replace('-', "_") == m) {
                 optional.push(m);
             }
         }

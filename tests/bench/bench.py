@@ -112,6 +112,7 @@ def classic_build(work, cache, lock):
     packages = tomllib.loads(lock.read_text())["arch"]["x86_64"]["packages"]
     tree, image = work / "classic-tree", work / "classic.squashfs"
     tree.mkdir()
+    os.sync()
     start = time.monotonic()
     for p in packages:
         run(["tar", "-xzf", str(cache / "blobs/sha256" / p["sha256"]), "-C", str(tree),

@@ -166,8 +166,8 @@ impl<R: BufRead> PackageReader<R> {
         self.input.take_ran_dry();
         let streamed = self.stream_entries(visit);
         // The decompressor asked for bytes past the end of the file: the member never
-        // finished, so the file is cut short (decided from the stream, not from flate2's
-        // wording of the error).
+        // finished, so the file is cut short (decided from the stream, not from the
+        // decompressor's wording of the error).
         let cut_short = streamed.is_err() && self.input.take_ran_dry();
         if streamed.is_err() {
             // Corrupt compressed data can decompress to plausible garbage before the CRC
@@ -250,8 +250,8 @@ fn format_err(origin: &str, detail: String) -> Error {
     Error::Format { origin: origin.to_string(), detail }
 }
 
-/// Corrupt compressed data surfaces as InvalidInput/InvalidData/UnexpectedEof from flate2,
-/// and tar structure errors as `Other`; tell the user which.
+/// Corrupt compressed data surfaces as InvalidInput/InvalidData/UnexpectedEof from the gzip
+/// reader (`stream::GzipMember`), and tar structure errors as `Other`; tell the user which.
 fn classify_io(origin: &str, member: &'static str, e: io::Error) -> Error {
     let origin = origin.to_string();
     match e.kind() {

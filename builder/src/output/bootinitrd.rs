@@ -18,7 +18,8 @@ pub const ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "squashfs", "ov
 /// as modules: in Alpine's linux-virt (aports main/linux-lts/virt.x86_64.config and
 /// virt.aarch64.config at 0130e7ac) `nvme`, `sd_mod` and `virtio_scsi` are modules on both
 /// arches and `ahci` on aarch64 (built in on x86_64). `/init` loads a controller's drivers only
-/// when the PCI bus has such a controller (by PCI class, or virtio device id, in INIT_SCRIPT).
+/// when the PCI bus has such a controller (by PCI class, or virtio device id, in INIT_SCRIPT)
+/// and the root is not on the disks it already sees.
 pub const STORAGE_MODULES: [(&str, &[&str]); 3] =
     [("nvme", &["nvme"]), ("ahci", &["ahci", "sd_mod"]), ("virtio-scsi", &["virtio_scsi", "sd_mod"])];
 /// The stage-1 script in the full tree that becomes `/init`.
@@ -72,9 +73,12 @@ pub fn tree(
     let busybox =
         blob_of(BUSYBOX_STATIC, "the boot initramfs has no libc", "add the busybox-static package to the profile")?;
     let order = kernel.load_order(&ROOT_MODULES);
-    // A controller's drivers and what they need, less what the root's own modules bring.
+    // A controller's drivers and what they need, less what the root's own modules bring; none
+    // for a controller whose own driver (the first) the kernel has neither as a module nor
+    // built in.
     let storage: Vec<(&str, Vec<String>)> = STORAGE_MODULES
         .iter()
+        .filter(|(_, names)| kernel.graph.contains_key(names[0]) || kernel.builtin.iter().any(|b| b == names[0]))
         .map(|(controller, names)| {
             (*controller, kernel.load_order(names).into_iter().filter(|m| !order.contains(m)).collect::<Vec<_>>())
         })
