@@ -294,7 +294,7 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
         let missing = bootinitrd::ROOT_MODULES.iter().filter(|m| !modules.iter().any(|n| n == *m)).collect::<Vec<_>>();
         modules.extend(missing.into_iter().map(|m| m.to_string()));
         for m in bootinitrd::storage_modules() {
-            if !optional.iter().any(|o| o.replace('-', "_") == m) {
+            if !optional.iter().any(|o| kernel::module_name(o) == m) {
                 optional.push(m);
             }
         }
@@ -431,7 +431,7 @@ fn describe(
             optional_modules_missing: kernel
                 .skipped
                 .iter()
-                .filter(|m| profile.kernel_optional_modules.iter().any(|o| o.replace('-', "_") == **m))
+                .filter(|m| profile.kernel_optional_modules.iter().any(|o| kernel::module_name(o) == **m))
                 .cloned()
                 .collect(),
         },

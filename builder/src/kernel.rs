@@ -144,7 +144,7 @@ pub fn serial_console(arch: Arch) -> &'static str {
 }
 
 /// Normalised module name: `foo-bar.ko.gz` -> `foo_bar`.
-fn module_name(file: &str) -> String {
+pub fn module_name(file: &str) -> String {
     let base = file.rsplit('/').next().unwrap_or(file);
     let stem = base.split(".ko").next().unwrap_or(base);
     stem.replace('-', "_")

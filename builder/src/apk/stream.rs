@@ -141,8 +141,9 @@ pub(crate) fn read_member<R: BufRead>(input: &mut TappedReader<R>, limit: u64) -
 /// its trailer, whose CRC-32 and length are checked. zlib-rs inflates (in zlib's gzip mode),
 /// not flate2's default backend, which all hyve's gzip output goes through: inflating the
 /// packages is the largest cost of a warm build, and zlib-rs takes about a quarter less CPU
-/// for it than miniz_oxide (0.76 s against 1.04 s for `minimal`, perf). (flate2 on zlib-rs would also move the gzip *compression* hyve's outputs
-/// must repeat byte for byte onto code that picks its SIMD paths at run time.)
+/// for it than miniz_oxide (0.76 s against 1.04 s for `minimal`, perf). (flate2 on zlib-rs
+/// would also move the gzip *compression* hyve's outputs must repeat byte for byte onto code
+/// that picks its SIMD paths at run time.)
 pub(crate) struct GzipMember<R> {
     input: R,
     inflate: zlib_rs::Inflate,

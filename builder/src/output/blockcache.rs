@@ -166,7 +166,7 @@ impl BlockCache {
 }
 
 /// A record's key and compressed length.
-const RECORD_HEAD: usize = 20;
+const RECORD_HEAD: usize = size_of::<Key>() + size_of::<u32>();
 
 /// The pack's first line: everything the compressed bytes depend on besides the block.
 fn header(fc: FilesystemCompressor, level: u32, block_size: u32) -> io::Result<String> {
@@ -193,8 +193,9 @@ fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
     let mut at = header.len() as u64;
     let mut head = [0u8; RECORD_HEAD];
     while file.read_exact_at(&mut head, at).is_ok() {
-        let key: Key = head[..16].try_into().expect("16 bytes");
-        let len = u32::from_le_bytes(head[16..].try_into().expect("4 bytes"));
+        let (key, len) = head.split_at(size_of::<Key>());
+        let key: Key = key.try_into().expect("a key's length");
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes"));
         at += head.len() as u64;
         if at + u64::from(len) > end {
             break;

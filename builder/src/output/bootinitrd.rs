@@ -84,14 +84,8 @@ pub fn tree(
         })
         .filter(|(_, modules)| !modules.is_empty())
         .collect();
-    let mut included = order.clone();
-    for (_, modules) in &storage {
-        for m in modules {
-            if !included.contains(m) {
-                included.push(m.clone());
-            }
-        }
-    }
+    let included: std::collections::BTreeSet<&String> =
+        order.iter().chain(storage.iter().flat_map(|(_, modules)| modules)).collect();
     let mut boot = Tree::new();
     let dirs = ["bin", "dev", "etc", "etc/hyve", "lib", "lib/modules", "proc", "sys"];
     for dir in dirs {
@@ -99,7 +93,7 @@ pub fn tree(
         overlay::put(&mut boot, store, dir, Generated::Dir, mode, epoch)?;
     }
     let release = kernel.release.as_deref().unwrap_or_default();
-    for name in &included {
+    for name in included {
         let path = format!("lib/modules/{release}/{}", kernel.graph[name].path);
         let blob = full.file(&path).expect("an included module is a file in the tree");
         let compressed = store.read_all(blob).map_err(crate::fsutil::at_named(&path))?;
