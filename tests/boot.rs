@@ -1627,6 +1627,12 @@ fn boot_lima(arch: &str, qemu: &str) {
         assert!(std::time::Instant::now() < deadline, "no ssh login within 180 s (log: {})", vm.log.display());
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
+    // The guest agent is the service after sshd (55-lima-guestagent, 50-sshd): Lima's host
+    // agent waits for it to come up, and so does this (the checks below still require it).
+    let agent = "ps | grep -v grep | grep -q 'lima-guestagent daemon'";
+    while !ssh(&[], agent).status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
     // What Lima's host agent runs: `#!/bin/bash` scripts with sudo, the ready files.
     let checks = "set -o pipefail; echo shell=\\$BASH_VERSION; sudo -n true && echo sudo-ok; \
                   sudo cat /run/lima-ssh-ready /run/lima-boot-done /var/log/lima-test-marker; \
