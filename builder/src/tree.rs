@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use sha1::{Digest, Sha1};
+use sha1::Sha1;
+
+use crate::fsutil::Hashing;
 
 /// Where a file's bytes are in the content store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +35,9 @@ impl ContentStore {
 
     /// Copies `reader` in; returns where it went and its SHA-1.
     pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
-        append(&self.files[0], 0, &mut self.end, reader)
+        let mut hashing = Hashing::<_, Sha1>::new(reader);
+        let (offset, len) = append(&self.files[0], &mut self.end, &mut hashing)?;
+        Ok(Blob { segment: 0, offset, len, sha1: hashing.finish().1.into() })
     }
 
     pub fn add_bytes(&mut self, bytes: &[u8]) -> io::Result<Blob> {
@@ -84,16 +88,19 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Copies `reader` in; returns where it went and its SHA-1.
-    pub fn add(&mut self, reader: &mut dyn Read) -> io::Result<Blob> {
-        append(&self.file, self.segment, &mut self.end, reader)
+    /// Copies `reader` in; returns where it went, recorded with the `sha1` its bytes are
+    /// checked against by whoever reads them (a package's data: `PackageReader::read_data`,
+    /// whose failure discards every blob). It is not hashed twice: SHA-1 was a fifth of a
+    /// warm build's CPU.
+    pub fn add(&mut self, reader: &mut dyn Read, sha1: [u8; 20]) -> io::Result<Blob> {
+        let (offset, len) = append(&self.file, &mut self.end, reader)?;
+        Ok(Blob { segment: self.segment, offset, len, sha1 })
     }
 }
 
 /// Copies `reader` to `file` at `*end` (positioned writes: the file's descriptor is shared
-/// with the store's readers) and moves `*end` past it.
-fn append(file: &File, segment: u32, end: &mut u64, reader: &mut dyn Read) -> io::Result<Blob> {
-    let mut hasher = Sha1::new();
+/// with the store's readers) and moves `*end` past it; returns where it went and its length.
+fn append(file: &File, end: &mut u64, reader: &mut dyn Read) -> io::Result<(u64, u64)> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
     loop {
@@ -101,13 +108,12 @@ fn append(file: &File, segment: u32, end: &mut u64, reader: &mut dyn Read) -> io
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
         file.write_all_at(&buf[..n], *end + len)?;
         len += n as u64;
     }
-    let blob = Blob { segment, offset: *end, len, sha1: hasher.finalize().into() };
+    let offset = *end;
     *end += len;
-    Ok(blob)
+    Ok((offset, len))
 }
 
 pub struct BlobReader<'a> {
@@ -360,7 +366,7 @@ mod tests {
                 .map(|(k, mut w)| {
                     s.spawn(move || {
                         let text = |i| format!("writer {k}, blob {i}");
-                        (0..3).map(|i| w.add(&mut text(i).as_bytes()).unwrap()).collect()
+                        (0..3).map(|i| w.add(&mut text(i).as_bytes(), [0; 20]).unwrap()).collect()
                     })
                 })
                 .collect();

@@ -153,8 +153,9 @@ impl<R: BufRead> PackageReader<R> {
 
     /// Streams the data member. `visit` sees each entry and may read its content (it is
     /// hashed as it is read, and the rest is drained and hashed after `visit` returns).
-    /// Every file's SHA-1 and finally the member's datahash are checked; an error from any
-    /// of them means nothing `visit` saw may be used.
+    /// A file reaches `visit` only with a SHA-1 (`DataEntry::sha1`); every file's SHA-1 and
+    /// finally the member's datahash are checked; an error from any of them means nothing
+    /// `visit` saw may be used.
     pub fn read_data<F>(mut self, visit: F) -> Result<DataSummary>
     where
         F: FnMut(&DataEntry, &mut dyn Read) -> Result<()>,
@@ -222,6 +223,7 @@ impl<R: BufRead> PackageReader<R> {
                 };
                 entries += 1;
                 content_bytes += data_entry.size;
+                let expected = expected_checksum(&data_entry, &origin)?;
                 let mut hashing = Hashing::<_, Sha1>::new((&mut entry).take(data_entry.size));
                 visit(&data_entry, &mut hashing)?;
                 io::copy(&mut hashing, &mut io::sink()).map_err(map_io)?;
@@ -236,7 +238,9 @@ impl<R: BufRead> PackageReader<R> {
                         ),
                     });
                 }
-                check_entry_checksum(&data_entry, actual.into(), &origin)?;
+                if let Some(expected) = expected {
+                    check_entry_checksum(&data_entry, expected, actual.into(), &origin)?;
+                }
             }
         }
         // Drain padding and trailing zero blocks so the whole member is hashed and its CRC
@@ -400,14 +404,23 @@ pub fn normalize_entry_path(path: &str) -> Result<String, &'static str> {
     Ok(parts.join("/"))
 }
 
-fn check_entry_checksum(entry: &DataEntry, actual: [u8; 20], origin: &str) -> Result<()> {
+/// The SHA-1 a file or symlink must have (`None` for other kinds), refused before its bytes
+/// are read when the entry has none: `visit` sees a file only with the checksum its bytes
+/// are then checked against.
+fn expected_checksum(entry: &DataEntry, origin: &str) -> Result<Option<[u8; 20]>> {
+    match (&entry.kind, entry.sha1) {
+        (EntryKind::File | EntryKind::Symlink { .. }, None) => {
+            Err(Error::MissingFileChecksum { origin: origin.to_string(), path: entry.path.clone() })
+        }
+        (EntryKind::File | EntryKind::Symlink { .. }, sha1) => Ok(sha1),
+        _ => Ok(None),
+    }
+}
+
+fn check_entry_checksum(entry: &DataEntry, expected: [u8; 20], actual: [u8; 20], origin: &str) -> Result<()> {
     let actual = match &entry.kind {
-        EntryKind::File => actual,
         EntryKind::Symlink { target } => archive::symlink_sha1(target),
-        _ => return Ok(()),
-    };
-    let Some(expected) = entry.sha1 else {
-        return Err(Error::MissingFileChecksum { origin: origin.to_string(), path: entry.path.clone() });
+        _ => actual,
     };
     if expected != actual {
         return Err(Error::FileChecksumMismatch {
@@ -727,13 +740,44 @@ mod tests {
         assert!(e.contains("big.apk") && e.contains("\"big\"") && e.contains("declares 2147483648 bytes"), "{e}");
     }
 
+    /// The store records a file with the checksum of its entry, unhashed: a file without one
+    /// must not reach `visit` at all.
+    #[test]
+    fn a_file_without_a_checksum_never_reaches_visit() {
+        let key = test_key();
+        let mut tar = TarWriter::new(archive::gzip_writer(Vec::new(), 1));
+        let dir = DataEntry::owned_by_root("etc", EntryKind::Dir, 0o755, 0);
+        tar.append_data(&dir, &mut io::empty()).unwrap();
+        let file = DataEntry { size: 3, ..DataEntry::owned_by_root("etc/unsummed", EntryKind::File, 0o644, 0) };
+        tar.append_data(&file, &mut &b"abc"[..]).unwrap();
+        let data = tar.finish().unwrap().finish().unwrap();
+        let mut info = PkgInfo::new("bare", Version::parse("1").unwrap(), "x86_64");
+        let mut bytes = Vec::new();
+        assemble_package(&mut bytes, &mut info, &[], &data, &key, SigAlgo::RsaSha256).unwrap();
+        let mut seen = Vec::new();
+        let e = PackageReader::open(&bytes[..], "bare.apk", Limits::default(), None)
+            .unwrap()
+            .read_data(|entry, _| {
+                seen.push(entry.path.clone());
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(&e, Error::MissingFileChecksum { path, .. } if path == "etc/unsummed"), "{e}");
+        assert_eq!(seen, ["etc"]);
+    }
+
     /// 300 MiB of data under a declared `size = 100` stops at the limit the declaration
     /// allows, with no index to say otherwise.
     #[test]
     fn data_far_beyond_the_declared_size_is_refused() {
         let key = test_key();
         let big = 300u64 << 20;
-        let entry = DataEntry { size: big, ..DataEntry::owned_by_root("zeros", EntryKind::File, 0o644, 0) };
+        // The checksum is not reached: the limit stops the read first.
+        let entry = DataEntry {
+            size: big,
+            sha1: Some([0; 20]),
+            ..DataEntry::owned_by_root("zeros", EntryKind::File, 0o644, 0)
+        };
         let mut tar = TarWriter::new(archive::gzip_writer(Vec::new(), 1));
         tar.append_data(&entry, &mut io::repeat(0).take(big)).unwrap();
         let data = tar.finish().unwrap().finish().unwrap();

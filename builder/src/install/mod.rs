@@ -105,7 +105,11 @@ pub fn unpack(pkg: &PackageFile, arch: crate::apk::Arch, store: &mut StoreWriter
     reader
         .read_data(|entry, content| {
             let blob = match entry.kind {
-                EntryKind::File => Some(store.add(content).map_err(io_error)?),
+                // Checked against the bytes before `read_data` returns.
+                EntryKind::File => {
+                    let sha1 = entry.sha1.expect("read_data shows a file only with its checksum");
+                    Some(store.add(content, sha1).map_err(io_error)?)
+                }
                 _ => None,
             };
             entries.push((entry.clone(), blob));
