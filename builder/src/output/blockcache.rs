@@ -22,6 +22,7 @@
 //! its last whole record. It is a cache: losing it costs compressing again, so the build
 //! goes on without it, with a warning, when it cannot be read or written.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -29,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::compression::{CompressionAction, DefaultCompressor};
 use backhand::{BackhandError, FilesystemCompressor};
 use sha2::{Digest, Sha256};
 
@@ -41,6 +42,13 @@ pub type Key = [u8; 16];
 
 fn key_of(bytes: &[u8]) -> Key {
     xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
+}
+
+thread_local! {
+    /// One zstd context per worker thread: making one per block was a hundredth of a warm
+    /// build's CPU.
+    static DECOMPRESSOR: RefCell<zstd::bulk::Decompressor<'static>> =
+        RefCell::new(zstd::bulk::Decompressor::new().expect("zstd allocates a decompression context"));
 }
 
 /// A block compressed, and how.
@@ -132,8 +140,9 @@ impl BlockCache {
         if zstd::zstd_safe::find_frame_compressed_size(&compressed).ok()? != compressed.len() {
             return None;
         }
+        // Into exactly the block's length: a frame that holds more fails here.
         let mut plain = Vec::with_capacity(bytes.len());
-        DefaultCompressor.decompress(&compressed, &mut plain, Compressor::Zstd).ok()?;
+        DECOMPRESSOR.with_borrow_mut(|d| d.decompress_to_buffer(&compressed, &mut plain)).ok()?;
         (plain == bytes).then_some(compressed)
     }
 
@@ -159,8 +168,15 @@ impl BlockCache {
         if let Some(e) = failed {
             return Err(e);
         }
-        // No sync: a pack lost or cut short by a crash only costs compressing again.
-        out.into_inner().map_err(|e| e.into_error())?.persist(&self.path).map_err(|e| e.error)?;
+        // No sync: a pack lost or cut short by a crash only costs compressing again. The old
+        // pack is removed first, not renamed over: ext4 (auto_da_alloc) writes back a file
+        // renamed over another at once, on the renaming thread (a tenth of a second here).
+        let pack = out.into_inner().map_err(|e| e.into_error())?;
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        pack.persist(&self.path).map_err(|e| e.error)?;
         Ok(())
     }
 }
