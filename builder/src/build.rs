@@ -3,6 +3,7 @@
 //! (`fsutil::StagingDir`), so a failed or killed build leaves the previous output untouched
 //! and nothing half-written.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
 
@@ -173,7 +174,7 @@ fn fetch_and_install(
     // while it holds one, so the largest package (fetched first) gets a whole CPU instead
     // of a share among every fetch worker's.
     let slots = (opts.workers as usize).clamp(1, session.fetcher.workers(reqs.len()));
-    let writers = WriterPool { free: Mutex::new(store.writers(slots).map_err(store_error)?), returned: Condvar::new() };
+    let writers = WriterPool::new(store.writers(slots).map_err(store_error)?);
     let mut tree = Tree::new();
     let mut installer = Installer::new(&mut tree, &mut store);
     session.fetcher.packages_each(
@@ -189,7 +190,7 @@ fn fetch_and_install(
                 sha256: locked.sha256.clone(),
                 installed_size: locked.installed_size,
             };
-            let mut writer = writers.take();
+            let mut writer = writers.take((std::cmp::Reverse(locked.size), i));
             if cancel.is_cancelled() {
                 return Err(BuildError::Interrupted);
             }
@@ -203,17 +204,41 @@ fn fetch_and_install(
 
 /// The content store's writers not in use.
 struct WriterPool {
-    free: Mutex<Vec<StoreWriter>>,
+    state: Mutex<PoolState>,
     returned: Condvar,
 }
 
+/// Which package waits first for a writer: the largest (then the first in the lock).
+type Priority = (std::cmp::Reverse<u64>, usize);
+
+struct PoolState {
+    free: Vec<StoreWriter>,
+    waiting: BTreeSet<Priority>,
+}
+
 impl WriterPool {
-    /// A writer, once one is free; it goes back when dropped (also in a panic, so that no
-    /// worker waits for it forever).
-    fn take(&self) -> PooledWriter<'_> {
-        let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut free = self.returned.wait_while(free, |f| f.is_empty()).unwrap_or_else(PoisonError::into_inner);
-        PooledWriter { pool: self, writer: free.pop() }
+    fn new(writers: Vec<StoreWriter>) -> Self {
+        WriterPool {
+            state: Mutex::new(PoolState { free: writers, waiting: BTreeSet::new() }),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// A writer, once one is free and no larger package waits for one: the fetch workers
+    /// outnumber the writers, and the order a writer went to the waiting workers in was the
+    /// scheduler's, so the kernel (a sixth of the bytes) could start last and finish alone.
+    /// It goes back when dropped (also in a panic, so that no worker waits for it forever).
+    fn take(&self, priority: Priority) -> PooledWriter<'_> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.waiting.insert(priority);
+        let mut state = (self.returned)
+            .wait_while(state, |s| s.free.is_empty() || s.waiting.first() != Some(&priority))
+            .unwrap_or_else(PoisonError::into_inner);
+        state.waiting.remove(&priority);
+        let writer = state.free.pop();
+        // The next in line may find another free writer.
+        self.returned.notify_all();
+        PooledWriter { pool: self, writer }
     }
 }
 
@@ -237,9 +262,9 @@ impl std::ops::DerefMut for PooledWriter<'_> {
 
 impl Drop for PooledWriter<'_> {
     fn drop(&mut self) {
-        let mut free = self.pool.free.lock().unwrap_or_else(PoisonError::into_inner);
-        free.extend(self.writer.take());
-        self.pool.returned.notify_one();
+        let mut state = self.pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.free.extend(self.writer.take());
+        self.pool.returned.notify_all();
     }
 }
 
@@ -664,6 +689,30 @@ fn efi_stub(tree: &Tree, store: &ContentStore, arch: Arch) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writers go to the largest package waiting, not to whichever thread wakes first.
+    #[test]
+    fn a_returned_writer_goes_to_the_largest_package_waiting() {
+        let mut store = ContentStore::new().unwrap();
+        let pool = WriterPool::new(store.writers(1).unwrap());
+        let held = pool.take((std::cmp::Reverse(0), 0));
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (i, size) in [(1, 10u64), (2, 30), (3, 20), (4, 30)] {
+                let (pool, order) = (&pool, &order);
+                s.spawn(move || {
+                    let _writer = pool.take((std::cmp::Reverse(size), i));
+                    order.lock().unwrap().push(i);
+                });
+            }
+            while pool.state.lock().unwrap().waiting.len() < 4 {
+                std::thread::yield_now();
+            }
+            drop(held);
+        });
+        // The largest first; of two the same size, the first in the lock.
+        assert_eq!(*order.lock().unwrap(), [2, 4, 3, 1]);
+    }
 
     #[test]
     fn console_per_arch() {
