@@ -345,16 +345,13 @@ fn build_steps(session: &Session, arch: Arch, opts: &BuildOptions, out: &Path) -
     // Write everything beside the target, then swap it in.
     let staging = fsutil::StagingDir::beside(out).map_err(fsutil::at(out))?;
     let mut writer = OutputWriter { session, arch, opts, phases: &mut phases };
-    let written = writer.write_all(staging.path(), &section, &guest, &tree, &mut store)?;
+    let written = writer.write_all(staging.path(), &section, &guest, tree, store)?;
     warnings.extend(written.warnings);
     if profile.formats.contains(&OutputFormat::Lima) {
         write_lima_template(staging.path(), out, profile, arch, &written.outputs)?;
     }
-    // The tree and the store (files of hundreds of MB in the page cache) are freed while the
-    // outputs are swapped in and the old ones removed.
-    let freeing = std::thread::spawn(move || drop((tree, store)));
     staging.commit().map_err(fsutil::at(out))?;
-    let _ = freeing.join();
+    let _ = written.freeing.join();
     Ok(BuildResult {
         dir: out.to_path_buf(),
         arch,
@@ -527,6 +524,8 @@ struct Written {
     root_blocks: Option<RootBlocks>,
     /// About the outputs (the block cache's), for `BuildResult::warnings`.
     warnings: Vec<String>,
+    /// The thread freeing the tree and the content store.
+    freeing: std::thread::JoinHandle<()>,
 }
 
 /// Writes the outputs of one build, timing its phases.
@@ -545,8 +544,8 @@ impl OutputWriter<'_, '_> {
         dir: &Path,
         section: &crate::lock::ArchLock,
         guest: &Guest,
-        tree: &Tree,
-        store: &mut ContentStore,
+        tree: Tree,
+        mut store: ContentStore,
     ) -> Result<Written> {
         let (profile, arch, opts, reporter) = (&self.session.profile, self.arch, self.opts, self.phases.reporter());
         let cmdline = &guest.manifest.cmdline;
@@ -558,27 +557,29 @@ impl OutputWriter<'_, '_> {
         let (mut entries, mut root_blocks, mut warnings) = (0, None, Vec::new());
         let wants_disk = profile.formats.contains(&OutputFormat::Disk);
         let wants_initrd = profile.formats.contains(&OutputFormat::Initrd);
+        let root_path = dir.join(ROOT_IMAGE);
+        // The images made from the tree: root image, initramfs, and the disk's EFI stub.
+        let mut images = None;
         if wants_initrd || wants_disk {
             // A squashfs root: the tree goes into the image, the initramfs only finds it.
-            let root_path = dir.join(ROOT_IMAGE);
             let boot_tree;
-            let (initrd_tree, root) = if profile.root == RootFormat::Squashfs {
+            let (initrd_tree, root_size) = if profile.root == RootFormat::Squashfs {
                 let block_cache = opts.block_cache.then(|| block_cache_path(self.session, arch));
-                let written = self.phases.run(Phase::Root, squashfs::input_bytes(tree), || {
+                let written = self.phases.run(Phase::Root, squashfs::input_bytes(&tree), || {
                     let settings = squashfs::Settings {
                         level: squashfs::DEFAULT_LEVEL,
                         epoch: guest.epoch,
                         cache: block_cache.as_deref(),
                     };
-                    squashfs::write(&root_path, tree, store, settings, &opts.cancel, reporter)
+                    squashfs::write(&root_path, &tree, &store, settings, &opts.cancel, reporter)
                 })?;
-                boot_tree = bootinitrd::tree(tree, store, &guest.kernel, &written.superblock, guest.epoch)?;
+                boot_tree = bootinitrd::tree(&tree, &mut store, &guest.kernel, &written.superblock, guest.epoch)?;
                 warnings.extend(written.warnings);
                 root_blocks =
                     Some(RootBlocks { total: written.blocks, cached: written.blocks_cached, cache: written.cache });
-                (&boot_tree, Some(Artifact { name: ROOT_IMAGE.into(), sha256: written.sha256, size: written.size }))
+                (&boot_tree, Some(written.size))
             } else {
-                (tree, None)
+                (&tree, None)
             };
             let initrd_path = dir.join("initrd.img");
             let settings = initrd::Settings {
@@ -587,18 +588,30 @@ impl OutputWriter<'_, '_> {
                 workers: opts.workers,
                 epoch: guest.epoch,
             };
-            let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(initrd_tree), || {
-                initrd::write(&initrd_path, initrd_tree, store, &settings, &opts.cancel, reporter)
+            // The root image is hashed while the initramfs is compressed (each on one CPU).
+            let (written, root) = std::thread::scope(|s| -> Result<_> {
+                let root_hash = root_size.map(|_| s.spawn(|| fsutil::sha256_of_file(&root_path)));
+                let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(initrd_tree), || {
+                    initrd::write(&initrd_path, initrd_tree, &store, &settings, &opts.cancel, reporter)
+                });
+                let root = root_hash.map(|h| h.join().expect("hashing does not panic")).transpose()?;
+                Ok((written?, root.map(|(sha256, size)| Artifact { name: ROOT_IMAGE.into(), sha256, size })))
             })?;
             entries = written.entries;
             let initrd = Artifact { name: "initrd.img".into(), sha256: written.sha256, size: written.size };
-            if wants_disk {
+            let stub = if wants_disk { Some(efi_stub(&tree, &store, arch)?) } else { None };
+            images = Some((root, initrd, stub));
+        }
+        // Nothing below reads the tree or the store: they (files of hundreds of MB in the page
+        // cache) are freed on a thread while the disk image is written and hashed.
+        let freeing = std::thread::spawn(move || drop((tree, store)));
+        if let Some((root, initrd, stub)) = images {
+            if let Some(stub) = stub {
                 let arch_name = arch.to_string();
                 let mut seed: Vec<&str> =
                     vec![&section.inputs_hash, &arch_name, &profile.name, &kernel_sha256, &initrd.sha256, cmdline];
                 seed.extend(root.as_ref().map(|r| r.sha256.as_str()));
                 let root_file = root.as_ref().map(|r| (root_path.as_path(), r.size));
-                let stub = efi_stub(tree, store, arch)?;
                 outputs.push(self.write_disk_image(dir, guest, &stub, &initrd, root_file, &seed)?);
             }
             if wants_initrd {
@@ -631,7 +644,7 @@ impl OutputWriter<'_, '_> {
                 .map_err(fsutil::at(&p))?;
         }
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fsutil::at(dir))?;
-        Ok(Written { outputs, entries, root_blocks, warnings })
+        Ok(Written { outputs, entries, root_blocks, warnings, freeing })
     }
 
     /// `disk.img` in `dir`, on the systemd EFI stub the packages installed (`output::guestdisk`),
