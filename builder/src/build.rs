@@ -226,7 +226,7 @@ impl WriterPool {
 
     /// A writer, once one is free and no larger package waits for one: the fetch workers
     /// outnumber the writers, and the order a writer went to the waiting workers in was the
-    /// scheduler's, so the kernel (a sixth of the bytes) could start last and finish alone.
+    /// scheduler's, so a large package could start last and finish alone on one CPU.
     /// It goes back when dropped (also in a panic, so that no worker waits for it forever).
     fn take(&self, priority: Priority) -> PooledWriter<'_> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
