@@ -275,13 +275,20 @@ fn staging_prefix(target: &Path) -> (&Path, String) {
 /// A new temporary file beside `target` (`.NAME.tmp-XXXXXX`), locked (`flock`) by this
 /// process while it is open, after removing the ones killed runs left there.
 pub fn locked_temp_beside(target: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    remove_abandoned_beside(target)?;
     let (parent, prefix) = staging_prefix(target);
-    remove_abandoned(parent, &prefix)?;
     let tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(parent)?;
     if !try_lock(tmp.as_file())? {
         return Err(std::io::Error::other(format!("{} is locked by another process", tmp.path().display())));
     }
     Ok(tmp)
+}
+
+/// Removes the temporary files beside `target` that killed runs left there (those that no
+/// process holds).
+pub fn remove_abandoned_beside(target: &Path) -> std::io::Result<()> {
+    let (parent, prefix) = staging_prefix(target);
+    remove_abandoned(parent, &prefix)
 }
 
 /// Removes the staging directories and temporary files under `parent` named `prefix*` that

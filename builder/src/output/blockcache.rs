@@ -19,13 +19,15 @@
 //! blocks, beside the old one (locked while written; one a killed build left is removed by
 //! the next) and renamed over it at the end, so the pack never outgrows the image it
 //! describes and a reader never sees half of one; a pack cut short (a crash) is used up to
-//! its last whole record. It is a cache: losing it costs compressing again, so the build
+//! its last whole record. An image whose blocks are the old pack's, in its order (a rebuild
+//! of what did not change), leaves the old pack as it is: nothing is written until the new
+//! pack would differ from it. It is a cache: losing it costs compressing again, so the build
 //! goes on without it, with a warning, when it cannot be read or written.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -77,6 +79,7 @@ pub fn compress(
 /// Compressed blocks of the last image, and the pack of the image being written.
 pub struct BlockCache {
     path: PathBuf,
+    header: String,
     fc: FilesystemCompressor,
     block_size: u32,
     old: Option<OldPack>,
@@ -87,10 +90,17 @@ pub struct BlockCache {
 struct OldPack {
     file: File,
     records: HashMap<Key, (u64, u32)>,
+    /// The keys in the order of their records in the file.
+    order: Vec<Key>,
 }
 
 struct NewPack {
-    out: BufWriter<tempfile::NamedTempFile>,
+    /// How many of the old pack's records, in its order, the image's blocks were so far,
+    /// while the new pack is the same as the old one up to there.
+    same: usize,
+    /// The new pack, once it differs from the old one (~100 MB not written and freed again
+    /// on every rebuild of what did not change).
+    out: Option<BufWriter<tempfile::NamedTempFile>>,
     kept: HashSet<Key>,
     /// The first write that failed, reported by [`BlockCache::commit`].
     failed: Option<io::Error>,
@@ -111,10 +121,9 @@ impl BlockCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut out = BufWriter::with_capacity(1 << 20, fsutil::locked_temp_beside(path)?);
-        out.write_all(header.as_bytes())?;
-        let new = NewPack { out, kept: HashSet::new(), failed: None };
-        Ok(BlockCache { path: path.to_path_buf(), fc, block_size, old, new: Mutex::new(Some(new)) })
+        fsutil::remove_abandoned_beside(path)?;
+        let new = NewPack { same: 0, out: None, kept: HashSet::new(), failed: None };
+        Ok(BlockCache { path: path.to_path_buf(), header, fc, block_size, old, new: Mutex::new(Some(new)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -154,20 +163,59 @@ impl BlockCache {
         if !pack.kept.insert(key) {
             return;
         }
+        if pack.out.is_none() {
+            // The old pack's next record, taken from it: the packs are still the same.
+            if block.cached && self.old.as_ref().and_then(|old| old.order.get(pack.same)) == Some(&key) {
+                pack.same += 1;
+                return;
+            }
+            if let Err(e) = self.start_writing(pack) {
+                pack.failed = Some(e);
+                return;
+            }
+        }
+        let out = pack.out.as_mut().expect("started above");
         let len = u32::try_from(block.compressed.len()).expect("a compressed block is smaller than 4 GiB");
-        let written = (pack.out.write_all(&key))
-            .and_then(|()| pack.out.write_all(&len.to_le_bytes()))
-            .and_then(|()| pack.out.write_all(&block.compressed));
+        let written = (out.write_all(&key))
+            .and_then(|()| out.write_all(&len.to_le_bytes()))
+            .and_then(|()| out.write_all(&block.compressed));
         pack.failed = written.err();
+    }
+
+    /// Starts the new pack beside the old one: the header, and the old pack's records it
+    /// has been the same as so far, copied.
+    fn start_writing(&self, pack: &mut NewPack) -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, fsutil::locked_temp_beside(&self.path)?);
+        out.write_all(self.header.as_bytes())?;
+        if let Some(old) = self.old.as_ref().filter(|_| pack.same > 0) {
+            let (offset, len) = old.records[&old.order[pack.same - 1]];
+            let start = self.header.len() as u64;
+            let mut file = &old.file;
+            file.seek(SeekFrom::Start(start))?;
+            let want = offset + u64::from(len) - start;
+            if io::copy(&mut file.take(want), &mut out)? != want {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the old pack was cut short while read"));
+            }
+        }
+        pack.out = Some(out);
+        Ok(())
     }
 
     /// Puts the new pack in place of the old one.
     pub fn commit(&self) -> io::Result<()> {
         let pack = self.new.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(NewPack { out, failed, .. }) = pack else { return Ok(()) };
-        if let Some(e) = failed {
+        let Some(mut pack) = pack else { return Ok(()) };
+        if let Some(e) = pack.failed.take() {
             return Err(e);
         }
+        if pack.out.is_none() {
+            if self.old.as_ref().is_some_and(|old| pack.same == old.order.len()) {
+                return Ok(());
+            }
+            // The image's blocks were the old pack's first ones only (or there is no old pack).
+            self.start_writing(&mut pack)?;
+        }
+        let out = pack.out.expect("started above");
         // No sync: a pack lost or cut short by a crash only costs compressing again. The old
         // pack is removed first, not renamed over: ext4 (auto_da_alloc) writes back a file
         // renamed over another at once, on the renaming thread (a tenth of a second here).
@@ -205,7 +253,7 @@ fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
         return Ok(None);
     }
     let end = file.metadata()?.len();
-    let mut records = HashMap::new();
+    let (mut records, mut order) = (HashMap::new(), Vec::new());
     let mut at = header.len() as u64;
     let mut head = [0u8; RECORD_HEAD];
     while file.read_exact_at(&mut head, at).is_ok() {
@@ -216,10 +264,12 @@ fn read_pack(file: File, header: &str) -> io::Result<Option<OldPack>> {
         if at + u64::from(len) > end {
             break;
         }
-        records.insert(key, (at, len));
+        // A key twice (no pack hyve writes has one) is found at its first record.
+        records.entry(key).or_insert((at, len));
+        order.push(key);
         at += u64::from(len);
     }
-    Ok(Some(OldPack { file, records }))
+    Ok(Some(OldPack { file, records, order }))
 }
 
 #[cfg(test)]
@@ -319,12 +369,46 @@ mod tests {
         let writing = BlockCache::open(&path, 6, 131072).unwrap();
         assert!(!left.exists());
         let temps = || std::fs::read_dir(d.path()).unwrap().count();
+        let keep = |cache: &BlockCache| cache.keep(&compress(Some(cache), &block(7), zstd(6), 131072).unwrap());
+        keep(&writing);
         assert_eq!(temps(), 1, "the one being written");
         let other = BlockCache::open(&path, 6, 131072).unwrap();
+        keep(&other);
         assert_eq!(temps(), 2, "both being written");
         writing.commit().unwrap();
         other.commit().unwrap();
         assert_eq!(temps(), 1, "the pack alone");
         assert!(path.exists());
+    }
+
+    /// A rebuild whose blocks are the pack's, in its order, leaves the pack as it is; one that
+    /// differs anywhere, or ends sooner, writes a new pack of exactly its own blocks.
+    #[test]
+    fn an_unchanged_image_leaves_the_pack_unwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.pack");
+        let blocks = [block(7), block(13), block(17)];
+        pass(&path, 6, &blocks);
+        let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        let (first, bytes) = (inode(), std::fs::read(&path).unwrap());
+        assert_eq!(pass(&path, 6, &blocks).1, 3);
+        assert_eq!((inode(), std::fs::read(&path).unwrap()), (first, bytes.clone()), "not rewritten");
+        // Fewer blocks: the pack is cut to them.
+        assert_eq!(pass(&path, 6, &blocks[..2]).1, 2);
+        assert_ne!(inode(), first);
+        let two = bytes.len() - RECORD_HEAD - fresh(&block(17), 6).len();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes[..two]);
+        // Another order, then a new block after the same ones: rewritten each time, and a
+        // pack as a fresh cache would write it.
+        let swapped = [block(13), block(7)];
+        pass(&path, 6, &swapped);
+        let direct = d.path().join("direct.pack");
+        pass(&direct, 6, &swapped);
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&direct).unwrap());
+        let longer = [block(13), block(7), block(19)];
+        assert_eq!(pass(&path, 6, &longer).1, 2);
+        let direct = d.path().join("direct-longer.pack");
+        pass(&direct, 6, &longer);
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&direct).unwrap());
     }
 }
