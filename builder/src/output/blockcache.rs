@@ -47,10 +47,13 @@ fn key_of(bytes: &[u8]) -> Key {
 }
 
 thread_local! {
-    /// One zstd context per worker thread: making one per block was a hundredth of a warm
-    /// build's CPU.
-    static DECOMPRESSOR: RefCell<zstd::bulk::Decompressor<'static>> =
-        RefCell::new(zstd::bulk::Decompressor::new().expect("zstd allocates a decompression context"));
+    /// One zstd context and one buffer for the decompressed block per worker thread: making
+    /// a context per block was a hundredth of a warm build's CPU, and a fresh 128 KiB buffer
+    /// per block (memory the allocator maps and unmaps again) half of its page faults.
+    static CHECKER: RefCell<(zstd::bulk::Decompressor<'static>, Vec<u8>)> = RefCell::new((
+        zstd::bulk::Decompressor::new().expect("zstd allocates a decompression context"),
+        Vec::new(),
+    ));
 }
 
 /// A block compressed, and how.
@@ -149,10 +152,14 @@ impl BlockCache {
         if zstd::zstd_safe::find_frame_compressed_size(&compressed).ok()? != compressed.len() {
             return None;
         }
-        // Into exactly the block's length: a frame that holds more fails here.
-        let mut plain = Vec::with_capacity(bytes.len());
-        DECOMPRESSOR.with_borrow_mut(|d| d.decompress_to_buffer(&compressed, &mut plain)).ok()?;
-        (plain == bytes).then_some(compressed)
+        let same = CHECKER.with_borrow_mut(|(decompressor, plain)| {
+            // Into the buffer's room, at least the block's length: a frame that holds more
+            // fails here or in the comparison.
+            plain.clear();
+            plain.reserve(bytes.len());
+            decompressor.decompress_to_buffer(&compressed, plain).is_ok_and(|_| plain[..] == *bytes)
+        });
+        same.then_some(compressed)
     }
 
     /// Puts a block the image holds into the new pack (once per key).

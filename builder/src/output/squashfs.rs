@@ -317,6 +317,10 @@ struct HandoffState {
     /// Compressed blocks the writer took.
     taken: usize,
     stopped: bool,
+    /// The bytes of blocks the writer is done with, for the workers to read the next ones
+    /// into: a fresh 128 KiB buffer per block came from memory the allocator had given back
+    /// to the kernel, and faulting it in again was most of a warm build's page faults.
+    spare: Vec<Vec<u8>>,
 }
 
 /// A planned block's bytes, ready for the writer in their compressed form.
@@ -363,16 +367,16 @@ impl Ahead {
             // Whatever happens here, the writer finds the block (as `None` if not compressed).
             let mut fill = Fill { handoff: &self.handoff, i, block: None };
             let state = self.handoff.lock();
-            if self
-                .handoff
-                .taken
+            let mut state = (self.handoff.taken)
                 .wait_while(state, |s| i >= s.head + Self::WINDOW && !s.stopped)
-                .unwrap_or_else(PoisonError::into_inner)
-                .stopped
-            {
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.stopped {
                 return;
             }
-            let mut bytes = vec![0; len];
+            let mut bytes = state.spare.pop().unwrap_or_default();
+            drop(state);
+            bytes.clear();
+            bytes.resize(len, 0);
             if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
                 fill.block = blockcache::compress(self.handoff.cache.as_ref(), &bytes, self.fc, BLOCK_SIZE)
                     .ok()
@@ -453,7 +457,8 @@ impl Handoff {
             let block = state.ready.remove(&head).expect("waited for it");
             state.head += 1;
             self.taken.notify_all();
-            if let Some(ReadyBlock { packed, .. }) = block {
+            if let Some(ReadyBlock { packed, bytes }) = block {
+                state.spare.push(bytes);
                 state.taken += 1;
                 return Some(packed);
             }
