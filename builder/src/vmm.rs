@@ -81,6 +81,9 @@ pub enum VmmError {
     /// A folder share this VMM or boot path cannot carry.
     #[error("--share {share}: {why}")]
     Share { share: String, why: String },
+    /// More disks than this VMM has PCI slots left for.
+    #[error("{count} disks ({what}), but {vmm} has PCI slots for {max}; attach fewer with --disk")]
+    TooManyDisks { vmm: &'static str, count: usize, what: &'static str, max: usize },
 }
 
 /// An output directory to boot.
@@ -791,8 +794,16 @@ fn hyperkit_or_xhyve(vmm: Vmm, guest: &Guest, opts: &RunOptions) -> Result<Invoc
     // src/lib/block_if.c and xhyve src/block_if.c `blockif_open`: the host opens it
     // O_RDONLY; the guest is not told, and mounts it read-only anyway).
     let root = guest.root.iter().map(|r| format!("{},ro", r.path.display()));
-    let disks = opts.disks.iter().map(|d| d.display().to_string()).chain(root);
-    for (slot, d) in (5..).zip(disks) {
+    let disks: Vec<String> = opts.disks.iter().map(|d| d.display().to_string()).chain(root).collect();
+    // One device per slot; slots are 0..=31 (hyperkit 156a12f src/lib/pci_emul.c and xhyve
+    // 0871fe9 src/pci_emul.c, `pci_parse_slot`), 31 is the LPC bridge above, so the disks
+    // have 5..=30.
+    const DISK_SLOTS: std::ops::RangeInclusive<usize> = 5..=30;
+    if disks.len() > DISK_SLOTS.clone().count() {
+        let what = if guest.root.is_some() { "the --disk images and the root image" } else { "the --disk images" };
+        return Err(VmmError::TooManyDisks { vmm: name, count: disks.len(), what, max: DISK_SLOTS.count() });
+    }
+    for (slot, d) in DISK_SLOTS.zip(disks) {
         inv.argv.extend(strings(&["-s", &format!("{slot}:0,virtio-blk,{d}")]));
     }
     if !opts.ports.is_empty() {
@@ -1278,6 +1289,24 @@ mod tests {
         let efi = RunOptions { efi: true, firmware: Some(fw), ..opts() };
         let a = invocation(Vmm::Qemu, &with_root, &efi).unwrap().argv;
         assert!(!a.iter().any(|w| w.contains("root.squashfs")), "{a:?}");
+    }
+
+    /// hyperkit and xhyve give each disk a PCI slot of its own, from 5 to 30: 26 disks with
+    /// the root image fill them, one more is refused rather than put on the LPC bridge's slot.
+    #[test]
+    fn hyperkit_disks_fit_their_pci_slots() {
+        let with_root =
+            Guest { root: Some(RootImage { path: "/o/root.squashfs".into(), size: 1 }), ..guest(Arch::X86_64) };
+        let disks = |n: usize| RunOptions { disks: (0..n).map(|i| format!("/d/{i}.img").into()).collect(), ..opts() };
+        for vmm in [Vmm::Hyperkit, Vmm::Xhyve] {
+            let argv = invocation(vmm, &with_root, &disks(25)).unwrap().argv;
+            let slots = values(&argv, "-s");
+            assert_eq!(slots.iter().filter(|s| s.contains("virtio-blk")).count(), 26);
+            assert!(slots.contains(&"30:0,virtio-blk,/o/root.squashfs,ro") && slots.contains(&"31,lpc"), "{slots:?}");
+            let e = invocation(vmm, &with_root, &disks(26)).unwrap_err().to_string();
+            assert!(e.contains("27 disks") && e.contains("slots for 26"), "{e}");
+            assert!(invocation(vmm, &guest(Arch::X86_64), &disks(26)).is_ok());
+        }
     }
 
     /// `--share`: vfkit's virtio-fs device and QEMU's vhost-user-fs with virtiofsd serving
