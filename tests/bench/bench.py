@@ -4,7 +4,7 @@
 Uses the release binary and the test mirror (a TEST FIXTURE built from Debian's binaries,
 `make mirror`). `minimal` is built and booted in both root modes: "squashfs" (its default)
 and "initramfs" (a profile extending it). Every figure is the median of BENCH_RUNS runs
-(default 3; boots: BENCH_BOOTS, default 1). Prints a table and writes
+(default 5; boots: BENCH_BOOTS, default 1). Prints a table and writes
 target/bench/results.json. It never fails on a time: the figures are for reading, and the
 README quotes a real run.
 
@@ -16,6 +16,7 @@ README quotes a real run.
                   newc | zstd -12 -T0` (the initramfs) and `mksquashfs -comp zstd
                   -Xcompression-level 6` on every CPU (the root image), run right after each
                   warm (and uncached) build: hyve/baseline is the median of those pairs' ratios
+                  (their range beside it, every pair in results.json)
   classic         the same packages (the lock's, from the cache) unpacked by GNU tar, one after
                   another in the lock's order, then that tree packed by mksquashfs as above: the
                   job done the classic way, without any of hyve's checks (no signature, pin, Q1,
@@ -54,7 +55,7 @@ MIRROR = ROOT / "target/test-mirror"
 KEY = ROOT / "tests/keys/hyve-test-mirror.rsa.pub"
 PROFILE = ROOT / "profiles/minimal.toml"
 OUT = ROOT / "target/bench"
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 BOOTS = int(os.environ.get("BENCH_BOOTS", "1"))
 # hyve's zstd level for an initramfs (output::compress) and for the root image (output::squashfs).
 INITRD_ZSTD_LEVEL = 12
@@ -240,7 +241,8 @@ def main():
         results["modes"][mode] = {"warm_build_s": med([w[0] for w in warm]),
                                   "warm_peak_rss_kib": max(w[1] for w in warm), "sizes": sizes,
                                   "baseline_s": med([b[0] for b in baseline]),
-                                  "ratio_warm_vs_baseline": med([w[0] / b[0] for w, b in zip(warm, baseline)])}
+                                  "ratio_warm_vs_baseline": med([w[0] / b[0] for w, b in zip(warm, baseline)]),
+                                  "pairs_s": [[w[0], b[0]] for w, b in zip(warm, baseline)]}
         if mode == "squashfs":
             results["modes"][mode]["baseline_size"] = image.stat().st_size
             image.unlink()
@@ -252,6 +254,7 @@ def main():
             image.unlink()
             results["modes"][mode]["uncached_build_s"] = med([u[0] for u in uncached])
             results["modes"][mode]["ratio_uncached_vs_baseline"] = med([u[0] / b[0] for u, b in zip(uncached, baseline)])
+            results["modes"][mode]["uncached_pairs_s"] = [[u[0], b[0]] for u, b in zip(uncached, baseline)]
     classic = [classic_build(work, cache, lock) for _ in range(RUNS)]
     results["modes"]["squashfs"]["classic_s"] = med(classic)
     results["modes"]["squashfs"]["ratio_warm_vs_classic"] = results["modes"]["squashfs"]["warm_build_s"] / med(classic)
@@ -278,6 +281,7 @@ def main():
 
     mib = lambda n: f"{n / 2**20:.1f} MiB"
     secs = lambda s: f"{s:.1f} s" if s is not None else "n/a"
+    spread = lambda pairs: "pairs {:.2f}-{:.2f}".format(*(f(a / b for a, b in pairs) for f in (min, max)))
     rows = []
     boot_rows = lambda label, r: [
         row for which in ["first", "second"] for b in [r[f"{which}_boot"]] for row in [
@@ -289,11 +293,12 @@ def main():
         tool = "find|sort|cpio|zstd" if mode == "initramfs" else "mksquashfs"
         rows += [
             (f"{mode}: warm build of minimal", f"{r['warm_build_s']:.2f} s", f"peak RSS {mib(r['warm_peak_rss_kib'] * 1024)}"),
-            (f"{mode}: {tool} of the same tree", f"{r['baseline_s']:.2f} s", f"hyve/baseline {r['ratio_warm_vs_baseline']:.2f}"),
+            (f"{mode}: {tool} of the same tree", f"{r['baseline_s']:.2f} s",
+             f"hyve/baseline {r['ratio_warm_vs_baseline']:.2f} ({spread(r['pairs_s'])})"),
         ]
         if "uncached_build_s" in r:
             rows.append((f"{mode}: warm build, block cache emptied", f"{r['uncached_build_s']:.2f} s",
-                         f"hyve/baseline {r['ratio_uncached_vs_baseline']:.2f} (every block compressed again)"))
+                         f"hyve/baseline {r['ratio_uncached_vs_baseline']:.2f} ({spread(r['uncached_pairs_s'])}; every block compressed again)"))
         rows += boot_rows(mode, r)
         rows += [(f"{mode}: size of {k}", mib(v), "") for k, v in r["sizes"].items()]
     sq = results["modes"]["squashfs"]
