@@ -1297,7 +1297,7 @@ fn no_way_in_without_a_key(out: &Path) {
 
 /// The `dev` additions, on both arches: sshd takes root's key from the user data and keeps its
 /// host keys on the data disk, so the second boot presents the same host key; the in-guest
-/// docker CLI and curl work; then a third boot finds the root on a virtio-scsi disk. (The real `dev` profile also has docker-cli-compose, which the test
+/// docker CLI and curl work; then two more boots find the root on a virtio-scsi disk and on an NVMe one. (The real `dev` profile also has docker-cli-compose, which the test
 /// mirror cannot provide from Debian; this test profile is `dev` without it, on either mirror.
 /// `make test-alpine` builds the real `dev` too.)
 #[test]
@@ -1391,27 +1391,66 @@ fn boot_dev_ssh(arch: &str, qemu: &str) {
         power_off(&vm);
         vm.wait_powered_off(180);
     }
-    root_on_virtio_scsi(&out, arch);
+    for controller in [RootController::VirtioScsi, RootController::Nvme] {
+        root_on_another_controller(&out, arch, controller);
+    }
+}
+
+/// A disk controller other than virtio-blk that the root image may sit on.
+#[derive(Clone, Copy)]
+enum RootController {
+    /// Its drivers (virtio_scsi, sd_mod, scsi_mod) are modules in Alpine's linux-virt and in
+    /// the test mirror's kernel alike: the boot initramfs must find the controller and load
+    /// them itself.
+    VirtioScsi,
+    /// A module in Alpine's linux-virt (loaded the same way), but built into the test
+    /// mirror's kernel: this boot checks that stage 1 finds the root on an NVMe namespace,
+    /// not the module's loading (tests/mirror/README.md).
+    Nvme,
+}
+
+impl RootController {
+    fn name(self) -> &'static str {
+        match self {
+            RootController::VirtioScsi => "virtio-scsi",
+            RootController::Nvme => "nvme",
+        }
+    }
+
+    /// QEMU's options for the root image on this controller.
+    fn qemu_options(self, root: &str) -> String {
+        let drive = format!("-drive file={root},format=raw,if=none,id=root,readonly=on");
+        match self {
+            RootController::VirtioScsi => {
+                format!("-device virtio-scsi-pci,id=scsi0 {drive} -device scsi-hd,drive=root,bus=scsi0.0")
+            }
+            RootController::Nvme => format!("{drive} -device nvme,drive=root,serial=hyve-root"),
+        }
+    }
+
+    /// The block device the guest sees the root as.
+    fn guest_device(self) -> &'static str {
+        match self {
+            RootController::VirtioScsi => "/dev/sda",
+            RootController::Nvme => "/dev/nvme0n1",
+        }
+    }
 }
 
 /// The root image on another disk controller than virtio-blk, as UTM or QEMU set up by hand
-/// may attach it: virtio-scsi, whose drivers (virtio_scsi, sd_mod, scsi_mod) are modules in
-/// Alpine's linux-virt and in the test mirror's kernel alike, so the boot initramfs must find
-/// the controller and load them itself. QEMU runs the line `hyve run --print` gives, with the
-/// root image's virtio-blk drive swapped for a virtio-scsi disk; the guest powers off once booted.
-fn root_on_virtio_scsi(out: &Path, arch: &str) {
+/// may attach it ([`RootController`]). QEMU runs the line `hyve run --print` gives, with the
+/// root image's virtio-blk drive swapped for a disk on `controller`; the guest powers off once
+/// booted.
+fn root_on_another_controller(out: &Path, arch: &str, controller: RootController) {
     let o = hyve(&["run", &s(out), "--print", "--accel", "auto", "--memory", "1024", "--append", "hyve.poweroff"]);
     assert!(o.status.success(), "hyve run --print: {}", String::from_utf8_lossy(&o.stderr));
     let line = String::from_utf8(o.stdout).unwrap();
     let root = s(&out.join("root.squashfs"));
     let virtio_blk = format!("-drive file={root},format=raw,if=virtio,readonly=on");
     assert!(line.contains(&virtio_blk), "the root image is not a virtio-blk drive: {line}");
-    let scsi = format!(
-        "-device virtio-scsi-pci,id=scsi0 -drive file={root},format=raw,if=none,id=root,readonly=on -device scsi-hd,drive=root,bus=scsi0.0"
-    );
     let mut qemu = Command::new("sh");
-    qemu.arg("-c").arg(format!("exec {}", line.trim().replace(&virtio_blk, &scsi)));
-    let mut vm = Vm::start_command(qemu, &format!("dev-{arch}-root-on-virtio-scsi"));
+    qemu.arg("-c").arg(format!("exec {}", line.trim().replace(&virtio_blk, &controller.qemu_options(&root))));
+    let mut vm = Vm::start_command(qemu, &format!("dev-{arch}-root-on-{}", controller.name()));
     // Stage 1 that finds no root says so after 30 s and waits in a shell: fail then.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     loop {
@@ -1423,13 +1462,15 @@ fn root_on_virtio_scsi(out: &Path, arch: &str) {
         }
         assert!(
             !console.contains("hyve: stage 1:") && !exited && std::time::Instant::now() < deadline,
-            "{}: the guest did not boot from the root on virtio-scsi (log: {})",
+            "{}: the guest did not boot from the root on {} (log: {})",
             vm.name,
+            controller.name(),
             vm.log.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    vm.assert_console("root found on the SCSI disk", "hyve: root /dev/sda (squashfs, read-only) under a tmpfs overlay");
+    let found = format!("hyve: root {} (squashfs, read-only) under a tmpfs overlay", controller.guest_device());
+    vm.assert_console(&format!("root found on the {} disk", controller.name()), &found);
     vm.assert_console("booted", "HYVE-BOOT-OK");
 }
 
