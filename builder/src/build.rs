@@ -590,12 +590,17 @@ impl OutputWriter<'_, '_> {
             };
             // The root image is hashed while the initramfs is compressed (each on one CPU).
             let (written, root) = std::thread::scope(|s| -> Result<_> {
-                let root_hash = root_size.map(|_| s.spawn(|| fsutil::sha256_of_file(&root_path)));
+                let root_hash = root_size.map(|size| (size, s.spawn(|| fsutil::sha256_of_file(&root_path))));
                 let written = self.phases.run(Phase::Initramfs, initrd::archive_bytes(initrd_tree), || {
                     initrd::write(&initrd_path, initrd_tree, &store, &settings, &opts.cancel, reporter)
                 });
-                let root = root_hash.map(|h| h.join().expect("hashing does not panic")).transpose()?;
-                Ok((written?, root.map(|(sha256, size)| Artifact { name: ROOT_IMAGE.into(), sha256, size })))
+                let root = root_hash
+                    .map(|(size, hashing)| {
+                        let (sha256, _) = hashing.join().expect("hashing does not panic")?;
+                        Ok::<_, BuildError>(Artifact { name: ROOT_IMAGE.into(), sha256, size })
+                    })
+                    .transpose()?;
+                Ok((written?, root))
             })?;
             entries = written.entries;
             let initrd = Artifact { name: "initrd.img".into(), sha256: written.sha256, size: written.size };
