@@ -290,7 +290,7 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
         .unwrap()
         .replace("\"tool\"]", "\"tool\", \"busybox-static\"]")
         .replace("overlays = [\"overlay-test\"]", "overlays = [\"hyve:base\", \"overlay-test\"]")
-        .replace("[output]\n", "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\ndisk_size_mib = 80\n");
+        .replace("[output]\n", "[output]\nformats = [\"kernel\", \"initrd\", \"disk\"]\n");
     std::fs::write(&env.profile, &text).unwrap();
     let ramfs = env.root.join("initramfs");
     ok(&env.build(&ramfs, &env.root.join("cache"), &["--arch", "x86_64"], &[], "022"));
@@ -453,6 +453,13 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
     let image = std::fs::read(&root).unwrap();
     let at = part["first_lba"].as_u64().unwrap() as usize * 512;
     assert!(bytes[at..at + image.len()] == image[..]);
+    // No disk_size_mib: the disk is as large as its partitions need, the ESP at FAT32's least
+    // (33 MiB) for the stand-in's small files, the root in whole MiB, and a MiB at each end
+    // for the GPT; sgdisk finds nothing wrong with it.
+    assert_eq!(bytes.len(), (33 + image.len().div_ceil(1 << 20) + 2) << 20);
+    let o = Command::new(tool("sgdisk", "gdisk")).arg("-v").arg(a.join("disk.img")).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("No problems found"), "sgdisk -v: {said}{}", stderr(&o));
     let o = hyve(&["diff", a.join("disk.img").to_str().unwrap(), root.to_str().unwrap()], &[]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("files: 0 added, 0 removed, 0 changed"),

@@ -75,7 +75,7 @@ type Result<T> = std::result::Result<T, BuildError>;
 fn space_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-            "; the output is staged beside --out and needs room for every output at once (disk.img is as large as disk_size_mib, sparse) — free space there or build with --out elsewhere"
+            "; the output is staged beside --out and needs room for every output at once (disk.img is as large as its partitions or output.disk_size_mib, sparse) — free space there or build with --out elsewhere"
         }
         _ => "",
     }

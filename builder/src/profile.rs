@@ -115,7 +115,8 @@ pub struct Profile {
     pub compression: Compression,
     /// Compression level (gzip 1-9, zstd 1-22, xz 0-9); `None` = the codec's default here.
     pub level: Option<u32>,
-    pub disk_size_mib: u64,
+    /// The disk image's size; `None`: the least that holds its partitions.
+    pub disk_size_mib: Option<u64>,
     /// A `hyve-data` partition of this size at the end of the disk image (format-me header).
     pub data_partition_mib: Option<u64>,
 }
@@ -380,7 +381,7 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
     }
     let output = raw.output.unwrap_or_default();
-    let disk_size_mib = output.disk_size_mib.unwrap_or(256);
+    let disk_size_mib = output.disk_size_mib;
     if let Some(level) = output.level {
         let max = match output.compression.unwrap_or_default() {
             Compression::Gzip | Compression::Xz => 9,
@@ -393,11 +394,8 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             ));
         }
     }
-    if disk_size_mib < 64 {
-        return Err(invalid(
-            "output.disk_size_mib",
-            format!("{disk_size_mib} MiB is too small for an ESP (minimum 64)"),
-        ));
+    if let Some(size) = disk_size_mib.filter(|&size| size < 64) {
+        return Err(invalid("output.disk_size_mib", format!("{size} MiB is too small for an ESP (minimum 64)")));
     }
     let formats = output.formats.unwrap_or_else(|| vec![OutputFormat::Kernel, OutputFormat::Initrd]);
     if formats.contains(&OutputFormat::Lima) && !formats.contains(&OutputFormat::Disk) {
@@ -407,10 +405,13 @@ fn finish(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         ));
     }
     if let Some(data) = output.data_partition_mib {
-        if data < 64 || data + 64 > disk_size_mib {
+        if data < 64 {
+            return Err(invalid("output.data_partition_mib", format!("{data} MiB: expected at least 64")));
+        }
+        if let Some(size) = disk_size_mib.filter(|&size| data + 64 > size) {
             return Err(invalid(
                 "output.data_partition_mib",
-                format!("{data} MiB: expected at least 64, leaving at least 64 MiB of the {disk_size_mib} MiB disk for the ESP"),
+                format!("{data} MiB: expected to leave at least 64 MiB of the {size} MiB disk (output.disk_size_mib) for the ESP"),
             ));
         }
     }
@@ -501,6 +502,12 @@ mod tests {
         let p = write(d.path(), "disk.toml", "[output]\ndisk_size_mib = 128\ndata_partition_mib = 100\n");
         let e = load(&p, &Lookup::default()).unwrap_err().to_string();
         assert!(e.contains("disk.toml") && e.contains("output.data_partition_mib"), "{e}");
+        let p = write(d.path(), "fit.toml", "[output]\ndata_partition_mib = 100\n");
+        let fitted = load(&p, &Lookup::default()).unwrap();
+        assert_eq!((fitted.disk_size_mib, fitted.data_partition_mib), (None, Some(100)), "sized to fit");
+        let p = write(d.path(), "tiny.toml", "[output]\ndisk_size_mib = 32\n");
+        let e = load(&p, &Lookup::default()).unwrap_err().to_string();
+        assert!(e.contains("tiny.toml") && e.contains("output.disk_size_mib") && e.contains("minimum 64"), "{e}");
         let p = write(d.path(), "stub.toml", "[output]\nformats = [\"kernel\", \"disk\"]\n");
         assert!(load(&p, &Lookup::default()).unwrap().world().contains(&EFI_STUB_PACKAGE.to_string()));
         let p = write(d.path(), "lima.toml", "[output]\nformats = [\"kernel\", \"lima\"]\n");

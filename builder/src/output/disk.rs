@@ -351,7 +351,8 @@ impl<R: Seek> Seek for ReadOnly<R> {
 
 /// What the disk is made of besides its files.
 pub struct DiskSpec<'a> {
-    pub size: u64,
+    /// The disk's size in bytes (whole MiB); `None`: the least that holds its partitions.
+    pub size: Option<u64>,
     /// The read-only root image to copy into its own partition.
     pub root: Option<RootImage<'a>>,
     pub data_mib: Option<u64>,
@@ -367,28 +368,49 @@ pub struct RootImage<'a> {
     pub type_guid: &'static str,
 }
 
+/// FAT32's least size with 512-byte clusters (65525 of them), in MiB.
+const LEAST_ESP_MIB: u64 = 33;
+
+/// The least ESP, in whole MiB, that holds `files`.
+fn fitted_esp_mib(files: &[EspFile]) -> Result<u64, fat::FatError> {
+    let mut esp_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB);
+    loop {
+        match fat::check_fits(esp_mib * MIB, files) {
+            Ok(()) => return Ok(esp_mib),
+            // The FATs and directories take a little more than the files: grow by what is
+            // missing (a larger ESP may take larger clusters, so check again).
+            Err(fat::FatError::Full { need, have, cluster }) => esp_mib += ((need - have) * cluster).div_ceil(MIB),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes `path`: GPT, the ESP with `files`, the root image, and the data partition's
 /// format-me header.
 pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(), DiskError> {
     let shown = path.display().to_string();
-    // The ESP gets what the root and data partitions leave; at least 33 MiB, FAT32's least
-    // (65525 clusters of 512 bytes).
+    let fat_error = |source| DiskError::Fat { path: shown.clone(), source };
+    // Besides the ESP: the root and data partitions, the GPT's first MiB and the last, which
+    // holds the backup table.
     let root_mib = spec.root.as_ref().map_or(0, |r| r.len.div_ceil(MIB));
     let others_mib = root_mib + spec.data_mib.unwrap_or(0) + 2;
-    if others_mib + 33 > spec.size / MIB {
-        let need_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(33);
-        let esp_mib = (spec.size / MIB).saturating_sub(others_mib);
-        return Err(DiskError::TooSmall { esp_mib, need_mib, suggest_mib: others_mib + need_mib + 8 });
-    }
-    let parts = layout(spec.size, spec.root.as_ref().map(|r| r.len), spec.data_mib);
+    let size = match spec.size {
+        None => (fitted_esp_mib(&files).map_err(fat_error)? + others_mib) * MIB,
+        Some(size) if others_mib + LEAST_ESP_MIB > size / MIB => {
+            let need_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB);
+            let esp_mib = (size / MIB).saturating_sub(others_mib);
+            return Err(DiskError::TooSmall { esp_mib, need_mib, suggest_mib: others_mib + need_mib + 8 });
+        }
+        Some(size) => size,
+    };
+    let parts = layout(size, spec.root.as_ref().map(|r| r.len), spec.data_mib);
     let (esp_start, esp_len) = parts.esp;
-    let fat_error = |source| DiskError::Fat { path: shown.clone(), source };
     match fat::check_fits(esp_len, &files) {
         Ok(()) => {}
         Err(fat::FatError::Full { need, cluster, .. }) => {
             // The files' clusters plus the two FATs, and the rest of the disk as it is.
             let need_mib = (need * cluster).div_ceil(MIB) + (esp_len / cluster * 4 * 2).div_ceil(MIB);
-            let other = (spec.size - esp_len).div_ceil(MIB);
+            let other = (size - esp_len).div_ceil(MIB);
             return Err(DiskError::TooSmall { esp_mib: esp_len / MIB, need_mib, suggest_mib: need_mib + other + 8 });
         }
         Err(e) => return Err(fat_error(e)),
@@ -399,7 +421,7 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
         .create_new(true)
         .open(path)
         .map_err(fsutil::at_named(&shown))?;
-    file.set_len(spec.size).map_err(fsutil::at_named(&shown))?;
+    file.set_len(size).map_err(fsutil::at_named(&shown))?;
     let mut disk = file;
     let mut gpt_parts = vec![Partition {
         type_guid: guid_bytes(ESP_TYPE),
@@ -440,7 +462,7 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
         disk.seek(SeekFrom::Start(start)).map_err(fsutil::at_named(&shown))?;
         disk.write_all(&header).map_err(fsutil::at_named(&shown))?;
     }
-    write_gpt(&mut disk, spec.size, &derived_guid(spec.seed, "disk"), &gpt_parts).map_err(fsutil::at_named(&shown))?;
+    write_gpt(&mut disk, size, &derived_guid(spec.seed, "disk"), &gpt_parts).map_err(fsutil::at_named(&shown))?;
 
     let serial = u32::from_le_bytes(derived_guid(spec.seed, "fat-serial")[..4].try_into().expect("4 bytes"));
     let hidden = u32::try_from(esp_start / SECTOR).expect("the ESP starts at 1 MiB");
@@ -616,7 +638,8 @@ mod tests {
     #[test]
     fn disk_round_trips_and_is_deterministic() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = DiskSpec { size: 80 * MIB, root: None, data_mib: Some(8), seed: b"inputs", epoch: 1_700_000_000 };
+        let spec =
+            DiskSpec { size: Some(80 * MIB), root: None, data_mib: Some(8), seed: b"inputs", epoch: 1_700_000_000 };
         let files = || {
             vec![
                 EspFile {
@@ -655,11 +678,47 @@ mod tests {
         std::fs::write(&b, &broken).unwrap();
         let e = read_gpt(&mut std::fs::File::open(&b).unwrap(), "b.img").unwrap_err().to_string();
         assert!(e.contains("CRC32"), "{e}");
-        let small = DiskSpec { size: 64 * MIB, root: None, data_mib: None, seed: b"x", epoch: 0 };
+        let small = DiskSpec { size: Some(64 * MIB), root: None, data_mib: None, seed: b"x", epoch: 0 };
         let big = vec![EspFile { path: "big".into(), size: 100 * MIB, write: Box::new(|_: &mut dyn Write| Ok(())) }];
         let e = write_disk(&dir.path().join("c.img"), &small, big).unwrap_err().to_string();
         assert!(e.contains("disk_size_mib"), "{e}");
         assert!(!dir.path().join("c.img").exists());
+    }
+
+    #[test]
+    fn a_disk_without_a_size_is_the_least_that_holds_its_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_path = dir.path().join("root.squashfs");
+        std::fs::write(&root_path, vec![9u8; (3 * MIB + 5) as usize]).unwrap();
+        let esp_files = |size: u64| {
+            let write = move |w: &mut dyn Write| std::io::copy(&mut std::io::repeat(1).take(size), w).map(|_| ());
+            vec![
+                EspFile { path: "hyve/kernel".into(), size, write: Box::new(write) },
+                EspFile {
+                    path: "loader/entries/hyve.conf".into(),
+                    size: 5,
+                    write: Box::new(|w| w.write_all(b"title")),
+                },
+            ]
+        };
+        for (esp_bytes, expected_esp_mib) in [(1, LEAST_ESP_MIB), (40 * MIB, 41)] {
+            let root = RootImage { path: &root_path, len: 3 * MIB + 5, type_guid: ROOT_X86_64_TYPE };
+            let spec = DiskSpec { size: None, root: Some(root), data_mib: Some(64), seed: b"s", epoch: 0 };
+            let path = dir.path().join(format!("fit-{esp_bytes}.img"));
+            write_disk(&path, &spec, esp_files(esp_bytes)).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len() as u64, (expected_esp_mib + 4 + 64 + 2) * MIB, "ESP, root, data, GPT");
+            let (_, parts) = read_gpt(&mut std::io::Cursor::new(&bytes), "fit.img").unwrap();
+            let esp_len = (parts[0].last_lba + 1 - parts[0].first_lba) * SECTOR;
+            assert_eq!(esp_len, expected_esp_mib * MIB);
+            // The least: the files fit the ESP, and a MiB less would not hold them as FAT32.
+            fat::check_fits(esp_len, &esp_files(esp_bytes)).unwrap();
+            assert!(fat::check_fits(esp_len - MIB, &esp_files(esp_bytes)).is_err());
+            let listing = list_esp(&mut std::io::Cursor::new(bytes.as_slice()), &parts[0], "fit.img").unwrap();
+            assert!(listing.contains(&("hyve/kernel".to_string(), Some(esp_bytes))), "{listing:?}");
+            assert_eq!(parts[2].name, "hyve-data");
+            assert_eq!((parts[2].last_lba + 1) * SECTOR, bytes.len() as u64 - MIB, "data ends at the last MiB");
+        }
     }
 
     #[test]
@@ -669,7 +728,7 @@ mod tests {
         let root: Vec<u8> = (0..(3 * MIB + 5)).map(|i| (i % 253) as u8).collect();
         std::fs::write(&root_path, &root).unwrap();
         let image = RootImage { path: &root_path, len: root.len() as u64, type_guid: ROOT_ARM64_TYPE };
-        let spec = DiskSpec { size: 80 * MIB, root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
+        let spec = DiskSpec { size: Some(80 * MIB), root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
         let esp_file =
             || vec![EspFile { path: "a".into(), size: 1, write: Box::new(|w: &mut dyn Write| w.write_all(b"a")) }];
         let path = dir.path().join("d.img");
@@ -690,7 +749,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(entry[48..56].try_into().unwrap()), 1 << 60);
         // Root and data leave the ESP too little: refused before anything is written.
         let image = RootImage { path: &root_path, len: 40 * MIB, type_guid: ROOT_ARM64_TYPE };
-        let tight = DiskSpec { size: 80 * MIB, root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
+        let tight = DiskSpec { size: Some(80 * MIB), root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
         let e = write_disk(&dir.path().join("e.img"), &tight, esp_file()).unwrap_err().to_string();
         assert!(e.contains("disk_size_mib to at least"), "{e}");
         assert!(!dir.path().join("e.img").exists());

@@ -15,7 +15,8 @@ use crate::report::{Reporter, Reporting};
 
 /// What the image is made of besides the guest's files.
 pub struct ImageSpec<'a> {
-    pub size_mib: u64,
+    /// `None`: the least that holds the partitions.
+    pub size_mib: Option<u64>,
     /// The read-only root image file, for its own partition.
     pub root: Option<(&'a Path, u64)>,
     pub data_mib: Option<u64>,
@@ -63,7 +64,7 @@ impl<'a> Plan<'a> {
             crate::apk::Arch::Aarch64 => disk::ROOT_ARM64_TYPE,
         };
         let spec = DiskSpec {
-            size: self.spec.size_mib * disk::MIB,
+            size: self.spec.size_mib.map(|mib| mib * disk::MIB),
             root: self.spec.root.map(|(path, len)| disk::RootImage { path, len, type_guid: root_type }),
             data_mib: self.spec.data_mib,
             seed: &seed,
