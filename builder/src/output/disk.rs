@@ -40,8 +40,8 @@ pub const ESP_LABEL: &str = "HYVE-EFI";
 #[derive(Debug, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiskError {
-    /// The files do not fit the ESP the profile sized.
-    #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile")]
+    /// The files do not fit the ESP of the disk size the profile fixed.
+    #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile, or remove it to size the disk to fit")]
     TooSmall { esp_mib: u64, need_mib: u64, suggest_mib: u64 },
     #[error("{path}: the ESP: {source}")]
     Fat { path: String, source: fat::FatError },
@@ -751,7 +751,7 @@ mod tests {
         let image = RootImage { path: &root_path, len: 40 * MIB, type_guid: ROOT_ARM64_TYPE };
         let tight = DiskSpec { size: Some(80 * MIB), root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
         let e = write_disk(&dir.path().join("e.img"), &tight, esp_file()).unwrap_err().to_string();
-        assert!(e.contains("disk_size_mib to at least"), "{e}");
+        assert!(e.contains("disk_size_mib to at least") && e.contains("remove it to size the disk to fit"), "{e}");
         assert!(!dir.path().join("e.img").exists());
     }
 }
