@@ -32,6 +32,9 @@ README quotes a real run.
                   console timeline: seconds from the VMM's start to each `hyve:` line
   aarch64 boots   `minimal` (squashfs) built for aarch64 and booted the same way, under
                   QEMU's aarch64 system emulator (TCG on an x86_64 host)
+  DAMON           where the kernel's DAMON pages out idle page cache (proactive reclaim, as
+                  on some VM hosts), how much it paged out during the run: the warm builds'
+                  inputs among it are read from disk again
 """
 
 import json
@@ -60,6 +63,27 @@ BOOTS = int(os.environ.get("BENCH_BOOTS", "1"))
 # hyve's zstd level for an initramfs (output::compress) and for the root image (output::squashfs).
 INITRD_ZSTD_LEVEL = 12
 ROOT_ZSTD_LEVEL = 6
+
+
+def damon_pageout():
+    """Bytes the machine's DAMON `pageout` schemes have paged out so far, or None without one
+    running. Such proactive reclaim (a VM's host may set it up) takes page cache that stayed
+    idle for a while, so warm builds may read some of their inputs from disk again."""
+    applied = None
+    for kdamond in Path("/sys/kernel/mm/damon/admin/kdamonds").glob("[0-9]*"):
+        try:
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            (kdamond / "state").write_text("update_schemes_stats")
+        except OSError:
+            continue  # not root: no fresh figures
+        for scheme in kdamond.glob("contexts/*/schemes/[0-9]*"):
+            try:
+                if (scheme / "action").read_text().strip() == "pageout":
+                    applied = (applied or 0) + int((scheme / "stats/sz_applied").read_text())
+            except (OSError, ValueError):
+                continue
+    return applied
 
 
 def need(path, hint):
@@ -206,6 +230,7 @@ def main():
     ramfs_profile.write_text(f'extends = "{PROFILE}"\n[output]\nroot = "initramfs"\n')
     modes = {"squashfs": PROFILE, "initramfs": ramfs_profile}
     results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "runs": RUNS, "modes": {}}
+    paged_out_before = damon_pageout()
     med = statistics.median
 
     # Warm: fill cache and lock once, and build each mode once for the trees the raw tools pack.
@@ -277,6 +302,9 @@ def main():
     out_arm = work / "out-aarch64"
     build(work, PROFILE, file_url, cache, lock, out_arm, arch="aarch64")
     results["aarch64_squashfs"] = boot_pairs(out_arm, work, "aarch64")
+    paged_out = damon_pageout()
+    if paged_out is not None and paged_out_before is not None:
+        results["machine"]["damon_paged_out_bytes"] = paged_out - paged_out_before
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     mib = lambda n: f"{n / 2**20:.1f} MiB"
@@ -316,6 +344,9 @@ def main():
     print(f"hyve bench — {os.cpu_count()} CPUs, median of {RUNS} builds and {BOOTS} boot(s) per mode, QEMU accel {results['boot_accel']}")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>10}  {note}")
+    if "damon_paged_out_bytes" in results["machine"]:
+        print(f"note: this machine's DAMON paged out {mib(results['machine']['damon_paged_out_bytes'])} of idle page "
+              "cache during the run: warm builds may have read some of their inputs from disk again (README, Performance)")
     timelines = {mode: results["modes"][mode]["first_boot"] for mode in modes}
     timelines["squashfs, aarch64"] = arm["first_boot"]
     for label, b in timelines.items():
