@@ -41,7 +41,7 @@ pub const ESP_LABEL: &str = "HYVE-EFI";
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiskError {
     /// The files do not fit the ESP of the disk size the profile fixed.
-    #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile, or remove it to size the disk to fit")]
+    #[error("the EFI system partition ({esp_mib} MiB) cannot hold its {need_mib} MiB of files; set output.disk_size_mib to at least {suggest_mib} in the profile, or leave it unset (there and in the profiles it extends) to size the disk to fit")]
     TooSmall { esp_mib: u64, need_mib: u64, suggest_mib: u64 },
     #[error("{path}: the ESP: {source}")]
     Fat { path: String, source: fat::FatError },
@@ -371,15 +371,15 @@ pub struct RootImage<'a> {
 /// FAT32's least size with 512-byte clusters (65525 of them), in MiB.
 const LEAST_ESP_MIB: u64 = 33;
 
-/// The least ESP, in whole MiB, that holds `files`.
+/// The least ESP, in whole MiB, that holds `files`: none is smaller than its files, and the
+/// FATs and directories take a little more. Found a MiB at a time, as a larger ESP may take
+/// larger clusters (`fat::Geometry`), which hold less of files that end mid-cluster.
 fn fitted_esp_mib(files: &[EspFile]) -> Result<u64, fat::FatError> {
     let mut esp_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB);
     loop {
         match fat::check_fits(esp_mib * MIB, files) {
             Ok(()) => return Ok(esp_mib),
-            // The FATs and directories take a little more than the files: grow by what is
-            // missing (a larger ESP may take larger clusters, so check again).
-            Err(fat::FatError::Full { need, have, cluster }) => esp_mib += ((need - have) * cluster).div_ceil(MIB),
+            Err(fat::FatError::Full { .. }) => esp_mib += 1,
             Err(e) => return Err(e),
         }
     }
@@ -719,6 +719,13 @@ mod tests {
             assert_eq!(parts[2].name, "hyve-data");
             assert_eq!((parts[2].last_lba + 1) * SECTOR, bytes.len() as u64 - MIB, "data ends at the last MiB");
         }
+        // The least also where the clusters grow from 512 bytes to 4 KiB (above 260 MiB).
+        for mib in [200, 255, 257, 258, 259, 260, 300] {
+            let files = vec![EspFile { path: "big".into(), size: mib * MIB, write: Box::new(|_| Ok(())) }];
+            let esp_mib = fitted_esp_mib(&files).unwrap();
+            fat::check_fits(esp_mib * MIB, &files).unwrap();
+            assert!(fat::check_fits((esp_mib - 1) * MIB, &files).is_err(), "{mib} MiB of files: {esp_mib} MiB");
+        }
     }
 
     #[test]
@@ -751,7 +758,7 @@ mod tests {
         let image = RootImage { path: &root_path, len: 40 * MIB, type_guid: ROOT_ARM64_TYPE };
         let tight = DiskSpec { size: Some(80 * MIB), root: Some(image), data_mib: Some(8), seed: b"s", epoch: 0 };
         let e = write_disk(&dir.path().join("e.img"), &tight, esp_file()).unwrap_err().to_string();
-        assert!(e.contains("disk_size_mib to at least") && e.contains("remove it to size the disk to fit"), "{e}");
+        assert!(e.contains("disk_size_mib to at least") && e.contains("leave it unset"), "{e}");
         assert!(!dir.path().join("e.img").exists());
     }
 }
