@@ -371,11 +371,16 @@ pub struct RootImage<'a> {
 /// FAT32's least size with 512-byte clusters (65525 of them), in MiB.
 const LEAST_ESP_MIB: u64 = 33;
 
-/// The least ESP, in whole MiB, that holds `files`: none is smaller than its files, and the
-/// FATs and directories take a little more. Found a MiB at a time, as a larger ESP may take
-/// larger clusters (`fat::Geometry`), which hold less of files that end mid-cluster.
+/// No ESP is smaller than its files, nor than FAT32's least.
+fn esp_floor_mib(files: &[EspFile]) -> u64 {
+    files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB)
+}
+
+/// The least ESP, in whole MiB, that holds `files`: from [`esp_floor_mib`], as the FATs and
+/// directories take a little more. Found a MiB at a time, as a larger ESP may take larger
+/// clusters (`fat::Geometry`), which hold less of files that end mid-cluster.
 fn fitted_esp_mib(files: &[EspFile]) -> Result<u64, fat::FatError> {
-    let mut esp_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB);
+    let mut esp_mib = esp_floor_mib(files);
     loop {
         match fat::check_fits(esp_mib * MIB, files) {
             Ok(()) => return Ok(esp_mib),
@@ -397,7 +402,7 @@ pub fn write_disk(path: &Path, spec: &DiskSpec, files: Vec<EspFile>) -> Result<(
     let size = match spec.size {
         None => (fitted_esp_mib(&files).map_err(fat_error)? + others_mib) * MIB,
         Some(size) if others_mib + LEAST_ESP_MIB > size / MIB => {
-            let need_mib = files.iter().map(|f| f.size).sum::<u64>().div_ceil(MIB).max(LEAST_ESP_MIB);
+            let need_mib = esp_floor_mib(&files);
             let esp_mib = (size / MIB).saturating_sub(others_mib);
             return Err(DiskError::TooSmall { esp_mib, need_mib, suggest_mib: others_mib + need_mib + 8 });
         }
