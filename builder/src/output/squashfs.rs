@@ -375,7 +375,7 @@ impl Ahead {
             }
             let mut bytes = state.spare.pop().unwrap_or_default();
             drop(state);
-            bytes.clear();
+            // Only the growth is zeroed: the read fills all `len` bytes, or the block is not used.
             bytes.resize(len, 0);
             if store.read_exact_at(blob, at, &mut bytes).is_ok() && bytes.iter().any(|b| *b != 0) {
                 fill.block = blockcache::compress(self.handoff.cache.as_ref(), &bytes, self.fc, BLOCK_SIZE)
