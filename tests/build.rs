@@ -280,6 +280,13 @@ fn tool(name: &str, package: &str) -> String {
     name.to_string()
 }
 
+/// sgdisk's own verdict on the GPT of `disk`: no problems.
+fn sgdisk_verifies(disk: &Path) {
+    let o = Command::new(tool("sgdisk", "gdisk")).arg("-v").arg(disk).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("No problems found"), "sgdisk -v: {said}{}", stderr(&o));
+}
+
 /// `output.root = "squashfs"`: the tree goes into root.squashfs — read back by squashfs-tools,
 /// the same files as the initramfs of the same profile — and the initrd is only what finds
 /// and mounts it; disk.img carries it in a partition; a rebuild gives the same bytes.
@@ -457,9 +464,7 @@ fn a_squashfs_root_holds_the_guest_and_the_initrd_only_finds_it() {
     // (33 MiB) for the stand-in's small files, the root in whole MiB, and a MiB at each end
     // for the GPT; sgdisk finds nothing wrong with it.
     assert_eq!(bytes.len(), (33 + image.len().div_ceil(1 << 20) + 2) << 20);
-    let o = Command::new(tool("sgdisk", "gdisk")).arg("-v").arg(a.join("disk.img")).output().unwrap();
-    let said = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && said.contains("No problems found"), "sgdisk -v: {said}{}", stderr(&o));
+    sgdisk_verifies(&a.join("disk.img"));
     let o = hyve(&["diff", a.join("disk.img").to_str().unwrap(), root.to_str().unwrap()], &[]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("files: 0 added, 0 removed, 0 changed"),
@@ -500,10 +505,7 @@ fn disk_image_is_a_clean_gpt_with_a_fat32_esp_and_a_uki() {
     assert!(line.contains("DIFFERS") && line.contains(&format!("byte {}", 100 << 20)), "{report}");
     assert!(std::fs::read_to_string(a.join("SHA256SUMS")).unwrap().contains("  disk.img\n"));
 
-    // sgdisk's own verdict on the GPT.
-    let o = Command::new(tool("sgdisk", "gdisk")).arg("-v").arg(&disk).output().unwrap();
-    let said = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && said.contains("No problems found"), "sgdisk -v: {said}{}", stderr(&o));
+    sgdisk_verifies(&disk);
     let o = Command::new("sgdisk").arg("-p").arg(&disk).output().unwrap();
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("EF00") && table.contains("EFI System Partition") && table.contains("hyve-data"), "{table}");
